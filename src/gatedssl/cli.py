@@ -1,0 +1,121 @@
+"""Command line: `gatedssl pretrain` and `gatedssl eval`.
+
+Flags are generated from `PretrainConfig`, so the CLI, the YAML files and the docs cannot
+drift apart. Precedence: dataclass defaults < recipe < --config FILE < command-line flags.
+Mistakes a user can fix end as one `error:` line per problem and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from . import __version__
+from .config import PretrainConfig, load_yaml
+from .errors import UserError
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line like every other error."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for f in fields(PretrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        annotation = str(f.type).replace(" | None", "")
+        default = f.default if f.default is not MISSING else None
+        help_text = f.metadata.get("help", "")
+        if default is not None:
+            help_text += f" (default: {default:.4g})" if isinstance(default, float) else f" (default: {default})"
+        kwargs = dict(default=argparse.SUPPRESS, help=help_text)
+        if annotation == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            choices = f.metadata.get("choices")
+            parser.add_argument(flag, type=_TYPES[annotation], choices=choices, metavar=f.name.upper() if not choices else None, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gatedssl", description="Self-supervised pretraining of a dense encoder and its gated sub-network in one run.")
+    parser.add_argument("--version", action="version", version=f"gatedssl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("pretrain", help="pretrain a dense encoder and its gated sub-network",
+                       description="Pretrain a dense encoder and its gated sub-network in one run. Settings not given "
+                                   "come from the dataset's recipe (a CPU demo on 'embedded', the paper's recipe otherwise).")
+    p.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file; flags given here override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(p)
+
+    e = sub.add_parser("eval", help="re-evaluate a saved run: kNN on both passes and MACs",
+                       description="Re-evaluate a checkpoint: kNN top-1 of the dense and the gated pass, and their MACs on the test set. "
+                                   "Writes the run's summary.json (or --out) and prints the table.")
+    e.add_argument("--checkpoint", required=True, metavar="PATH", help="RUN/checkpoints/last.pt of a pretraining run")
+    e.add_argument("--data-dir", metavar="DIR", help="dataset folder, if it moved since pretraining")
+    e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    e.add_argument("--knn-protocol", choices=("weighted", "1nn"), help="override the run's kNN protocol")
+    e.add_argument("--out", metavar="FILE.json", help="where to write the summary (default: RUN/summary.json)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    values = load_yaml(args.config) if args.config else {}
+    names = {f.name for f in fields(PretrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return PretrainConfig(**values)
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from .config import resolve
+    from .training.trainer import format_summary, pretrain
+
+    cfg = config_from_args(args)
+    resolved = resolve(cfg)
+    if not args.quiet:
+        print(f"gatedssl {__version__}: pretraining into {resolved.out}", file=sys.stderr)
+        print("settings: " + ", ".join(f"{k}={v}" for k, v in resolved.to_dict().items()), file=sys.stderr)
+    summary = pretrain(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(format_summary(summary))
+    print(f"run folder: {resolved.out} (summary.json, metrics.jsonl, checkpoints/last.pt)")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .evaluation.runs import evaluate_checkpoint
+    from .training.trainer import format_summary
+
+    summary, written = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
+                                           knn_protocol=args.knn_protocol, out=args.out)
+    print(format_summary(summary))
+    print(f"summary written to {written}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return {"pretrain": run_pretrain, "eval": run_eval}[args.command](args)
+    except UserError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Every pretraining setting as one typed dataclass: YAML in, CLI flags out, validation.
+
+Settings left as None are filled from the dataset's recipe (`RECIPES`): the embedded
+dataset gets a CPU-sized demo, every other dataset the paper's recipe. The resolved
+configuration is printed at start and saved with the run, so nothing is implicit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+DATASETS = ("embedded", "cifar10", "cifar100", "stl10", "imagefolder")
+ARCHS = ("resnet18", "resnet34", "resnet50")
+METHOD_NAMES = ("vicreg", "barlow", "simclr", "simsiam", "byol")
+
+
+@dataclass
+class PretrainConfig:
+    # data
+    dataset: str = _opt("embedded", "dataset to pretrain on; 'embedded' is a 5,000-image CIFAR-10 subset shipped with the package", DATASETS)
+    data_dir: str | None = _opt(None, "folder holding the dataset (torchvision's files, or train/ and val|test/ class folders)")
+    # network
+    arch: str = _opt("resnet18", "backbone", ARCHS)
+    width: int | None = _opt(None, "channels of the first stage (64 = standard ResNet); recipe: 16 on embedded, 64 otherwise")
+    stem: str | None = _opt(None, "stem: 'cifar' (3x3, no max-pool) or 'imagenet' (7x7/2 + max-pool); recipe: cifar up to 64 px", ("cifar", "imagenet"))
+    separate_bn: bool = _opt(True, "one BN set per pass in each block (as in the reference runs)")
+    tau: float = _opt(2 / 3, "gate temperature of the Gumbel-sigmoid")
+    # method
+    method: str = _opt("vicreg", "self-supervised loss", METHOD_NAMES)
+    mode: str = _opt("dual", "dual: view 1 gated + view 2 dense (the paper); dense: no gates (baseline B1); gated: both views gated (B2)", ("dual", "dense", "gated"))
+    pairing: str = _opt("reference", "reference: (gated view 1, dense view 2) only; symmetric: also the swapped pair, averaged", ("reference", "symmetric"))
+    proj_dim: int | None = _opt(None, "projector width; recipe: the method's paper value (2048; BYOL 4096), 512 on embedded")
+    # budget
+    budget: float = _opt(0.5, "target fraction t_d of the dense MACs for the gated pass, in (0, 1]")
+    budget_weight: float = _opt(5.0, "lambda: weight of the budget loss")
+    bound_weight: float = _opt(1.0, "gamma: weight of the per-block bound loss")
+    bound_target: str = _opt("sqrt", "per-block density the bounds start at: sqrt(t_d) (reference) or t_d", ("sqrt", "linear"))
+    anneal: float = _opt(10.0, "alpha * epochs: the bounds open as p = exp(-anneal * epoch / epochs) (reference 0.02 * 500)")
+    gate_warmup_epochs: int = _opt(0, "first epochs dense only, without gates or budget losses")
+    # optimisation
+    epochs: int | None = _opt(None, "training epochs; recipe: 15 on embedded, 500 otherwise")
+    batch_size: int | None = _opt(None, "images per step (two views each); recipe: 256 on embedded, 512 otherwise")
+    optimizer: str = _opt("lars", "optimizer", ("lars", "sgd", "adamw"))
+    lr: float | None = _opt(None, "base learning rate for batch 256, scaled by batch/256; default 0.3 (lars/sgd), 1e-3 (adamw)")
+    weight_decay: float | None = _opt(None, "weight decay (not on gates, biases, norms); default 1e-4 (lars/sgd), 0.05 (adamw)")
+    momentum: float = _opt(0.9, "SGD momentum")
+    lars_eta: float = _opt(0.02, "LARS trust coefficient")
+    warmup_epochs: float | None = _opt(None, "linear lr warm-up epochs before the cosine decay; recipe: 2% of epochs")
+    ema_momentum: float = _opt(0.99, "BYOL teacher momentum at the start (rises to 1)")
+    # evaluation
+    knn_protocol: str = _opt("weighted", "kNN: weighted cosine vote (solo-learn convention) or 1nn Euclidean (the reference scripts)", ("weighted", "1nn"))
+    knn_k: int = _opt(200, "neighbours for the weighted kNN")
+    knn_temperature: float = _opt(0.07, "temperature of the weighted kNN vote")
+    # run
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    seed: int = _opt(0, "random seed")
+    out: str | None = _opt(None, "run folder; default runs/<dataset>-<arch>-w<width>-<method>-<mode>-b<budget>-s<seed>")
+    checkpoint_every: int = _opt(10, "write a checkpoint every N epochs (and at the end)")
+    compile: bool = _opt(False, "torch.compile the backbone (CUDA)")
+    limit_per_class: int | None = _opt(None, "use at most N images per class of each split (quick trials)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # sized so that `gatedssl pretrain` finishes in about 3 minutes on 2 CPU cores
+    "embedded": dict(width=16, proj_dim=512, epochs=15, batch_size=256),
+    "default": dict(width=64, epochs=500, batch_size=512),
+}
+OPTIMIZER_DEFAULTS = {"lars": dict(lr=0.3, weight_decay=1e-4), "sgd": dict(lr=0.3, weight_decay=1e-4), "adamw": dict(lr=1e-3, weight_decay=0.05)}
+CROP_SIZES = {"embedded": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "imagefolder": 224}
+
+
+def resolve(cfg: PretrainConfig) -> PretrainConfig:
+    """Fill recipe defaults (settings left as None). Returns a new config."""
+    values = cfg.to_dict()
+    for key, value in {**RECIPES["default"], **RECIPES.get(cfg.dataset, {})}.items():
+        if values.get(key) is None:
+            values[key] = value
+    for key, value in OPTIMIZER_DEFAULTS.get(cfg.optimizer, {}).items():
+        if values.get(key) is None:
+            values[key] = value
+    if values["stem"] is None:
+        values["stem"] = "cifar" if CROP_SIZES.get(cfg.dataset, 224) <= 64 else "imagenet"
+    if values["warmup_epochs"] is None and isinstance(values["epochs"], int):
+        values["warmup_epochs"] = min(10.0, 0.02 * values["epochs"])
+    if values["out"] is None:
+        values["out"] = str(Path("runs") / default_run_name(values))
+    return PretrainConfig(**values)
+
+
+def default_run_name(v: dict[str, Any]) -> str:
+    return f"{v['dataset']}-{v['arch']}-w{v['width']}-{v['method']}-{v['mode']}-b{v['budget']:g}-s{v['seed']}"
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    base = annotation.replace(" | None", "")
+    if value is None:
+        return "None" in annotation
+    if base == "bool":
+        return isinstance(value, bool)
+    if base == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def validate(cfg: PretrainConfig) -> list[str]:
+    """Every problem with the settings, one line each (empty when all is well)."""
+    problems = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _type_ok(value, str(f.type)):
+            problems.append(f"{f.name}: expected {str(f.type).replace(' | None', '')}, got {value!r}")
+            continue
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            problems.append(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+    if problems:
+        return problems
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    check(0 < cfg.budget <= 1, f"budget: {cfg.budget} is outside (0, 1]; give the gated pass's share of the dense MACs, e.g. 0.5")
+    for name in ("width", "epochs", "batch_size", "proj_dim", "checkpoint_every", "knn_k", "limit_per_class"):
+        value = getattr(cfg, name)
+        check(value is None or value >= 1, f"{name}: must be a positive integer, got {value}")
+    for name in ("tau", "lr", "knn_temperature"):
+        value = getattr(cfg, name)
+        check(value is None or value > 0, f"{name}: must be > 0, got {value}")
+    for name in ("budget_weight", "bound_weight", "anneal", "gate_warmup_epochs", "weight_decay", "warmup_epochs", "lars_eta"):
+        value = getattr(cfg, name)
+        check(value is None or value >= 0, f"{name}: must be >= 0, got {value}")
+    check(0 <= cfg.momentum < 1, f"momentum: must be in [0, 1), got {cfg.momentum}")
+    check(0 <= cfg.ema_momentum <= 1, f"ema_momentum: must be in [0, 1], got {cfg.ema_momentum}")
+    if cfg.epochs is not None:
+        check(cfg.gate_warmup_epochs < cfg.epochs or cfg.mode == "dense", f"gate_warmup_epochs: {cfg.gate_warmup_epochs} leaves no gated epoch of {cfg.epochs}")
+    if cfg.batch_size is not None:
+        check(cfg.batch_size >= 2, "batch_size: SSL losses need at least 2 images per batch")
+    check(cfg.dataset == "embedded" or cfg.data_dir is not None or cfg.dataset != "imagefolder", "data_dir: --dataset imagefolder needs --data-dir DIR (with DIR/train/<class>/ and DIR/val/<class>/)")
+    if cfg.data_dir is not None and cfg.dataset != "embedded":
+        check(os.path.isdir(cfg.data_dir), f"data_dir: {cfg.data_dir} is not a folder; give the folder that holds the {cfg.dataset} files")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        check(torch.cuda.is_available(), f"device: {cfg.device} asked for but no CUDA device is available; use --device cpu or auto")
+    elif cfg.device not in ("auto", "cpu"):
+        problems.append(f"device: {cfg.device!r} is not one of auto, cpu, cuda, cuda:N")
+    return problems
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config; unknown keys are an error (a typo must not be silently ignored)."""
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file {path} not found")
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}")
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of setting: value")
+    known = {f.name for f in fields(PretrainConfig)}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}; see `gatedssl pretrain --help` for the settings")
+    return data
+
+
+def save_yaml(cfg: PretrainConfig, path: str | os.PathLike) -> None:
+    with open(path, "w") as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)

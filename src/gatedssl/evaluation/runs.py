@@ -1,0 +1,41 @@
+"""Re-evaluating a saved run from its checkpoint alone."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..config import PretrainConfig, validate
+from ..data.sources import load_dataset
+from ..errors import UserError
+from ..training.checkpoint import load_checkpoint
+from ..training.trainer import build_objective, make_summary, select_device, write_summary
+from .evaluate import evaluate
+
+
+def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str = "auto", knn_protocol: str | None = None, out: str | None = None) -> tuple[dict, Path]:
+    """Rebuild the run's network from the checkpoint's own config, evaluate it, write the summary."""
+    state = load_checkpoint(path)
+    try:
+        cfg = PretrainConfig(**state["config"])
+    except TypeError as exc:
+        raise UserError(f"checkpoint {path} holds settings this gatedssl does not know ({exc}); evaluate it with the version that wrote it")
+    cfg = dataclasses.replace(cfg, device=device, **({"data_dir": data_dir} if data_dir else {}), **({"knn_protocol": knn_protocol} if knn_protocol else {}))
+    problems = validate(cfg)
+    if problems:
+        raise UserError("\n".join(problems))
+    objective = build_objective(cfg)
+    try:
+        objective.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"checkpoint {path} does not match the network its settings describe ({first})")
+    dev = select_device(cfg.device)
+    objective.to(dev)
+    splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class)
+    result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
+    summary = make_summary(cfg, splits, result, state.get("init_eval"), state.get("train_seconds"), dev)
+    summary["epochs_trained"] = state["epoch"]
+    target = Path(out) if out else Path(path).resolve().parent.parent / "summary.json"
+    write_summary(target, summary)
+    return summary, target

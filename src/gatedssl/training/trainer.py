@@ -1,0 +1,269 @@
+"""The pretraining loop: one function a reader can follow from data to checkpoint.
+
+Data live on the training device as uint8; each step draws a batch by index, makes two
+augmented views on the device, asks the objective for its loss terms, and steps the
+optimizer. Metrics are summed on the device and read once per epoch, so the step never
+waits on the host. The loop knows nothing of VICReg or gates: that is the objective's job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import PretrainConfig, resolve, save_yaml, validate
+from ..data.augment import BatchAugment, recipe
+from ..data.sources import DatasetSplits, load_dataset
+from ..errors import UserError
+from ..evaluation.evaluate import evaluate
+from ..methods import JointObjective, get_method
+from ..models.resnet import create_backbone
+from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .optim import build_optimizer, warmup_cosine
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_objective(cfg: PretrainConfig) -> JointObjective:
+    """The backbone and its heads, as the config describes them (also used to rebuild for eval)."""
+    backbone = create_backbone(cfg.arch, stem=cfg.stem, width=cfg.width, separate_bn=cfg.separate_bn, tau=cfg.tau)
+    return JointObjective(
+        backbone, get_method(cfg.method), cfg.proj_dim, mode=cfg.mode, pairing=cfg.pairing, budget=cfg.budget,
+        budget_weight=cfg.budget_weight, bound_weight=cfg.bound_weight, bound_target=cfg.bound_target,
+        anneal=cfg.anneal, ema_momentum=cfg.ema_momentum,
+    )
+
+
+def prepare(cfg: PretrainConfig) -> PretrainConfig:
+    """Resolve recipe defaults and check every setting before any compute is spent."""
+    cfg = resolve(cfg)
+    problems = validate(cfg)
+    if problems:
+        raise UserError("\n".join(problems))
+    return cfg
+
+
+def check_run_folder(paths: RunPaths, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not paths.last.exists():
+            raise UserError(f"--resume: no checkpoint at {paths.last}; start the run without --resume")
+        return
+    if overwrite or not paths.root.exists():
+        return
+    if paths.summary.exists():
+        raise UserError(f"{paths.root} already holds a finished run; choose another --out or pass --overwrite")
+    if paths.last.exists():
+        raise UserError(f"{paths.root} holds an unfinished run; pass --resume to continue it or --overwrite to start again")
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_epoch_end: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Pretrain the dense network and its gated sub-network; returns the summary dict."""
+    cfg = prepare(cfg)
+    paths = RunPaths(Path(cfg.out))
+    check_run_folder(paths, resume, overwrite)
+    device = select_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class)
+    images = splits.pretrain.images.to(device)
+    steps_per_epoch = len(images) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(images)} pretraining images; use a smaller --batch-size")
+    augment = BatchAugment(recipe(splits.crop_size, splits.mean, splits.std))
+
+    objective = build_objective(cfg).to(device)
+    if device.type == "cuda":
+        objective.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        objective.backbone.compile()
+    lr = cfg.lr * cfg.batch_size / 256
+    optimizer = build_optimizer(objective, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum, cfg.lars_eta)
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), total_steps)
+
+    start_epoch, init_eval, train_seconds = 0, None, 0.0
+    if resume:
+        state = load_checkpoint(paths.last)
+        if state["config"] != cfg.to_dict():
+            changed = sorted(k for k in cfg.to_dict() if state["config"].get(k) != cfg.to_dict()[k])
+            raise UserError(f"--resume: the settings differ from the checkpoint's ({', '.join(changed)}); resume with the run's own settings")
+        objective.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, init_eval, train_seconds = state["epoch"], state["init_eval"], state["train_seconds"]
+        set_rng_state(state["rng"])
+        _truncate_metrics(paths.metrics, start_epoch)
+    else:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        for stale in (paths.metrics, paths.summary):
+            stale.unlink(missing_ok=True)
+        save_yaml(cfg, paths.root / "config.yaml")
+        init_eval = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
+        torch.manual_seed(cfg.seed)  # the training stream does not depend on evaluation
+
+    writer = _tensorboard(paths.root / "tb")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = tqdm(total=total_steps * cfg.batch_size, initial=start_epoch * steps_per_epoch * cfg.batch_size, unit="img",
+               unit_scale=True, desc="pretrain", disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    objective.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        gates_on = epoch >= cfg.gate_warmup_epochs
+        sums: dict[str, torch.Tensor] = {}
+        order = torch.randperm(len(images), device=device)
+        for step in range(steps_per_epoch):
+            batch = images[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+            x1, x2 = augment(batch), augment(batch)
+            if device.type == "cuda":
+                x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+            progress_now = (epoch + step / steps_per_epoch) / cfg.epochs
+            with autocast:
+                terms = objective(x1, x2, progress_now, gates_on)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            objective.update_teacher(progress_now)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0) + value.detach().float()
+            bar.update(cfg.batch_size)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        record = _epoch_record(epoch, sums, steps_per_epoch, seconds, cfg.batch_size, scheduler.get_last_lr()[0])
+        _log(paths, writer, record)
+        bar.set_postfix(loss=f"{record['loss']:.3g}", macs=f"{record['macs_ratio']:.2f}", refresh=False)
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            save_checkpoint(paths.last, {
+                "config": cfg.to_dict(), "model": objective.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "init_eval": init_eval,
+                "train_seconds": train_seconds, "rng": rng_state(), "gatedssl_version": __version__,
+            })
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+    bar.close()
+    if writer is not None:
+        writer.close()
+
+    final = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
+    summary = make_summary(cfg, splits, final, init_eval, train_seconds, device)
+    write_summary(paths.summary, summary)
+    return summary
+
+
+def make_summary(cfg: PretrainConfig, splits: DatasetSplits, final: dict, init_eval: dict | None, train_seconds: float | None, device: torch.device) -> dict:
+    summary = {
+        "dataset": cfg.dataset, "method": cfg.method, "mode": cfg.mode, "pairing": cfg.pairing, "arch": cfg.arch,
+        "width": cfg.width, "budget": cfg.budget, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "dense": final["dense"], "gated": final["gated"], "knn": final["knn"],
+        "data": {"pretrain_images": len(splits.pretrain.labels), "train_images": len(splits.train.labels), "test_images": len(splits.test.labels)},
+        "device": str(device), "gatedssl_version": __version__, "torch_version": torch.__version__,
+    }
+    if init_eval is not None:
+        summary["init"] = {"dense": init_eval["dense"], "gated": init_eval["gated"]}
+    if train_seconds is not None:
+        summary["train_seconds"] = round(train_seconds, 2)
+    return summary
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    atomic_write(path, lambda fh: fh.write(json.dumps(summary, indent=2).encode()))
+
+
+def format_summary(summary: dict) -> str:
+    """The short table printed at the end of a run (and by `gatedssl eval`)."""
+    dense, gated = summary["dense"], summary["gated"]
+    init = summary.get("init", {})
+    knn = summary["knn"]
+    knn_name = f"kNN top-1 ({'weighted, k=' + str(knn['k']) if knn['protocol'] == 'weighted' else '1-NN'})"
+    rows = [("pass", knn_name, "at init", "MACs/image", "MACs vs dense")]
+    for name, res in (("dense", dense), ("gated", gated)):
+        at_init = init.get(name, {}).get("knn_top1")
+        rows.append((name, f"{res['knn_top1']:.2f} %", "-" if at_init is None else f"{at_init:.2f} %",
+                     f"{res['macs'] / 1e6:.1f} M", f"{res['macs_ratio']:.3f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    head = f"{summary['dataset']} | {summary['arch']} w{summary['width']} | {summary['method']} {summary['mode']} | budget {summary['budget']:g} | {summary['epochs']} epochs"
+    if "train_seconds" in summary:
+        head += f" | trained in {summary['train_seconds']:.0f} s"
+    return "\n".join([head, *lines])
+
+
+def _epoch_record(epoch: int, sums: dict, steps: int, seconds: float, batch_size: int, lr: float) -> dict:
+    record = {"epoch": epoch + 1}
+    for key, value in sums.items():
+        mean = (value / steps).tolist()
+        record[key] = [round(v, 5) for v in mean] if isinstance(mean, list) else mean
+    record.update(lr=lr, epoch_seconds=round(seconds, 3), images_per_second=round(steps * batch_size / seconds, 1))
+    return record
+
+
+def _truncate_metrics(path: Path, epochs_kept: int) -> None:
+    """Drop metric lines of epochs after the checkpoint (they will be trained again)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epochs_kept]
+    atomic_write(path, lambda fh: fh.write("".join(line + "\n" for line in lines).encode()))
+
+
+def _tensorboard(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but a broken install must not stop training
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _log(paths: RunPaths, writer, record: dict) -> None:
+    with open(paths.metrics, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    if writer is None:
+        return
+    step = record["epoch"]
+    for key, value in record.items():
+        if key == "density":
+            for i, d in enumerate(value):
+                writer.add_scalar(f"density/block{i}", d, step)
+        elif key != "epoch":
+            writer.add_scalar(f"train/{key}", value, step)
