@@ -34,7 +34,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f.metadata.get("help", "")
         if default is not None:
             help_text += f" (default: {default:.4g})" if isinstance(default, float) else f" (default: {default})"
-        kwargs = dict(default=argparse.SUPPRESS, help=help_text)
+        kwargs = dict(default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if annotation == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
@@ -75,15 +75,13 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from .config import resolve
-    from .training.trainer import format_summary, pretrain
+    from .training.trainer import format_summary, prepare, pretrain
 
-    cfg = config_from_args(args)
-    resolved = resolve(cfg)
+    resolved = prepare(config_from_args(args))  # every setting checked before anything is printed or loaded
     if not args.quiet:
         print(f"gatedssl {__version__}: pretraining into {resolved.out}", file=sys.stderr)
         print("settings: " + ", ".join(f"{k}={v}" for k, v in resolved.to_dict().items()), file=sys.stderr)
-    summary = pretrain(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    summary = pretrain(resolved, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     print(format_summary(summary))
     print(f"run folder: {resolved.out} (summary.json, metrics.jsonl, checkpoints/last.pt)")
     return 0

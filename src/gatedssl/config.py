@@ -70,6 +70,7 @@ class PretrainConfig:
     out: str | None = _opt(None, "run folder; default runs/<dataset>-<arch>-w<width>-<method>-<mode>-b<budget>-s<seed>")
     checkpoint_every: int = _opt(10, "write a checkpoint every N epochs (and at the end)")
     compile: bool = _opt(False, "torch.compile the backbone (CUDA)")
+    data_pipeline: str = _opt("device", "device: data held on the device as uint8, views made there in whole batches; loader: torchvision transforms per image in DataLoader workers (the common baseline)", ("device", "loader"))
     limit_per_class: int | None = _opt(None, "use at most N images per class of each split (quick trials)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def validate(cfg: PretrainConfig) -> list[str]:
         check(value is None or value >= 0, f"{name}: must be >= 0, got {value}")
     check(0 <= cfg.momentum < 1, f"momentum: must be in [0, 1), got {cfg.momentum}")
     check(0 <= cfg.ema_momentum <= 1, f"ema_momentum: must be in [0, 1], got {cfg.ema_momentum}")
-    if cfg.epochs is not None:
+    if cfg.epochs is not None and cfg.epochs >= 1:
         check(cfg.gate_warmup_epochs < cfg.epochs or cfg.mode == "dense", f"gate_warmup_epochs: {cfg.gate_warmup_epochs} leaves no gated epoch of {cfg.epochs}")
     if cfg.batch_size is not None:
         check(cfg.batch_size >= 2, "batch_size: SSL losses need at least 2 images per batch")

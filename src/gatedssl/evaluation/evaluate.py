@@ -35,7 +35,7 @@ def extract(backbone: GatedResNet, images: ImageSet, splits: DatasetSplits, gate
             out = backbone(x.contiguous(memory_format=torch.channels_last), gated=gated)
         feats.append(out.features.float())
         macs.append(out.macs)
-        active = active + torch.stack([m.sum(0) / m.shape[1] for m in out.masks]).sum(1)
+        active = active + torch.stack([m.sum() / m.shape[1] for m in out.masks])
         dense_macs = out.dense_macs
     backbone.train(was_training)
     n = len(images.labels)

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import PretrainConfig, resolve, save_yaml, validate
-from ..data.augment import BatchAugment, recipe
+from ..data.augment import recipe
+from ..data.pipelines import make_views
 from ..data.sources import DatasetSplits, load_dataset
 from ..errors import UserError
 from ..evaluation.evaluate import evaluate
@@ -104,11 +105,10 @@ def pretrain(
     torch.manual_seed(cfg.seed)
 
     splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class)
-    images = splits.pretrain.images.to(device)
-    steps_per_epoch = len(images) // cfg.batch_size
+    views = make_views(cfg.data_pipeline, splits.pretrain.images, recipe(splits.crop_size, splits.mean, splits.std), cfg.batch_size, device)
+    steps_per_epoch = len(views)
     if steps_per_epoch == 0:
-        raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(images)} pretraining images; use a smaller --batch-size")
-    augment = BatchAugment(recipe(splits.crop_size, splits.mean, splits.std))
+        raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(splits.pretrain.labels)} pretraining images; use a smaller --batch-size")
 
     objective = build_objective(cfg).to(device)
     if device.type == "cuda":
@@ -141,7 +141,6 @@ def pretrain(
         torch.manual_seed(cfg.seed)  # the training stream does not depend on evaluation
 
     writer = _tensorboard(paths.root / "tb")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = tqdm(total=total_steps * cfg.batch_size, initial=start_epoch * steps_per_epoch * cfg.batch_size, unit="img",
                unit_scale=True, desc="pretrain", disable=not progress, dynamic_ncols=True, mininterval=1.0)
     objective.train()
@@ -149,22 +148,11 @@ def pretrain(
         t0 = time.perf_counter()
         gates_on = epoch >= cfg.gate_warmup_epochs
         sums: dict[str, torch.Tensor] = {}
-        order = torch.randperm(len(images), device=device)
-        for step in range(steps_per_epoch):
-            batch = images[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-            x1, x2 = augment(batch), augment(batch)
-            if device.type == "cuda":
-                x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+        for step, (x1, x2) in enumerate(views):
             progress_now = (epoch + step / steps_per_epoch) / cfg.epochs
-            with autocast:
-                terms = objective(x1, x2, progress_now, gates_on)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            scheduler.step()
-            objective.update_teacher(progress_now)
+            terms = train_step(objective, optimizer, scheduler, x1, x2, progress_now, gates_on)
             for key, value in terms.items():
-                sums[key] = sums.get(key, 0) + value.detach().float()
+                sums[key] = sums.get(key, 0) + value
             bar.update(cfg.batch_size)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -189,6 +177,24 @@ def pretrain(
     summary = make_summary(cfg, splits, final, init_eval, train_seconds, device)
     write_summary(paths.summary, summary)
     return summary
+
+
+def train_step(objective: JointObjective, optimizer, scheduler, x1: torch.Tensor, x2: torch.Tensor, progress: float, gates_on: bool = True, fast: bool = True) -> dict[str, torch.Tensor]:
+    """One optimisation step on a pair of views; returns the detached loss terms (no host sync).
+
+    fast: channels_last and bf16 autocast on CUDA (off only for the eager fp32 baseline).
+    """
+    fast = fast and x1.is_cuda
+    if fast:
+        x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast):
+        terms = objective(x1, x2, progress, gates_on)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizer.step()
+    scheduler.step()
+    objective.update_teacher(progress)
+    return {key: value.detach().float() for key, value in terms.items()}
 
 
 def make_summary(cfg: PretrainConfig, splits: DatasetSplits, final: dict, init_eval: dict | None, train_seconds: float | None, device: torch.device) -> dict:

@@ -1,0 +1,92 @@
+"""Where the two views of each batch come from: the fast device path, or the common baseline.
+
+Both yield (view1, view2) float batches, normalised, on the training device, `len()` batches
+per epoch (drop_last, so every step has the same shapes). The trainer and the throughput
+benchmark take either one, so a speed comparison is between data paths only.
+
+- `DeviceViews` (default): the dataset sits on the device as uint8; each step indexes a batch
+  and `BatchAugment` makes both views there. No decoding, no CPU worker, no host sync.
+- `LoaderViews` (`--data-pipeline loader`): torchvision.transforms.v2 applied image by image
+  in DataLoader workers, the way most SSL code does it. Kept as the measured baseline.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from .augment import AugmentConfig, BatchAugment
+
+PIPELINES = ("device", "loader")
+
+
+class DeviceViews:
+    def __init__(self, images: torch.Tensor, augment: BatchAugment, batch_size: int, device: torch.device):
+        self.images = images.to(device)
+        self.augment, self.batch_size, self.device = augment, batch_size, device
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.images), device=self.device)
+        for step in range(len(self)):
+            batch = self.images[order[step * self.batch_size : (step + 1) * self.batch_size]]
+            yield self.augment(batch), self.augment(batch)
+
+
+def torchvision_transform(cfg: AugmentConfig) -> v2.Compose:
+    """The same recipe as `BatchAugment`, as per-image torchvision.transforms.v2 ops."""
+    ops = [
+        v2.RandomResizedCrop(cfg.crop_size, scale=cfg.scale, ratio=cfg.ratio, antialias=True),
+        v2.RandomHorizontalFlip(cfg.flip_p),
+        v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
+        v2.RandomGrayscale(cfg.gray_p),
+    ]
+    if cfg.blur_p > 0:
+        kernel = max(3, int(0.1 * cfg.crop_size) // 2 * 2 + 1)
+        ops.append(v2.RandomApply([v2.GaussianBlur(kernel, cfg.blur_sigma)], p=cfg.blur_p))
+    ops += [v2.RandomSolarize(128, p=cfg.solarize_p), v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
+    return v2.Compose(ops)
+
+
+class _TwoViews(Dataset):
+    def __init__(self, images: torch.Tensor, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = self.images[i]
+        return self.transform(image), self.transform(image)
+
+
+class LoaderViews:
+    def __init__(self, images: torch.Tensor, cfg: AugmentConfig, batch_size: int, device: torch.device, workers: int | None = None):
+        if workers is None:
+            workers = os.cpu_count() or 1
+        self.device = device
+        self.loader = DataLoader(
+            _TwoViews(images.cpu(), torchvision_transform(cfg)), batch_size=batch_size, shuffle=True, drop_last=True,
+            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x1, x2 in self.loader:
+            yield x1.to(self.device, non_blocking=True), x2.to(self.device, non_blocking=True)
+
+
+def make_views(pipeline: str, images: torch.Tensor, cfg: AugmentConfig, batch_size: int, device: torch.device):
+    if pipeline == "device":
+        return DeviceViews(images, BatchAugment(cfg), batch_size, device)
+    if pipeline == "loader":
+        return LoaderViews(images, cfg, batch_size, device)
+    raise ValueError(f"unknown data pipeline {pipeline!r}; choose from {PIPELINES}")

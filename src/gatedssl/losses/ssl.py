@@ -1,0 +1,68 @@
+"""Self-supervised losses as pure functions of whole embedding batches.
+
+They take full (N, D) tensors, so a multi-GPU caller can all-gather embeddings first. Each
+computes in float32 whatever autocast produced, as the reference implementations do.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    n = m.shape[0]
+    return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
+def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unweighted (invariance, variance, covariance) terms of VICReg (Bardes et al. 2022, reference code)."""
+    z1, z2 = z1.float(), z2.float()
+    n, d = z1.shape
+    invariance = F.mse_loss(z1, z2)
+    x, y = z1 - z1.mean(0), z2 - z2.mean(0)
+    std_x, std_y = torch.sqrt(x.var(0) + 1e-4), torch.sqrt(y.var(0) + 1e-4)
+    variance = F.relu(1 - std_x).mean() / 2 + F.relu(1 - std_y).mean() / 2
+    cov_x, cov_y = x.T @ x / (n - 1), y.T @ y / (n - 1)
+    covariance = _off_diagonal(cov_x).pow(2).sum() / d + _off_diagonal(cov_y).pow(2).sum() / d
+    return invariance, variance, covariance
+
+
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0) -> torch.Tensor:
+    """VICReg: weighted sum of invariance (MSE), variance hinge on std and off-diagonal covariance."""
+    invariance, variance, covariance = vicreg_terms(z1, z2)
+    return sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+
+def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam (Chen & He 2021): negative cosine between prediction and stop-gradient target."""
+    return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL (Grill et al. 2020): 2 - 2 cos(prediction, stop-gradient target)."""
+    return (2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)).mean()
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SimCLR's NT-Xent (Chen et al. 2020): each of the 2N anchors against its other view, mean over anchors."""
+    z = F.normalize(torch.cat([z1.float(), z2.float()]), dim=1)
+    n = z1.shape[0]
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al. 2021): cross-correlation of batch-standardised embeddings to identity.
+
+    Standardised as BatchNorm1d(affine=False) in training mode: biased variance, eps 1e-5.
+    """
+    z1, z2 = z1.float(), z2.float()
+    n = z1.shape[0]
+    a = (z1 - z1.mean(0)) / torch.sqrt(z1.var(0, unbiased=False) + 1e-5)
+    b = (z2 - z2.mean(0)) / torch.sqrt(z2.var(0, unbiased=False) + 1e-5)
+    c = a.T @ b / n
+    on_diagonal = (torch.diagonal(c) - 1).pow(2).sum()
+    return on_diagonal + lambd * _off_diagonal(c).pow(2).sum()

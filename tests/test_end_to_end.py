@@ -1,0 +1,87 @@
+"""Short real runs on the embedded data (CPU): learning, budget, resume, CLI eval."""
+
+import json
+
+import pytest
+import torch
+
+from gatedssl.cli import main
+from gatedssl.config import PretrainConfig
+from gatedssl.training import pretrain
+
+TINY = dict(width=8, proj_dim=64, epochs=3, batch_size=50, limit_per_class=20, checkpoint_every=1, device="cpu")
+
+
+def tiny(tmp_path, name="run", **kw):
+    return PretrainConfig(out=str(tmp_path / name), **{**TINY, **kw})
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path):
+    full = pretrain(tiny(tmp_path, "full"), progress=False)
+
+    def stop_after_two(epoch):
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        pretrain(tiny(tmp_path, "cut"), on_epoch_end=stop_after_two, progress=False)
+    assert torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=False)["epoch"] == 2
+    resumed = pretrain(tiny(tmp_path, "cut"), resume=True, progress=False)
+
+    a = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert resumed["gated"]["knn_top1"] == full["gated"]["knn_top1"]
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut/metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_run_folder_rules(tmp_path, capsys):
+    cfg = tiny(tmp_path, epochs=1)
+    pretrain(cfg, progress=False)
+    with pytest.raises(Exception, match="already holds a finished run"):
+        pretrain(cfg, progress=False)
+    code = main(["pretrain", "--out", cfg.out, "--width", "8", "--arch", "resnet34", "--proj-dim", "64", "--epochs", "1",
+                 "--batch-size", "50", "--limit-per-class", "20", "--checkpoint-every", "1", "--device", "cpu", "--resume", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "settings differ" in err and "arch" in err and "Traceback" not in err
+
+
+def test_cli_pretrain_then_eval_reproduces_the_summary(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["--out", str(out), "--width", "8", "--proj-dim", "64", "--epochs", "2", "--batch-size", "50",
+            "--limit-per-class", "20", "--device", "cpu", "--quiet"]
+    assert main(["pretrain", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "dense" in printed and "gated" in printed and "at init" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("dataset", "method", "arch", "width", "budget", "epochs", "train_seconds"):
+        assert key in summary
+    for name in ("dense", "gated"):
+        assert 0 <= summary[name]["knn_top1"] <= 100
+        assert 0 <= summary["init"][name]["knn_top1"] <= 100
+    assert summary["dense"]["macs"] == summary["dense"]["macs"] and summary["dense"]["macs_ratio"] == 1.0
+    assert 0 < summary["gated"]["macs_ratio"] < 1.05
+
+    assert main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    for name in ("dense", "gated"):
+        assert again[name]["knn_top1"] == pytest.approx(summary[name]["knn_top1"])
+        assert again[name]["macs"] == pytest.approx(summary[name]["macs"])
+    assert again["init"] == summary["init"]
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5])
+def test_short_run_learns_and_meets_the_budget(tmp_path, budget):
+    cfg = PretrainConfig(out=str(tmp_path / f"b{budget}"), budget=budget, width=8, proj_dim=256, epochs=8, batch_size=64,
+                         limit_per_class=200, checkpoint_every=100, device="cpu")
+    summary = pretrain(cfg, progress=False)
+    for name in ("dense", "gated"):
+        gain = summary[name]["knn_top1"] - summary["init"][name]["knn_top1"]
+        assert gain > 5.0, f"{name} kNN rose by only {gain:.1f} points"
+    assert abs(summary["gated"]["macs_ratio"] - budget) <= 0.05

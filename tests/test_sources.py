@@ -1,0 +1,215 @@
+"""Dataset loading: the shipped subset, class folders, torchvision's files, and the errors users see."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from gatedssl.data import DATASETS, load_dataset, sources
+from gatedssl.errors import UserError
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def _user_error(*args, **kwargs) -> str:
+    with pytest.raises(UserError) as info:
+        load_dataset(*args, **kwargs)
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+def _save(path, image: Image.Image) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def _stripes(width: int, height: int) -> Image.Image:
+    """Red top third, green middle, blue bottom: a center crop is all green, a squash is not."""
+    image = Image.new("RGB", (width, height), RED)
+    image.paste(GREEN, (0, height // 3, width, 2 * height // 3))
+    image.paste(BLUE, (0, 2 * height // 3, width, height))
+    return image
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """cat: RGB jpg, grayscale png, BMP (PIL fallback), tall striped png; dog: RGBA png, wide jpg."""
+    root = tmp_path / "imgs"
+    _save(root / "train/cat/a.jpg", Image.new("RGB", (50, 40), RED))
+    _save(root / "train/cat/b.png", Image.new("L", (30, 30), 128))
+    _save(root / "train/cat/c.bmp", Image.new("RGB", (20, 20), GREEN))
+    _save(root / "train/cat/d.png", _stripes(40, 120))
+    _save(root / "train/dog/a.png", Image.new("RGBA", (64, 48), BLUE + (255,)))
+    _save(root / "train/dog/b.JPG", Image.new("RGB", (90, 30), BLUE))
+    (root / "train/dog/notes.txt").write_text("not an image")
+    _save(root / "val/cat/x.png", Image.new("RGB", (33, 70), RED))
+    _save(root / "val/dog/y.png", Image.new("RGB", (70, 33), BLUE))
+    return root
+
+
+def test_embedded_is_real_balanced_cifar10_subset():
+    splits = load_dataset("embedded", "/ignored")
+    assert splits.crop_size == 32 and splits.mean == (0.4914, 0.4822, 0.4465)
+    assert splits.train.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for split, n in ((splits.train, 500), (splits.test, 100)):
+        assert split.images.shape == (10 * n, 3, 32, 32) and split.images.dtype == torch.uint8
+        assert split.images.is_contiguous() and split.labels.dtype == torch.int64
+        assert split.labels.bincount().tolist() == [n] * 10
+        assert len(torch.unique(split.images[:50].flatten(1), dim=0)) == 50
+        assert 80 < split.images.float().mean() < 160 and split.images.float().std() > 40
+    assert splits.pretrain.images is splits.train.images
+    # image 0 is the first JPEG in the file, decoded independently with PIL
+    with np.load(sources.EMBEDDED_PATH) as z:
+        first = bytes(z["train_jpeg"][z["train_offsets"][0] : z["train_offsets"][1]])
+    pil = torch.from_numpy(np.array(Image.open(io.BytesIO(first)).convert("RGB"))).permute(2, 0, 1)
+    assert (pil.int() - splits.train.images[0].int()).abs().max() <= 2
+
+
+def test_embedded_limit_keeps_first_per_class():
+    full, small = load_dataset("embedded"), load_dataset("embedded", limit_per_class=3)
+    assert small.train.labels.tolist() == [c for c in range(10) for _ in range(3)]
+    assert torch.equal(small.train.images[3:6], full.train.images[500:503])
+    assert len(small.test.labels) == 30
+
+
+def test_image_folder(folders):
+    splits = load_dataset("imagefolder", str(folders), image_size=32)
+    stored = round(32 * 256 / 224)
+    assert (splits.crop_size, splits.mean, splits.std) == (32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert splits.train.classes == splits.test.classes == ["cat", "dog"]
+    assert splits.train.images.shape == (6, 3, stored, stored) and splits.train.images.dtype == torch.uint8
+    assert splits.train.labels.tolist() == [0, 0, 0, 0, 1, 1]
+    assert splits.test.images.shape == (2, 3, stored, stored) and splits.test.labels.tolist() == [0, 1]
+    colors = splits.train.images.float().mean((2, 3))
+    expected = [RED, (128, 128, 128), GREEN, GREEN, BLUE, BLUE]  # index 3: only the green middle survives
+    assert torch.allclose(colors, torch.tensor(expected, dtype=torch.float), atol=3)  # JPEG: off by a little
+    center = splits.train.images[3, :, 2:-2].float().mean((1, 2))  # edge rows blend with red/blue
+    assert torch.allclose(center, torch.tensor(GREEN, dtype=torch.float), atol=1)  # center-cropped, not squashed
+    assert load_dataset("imagefolder", str(folders)).train.images.shape[-1] == 256
+
+
+def test_image_folder_parallel_decode_keeps_order(folders, monkeypatch):
+    serial = load_dataset("imagefolder", str(folders), image_size=32)
+    monkeypatch.setattr(sources, "_DECODE_BATCH", 2)  # 3 batches -> worker processes
+    parallel = load_dataset("imagefolder", str(folders), image_size=32)
+    assert torch.equal(serial.train.images, parallel.train.images)
+
+
+def test_image_folder_limit_and_test_instead_of_val(folders):
+    (folders / "val").rename(folders / "test")
+    splits = load_dataset("imagefolder", str(folders), image_size=32, limit_per_class=1)
+    assert splits.train.labels.tolist() == [0, 1] and splits.test.labels.tolist() == [0, 1]
+    colors = splits.train.images.float().mean((2, 3))
+    assert torch.allclose(colors, torch.tensor([RED, BLUE], dtype=torch.float), atol=3)
+
+
+def test_cifar_name_reads_class_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", None)  # must not be used
+    for split, n in (("train", 3), ("test", 2)):
+        for c, name in enumerate(["plane", "ship"]):
+            for i in range(n):
+                _save(tmp_path / split / name / f"{i:04d}.png", Image.new("RGB", (32, 32), (c * 200, i * 50, 7)))
+    splits = load_dataset("cifar10", str(tmp_path))
+    assert splits.crop_size == 32 and splits.mean == (0.4914, 0.4822, 0.4465)
+    assert splits.train.images.shape == (6, 3, 32, 32) and splits.test.images.shape == (4, 3, 32, 32)
+    assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1] and splits.train.classes == ["plane", "ship"]
+    assert splits.train.images[4, :, 5, 5].tolist() == [200, 50, 7]  # PNG: exact pixels
+    assert load_dataset("cifar100", str(tmp_path)).mean == (0.5071, 0.4865, 0.4409)
+
+
+def _pattern(n: int) -> np.ndarray:
+    """(n, 3, 32, 32): channel 0 = row index, 1 = column index, 2 = image index."""
+    h, w = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    return np.stack([np.stack([h, w, np.full((32, 32), i)]) for i in range(n)]).astype(np.uint8)
+
+
+def _check_pattern(images: torch.Tensor, index: list[int]) -> None:
+    assert images.is_contiguous() and images.dtype == torch.uint8
+    assert torch.equal(images[:, 0, :, 0], torch.arange(32).expand(len(index), 32).to(torch.uint8))
+    assert torch.equal(images[:, 1, 0, :], torch.arange(32).expand(len(index), 32).to(torch.uint8))
+    assert images[:, 2, 0, 0].tolist() == index
+
+
+def test_cifar10_from_torchvision_files(tmp_path, monkeypatch):
+    """Fake cifar-10-batches-py (checksums bypassed): layout NHWC -> NCHW, labels, limit."""
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    labels = [2, 0, 1, 0]
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        batch = {"data": _pattern(4).reshape(4, -1), "labels": labels}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b", "c"]}))
+    splits = load_dataset("cifar10", str(tmp_path))
+    assert splits.train.images.shape == (20, 3, 32, 32) and splits.test.images.shape == (4, 3, 32, 32)
+    _check_pattern(splits.test.images, [0, 1, 2, 3])
+    assert splits.train.labels.tolist() == labels * 5 and splits.train.classes == ["a", "b", "c"]
+    small = load_dataset("cifar10", str(tmp_path), limit_per_class=1)
+    assert small.test.labels.tolist() == [2, 0, 1]  # original order kept
+    _check_pattern(small.test.images, [0, 1, 2])
+
+
+def test_stl10_pretrain_adds_unlabeled(tmp_path, monkeypatch):
+    """Fake stl10_binary (column-major images, 1-based labels), checksums bypassed."""
+    monkeypatch.setattr(torchvision.datasets.stl10, "check_integrity", lambda *a, **k: True)
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    pattern = np.pad(_pattern(5), ((0, 0), (0, 0), (0, 64), (0, 64)))  # 96x96
+    for split, n in (("train", 3), ("unlabeled", 5), ("test", 2)):
+        (folder / f"{split}_X.bin").write_bytes(pattern[:n].transpose(0, 1, 3, 2).tobytes())
+        if split != "unlabeled":
+            (folder / f"{split}_y.bin").write_bytes(np.array([1, 2, 1][:n], dtype=np.uint8).tobytes())
+    (folder / "class_names.txt").write_text("airplane\nbird\n")
+    splits = load_dataset("stl10", str(tmp_path))
+    assert splits.crop_size == 96 and splits.mean == (0.485, 0.456, 0.406)
+    assert splits.train.images.shape == (3, 3, 96, 96) and splits.train.labels.tolist() == [0, 1, 0]
+    assert splits.pretrain.images.shape == (8, 3, 96, 96) and splits.pretrain.labels.tolist() == [0, 1, 0] + [-1] * 5
+    _check_pattern(splits.pretrain.images[:, :, :32, :32].contiguous(), [0, 1, 2, 0, 1, 2, 3, 4])
+    assert splits.test.labels.tolist() == [0, 1] and splits.train.classes == ["airplane", "bird"]
+    small = load_dataset("stl10", str(tmp_path), limit_per_class=1)
+    assert small.pretrain.labels.tolist() == [0, 1, -1]
+
+
+def test_cifar10_missing_files_is_one_line_error(tmp_path, monkeypatch):
+    attempts = []
+
+    def offline(self):
+        attempts.append(self.root)
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    message = _user_error("cifar10", str(tmp_path))
+    assert str(tmp_path) in message and "cifar-10-python.tar.gz" in message and attempts
+    monkeypatch.setattr(torchvision.datasets.STL10, "download", offline)
+    assert "stl10_binary" in _user_error("stl10", str(tmp_path))
+
+
+def test_folder_errors(tmp_path, folders):
+    assert all(name in _user_error("nope") for name in DATASETS)
+    assert "data" in _user_error("imagefolder")
+    assert str(tmp_path / "missing") in _user_error("imagefolder", str(tmp_path / "missing"))
+    assert "image_size" in _user_error("cifar10", str(folders), image_size=64)
+
+    (tmp_path / "no_val" / "train" / "cat").mkdir(parents=True)
+    assert "val" in _user_error("imagefolder", str(tmp_path / "no_val"))
+    (tmp_path / "no_classes" / "train").mkdir(parents=True)
+    (tmp_path / "no_classes" / "val").mkdir()
+    assert "class folder" in _user_error("imagefolder", str(tmp_path / "no_classes"))
+    (folders / "train" / "bird").mkdir()  # a class without images
+    (folders / "train" / "bird" / "readme.txt").write_text("x")
+    assert "bird" in _user_error("imagefolder", str(folders))
+
+
+def test_mismatched_classes_and_unreadable_image(folders):
+    (folders / "val" / "dog").rename(folders / "val" / "horse")
+    assert "class folders" in _user_error("imagefolder", str(folders))
+    (folders / "val" / "horse").rename(folders / "val" / "dog")
+    (folders / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    assert "broken.jpg" in _user_error("imagefolder", str(folders))
