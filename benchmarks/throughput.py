@@ -75,9 +75,8 @@ def breakdown(views: DeviceViews, objective, optimizer, device, steps) -> dict[s
 
         batch = views.images[torch.randint(0, n, (views.batch_size,), device=device)]
         mark()
-        x1, x2 = views.augment(batch), views.augment(batch)
-        if device.type == "cuda":
-            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+        x1 = views.augment(batch).contiguous(memory_format=torch.channels_last)
+        x2 = views.augment(batch).contiguous(memory_format=torch.channels_last)
         mark()
         with autocast:
             loss = objective(x1, x2, 0.5)["loss"]
@@ -125,8 +124,7 @@ def main():
           f"torch {torch.__version__}, {args.arch} width {args.width}, batch {args.batch_size}, {args.steps} timed steps")
 
     _, objective, optimizer, scheduler = setup(args, device)
-    if device.type == "cuda":
-        objective.to(memory_format=torch.channels_last)
+    objective.to(memory_format=torch.channels_last)
     if args.compile:
         objective.backbone.compile()
     ours_views = DeviceViews(splits.pretrain.images, BatchAugment(aug_cfg), args.batch_size, device)

@@ -25,7 +25,7 @@ def assert_one_clear_line(code, err, *needles):
 
 def test_recipe_defaults_depend_on_dataset():
     demo = resolve(PretrainConfig())
-    assert (demo.width, demo.epochs, demo.batch_size, demo.stem) == (16, 15, 256, "cifar")
+    assert (demo.width, demo.epochs, demo.batch_size, demo.stem) == (8, 16, 128, "cifar")
     paper = resolve(PretrainConfig(dataset="cifar10"))
     assert (paper.width, paper.epochs, paper.batch_size, paper.lr, paper.weight_decay, paper.warmup_epochs) == (64, 500, 512, 0.3, 1e-4, 10.0)
     assert resolve(PretrainConfig(dataset="imagefolder")).stem == "imagenet"

@@ -39,15 +39,18 @@ def test_groups_without_lars_are_plain_sgd_without_decay():
 def test_param_groups_exclude_gates_biases_and_norms_from_decay():
     net = gated_resnet18(width=8)
     groups = {g["name"]: g for g in param_groups(net, 1e-4)}
-    gate_ids = {id(p) for g in net.gates for p in g.parameters() if p.ndim > 1}
+    gate_ids = {id(p) for g in net.gates for p in g.parameters()}
     assert {id(p) for p in groups["gates"]["params"]} == gate_ids
+    assert groups["gates"]["lars"] is False
     assert groups["gates"]["weight_decay"] == 0 and groups["biases_and_norms"]["weight_decay"] == 0
     assert groups["weights"]["weight_decay"] == 1e-4
     assert all(p.ndim > 1 for p in groups["weights"]["params"])
     total = sum(len(g["params"]) for g in groups.values())
     assert total == len(list(net.parameters()))
     for name in ("lars", "sgd", "adamw"):
-        assert build_optimizer(net, name, 0.1, 1e-4) is not None
+        opt = build_optimizer(net, name, 0.1, 1e-4, gate_lr_scale=10.0)
+        lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+        assert lrs == pytest.approx({"weights": 0.1, "gates": 1.0, "biases_and_norms": 0.1})
 
 
 def test_warmup_then_cosine():

@@ -1,13 +1,31 @@
 """Self-supervised losses as pure functions of whole embedding batches.
 
 They take full (N, D) tensors, so a multi-GPU caller can all-gather embeddings first. Each
-computes in float32 whatever autocast produced, as the reference implementations do.
+computes in float32 whatever autocast produced, as the reference implementations do: inputs
+are cast with .float() *and* autocast is switched off inside, since autocast would otherwise
+run the matmuls (covariance, cross-correlation, similarity) in bf16/fp16 again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 import torch.nn.functional as F
+
+
+def _float32(fn):
+    """Run `fn` with tensor arguments cast to float32 and autocast off for their device."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device_type = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        off = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext()
+        with off:
+            return fn(*(a.float() if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
+
+    return wrapper
 
 
 def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
@@ -15,8 +33,15 @@ def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
     return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
 
 
+@_float32
 def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unweighted (invariance, variance, covariance) terms of VICReg (Bardes et al. 2022, reference code)."""
+    """Unweighted (invariance, variance, covariance) terms of VICReg (Bardes et al. 2022).
+
+    As facebookresearch/vicreg main_vicreg.py: invariance = MSE; std = sqrt(unbiased var + 1e-4),
+    variance = mean(relu(1 - std)) / 2 per branch; covariance = off-diagonal squares of
+    x.T @ x / (N - 1), summed and divided by D, per branch. (The reference takes the MSE on the
+    local batch and the other two on the gathered one; here all three see what is passed.)
+    """
     z1, z2 = z1.float(), z2.float()
     n, d = z1.shape
     invariance = F.mse_loss(z1, z2)
@@ -29,21 +54,24 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0) -> torch.Tensor:
-    """VICReg: weighted sum of invariance (MSE), variance hinge on std and off-diagonal covariance."""
+    """VICReg: sim_weight * invariance + var_weight * variance + cov_weight * covariance (reference 25/25/1)."""
     invariance, variance, covariance = vicreg_terms(z1, z2)
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance
 
 
+@_float32
 def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """SimSiam (Chen & He 2021): negative cosine between prediction and stop-gradient target."""
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
 
 
+@_float32
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL (Grill et al. 2020): 2 - 2 cos(prediction, stop-gradient target)."""
     return (2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)).mean()
 
 
+@_float32
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """SimCLR's NT-Xent (Chen et al. 2020): each of the 2N anchors against its other view, mean over anchors."""
     z = F.normalize(torch.cat([z1.float(), z2.float()]), dim=1)
@@ -54,6 +82,7 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -
     return F.cross_entropy(logits, targets)
 
 
+@_float32
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051) -> torch.Tensor:
     """Barlow Twins (Zbontar et al. 2021): cross-correlation of batch-standardised embeddings to identity.
 

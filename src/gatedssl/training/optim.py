@@ -54,32 +54,35 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Three groups: weights (decay, LARS), gate weights (LARS, no decay), biases and norms (neither).
+def param_groups(model: nn.Module, weight_decay: float, gate_lr_scale: float = 1.0) -> list[dict]:
+    """Three groups: weights (decay, LARS), gates (plain SGD, no decay), other biases and norms (neither).
 
-    Gates get no weight decay (as in the paper): decay would pull their logits toward 0, the
-    threshold, and make the masks noisy.
+    Gates get no weight decay (as in the paper): decay pulls their logits toward 0, the
+    threshold, and keeps the masks noisy. They are few and their gradient is mostly the budget
+    loss's, so they may take a larger step (gate_lr_scale) where a short run must converge.
     """
-    weights, gate_weights, flat = [], [], []
+    weights, gates, flat = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1:
+        if ".gate." in f".{name}":
+            gates.append(p)
+        elif p.ndim <= 1:
             flat.append(p)
-        elif ".gate." in f".{name}":
-            gate_weights.append(p)
         else:
             weights.append(p)
     groups = [
-        dict(params=weights, weight_decay=weight_decay, lars=True, name="weights"),
-        dict(params=gate_weights, weight_decay=0.0, lars=True, name="gates"),
-        dict(params=flat, weight_decay=0.0, lars=False, name="biases_and_norms"),
+        dict(params=weights, weight_decay=weight_decay, lars=True, lr_scale=1.0, name="weights"),
+        dict(params=gates, weight_decay=0.0, lars=False, lr_scale=gate_lr_scale, name="gates"),
+        dict(params=flat, weight_decay=0.0, lars=False, lr_scale=1.0, name="biases_and_norms"),
     ]
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9, eta: float = 0.02) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay)
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9, eta: float = 0.02, gate_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay, gate_lr_scale)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, eta=eta)
     if name == "sgd":
