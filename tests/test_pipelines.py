@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from gatedssl.config import PretrainConfig
+from gatedssl.data.augment import recipe
+from gatedssl.data.pipelines import DeviceViews, LoaderViews, make_views, torchvision_transform
+from gatedssl.data.sources import load_dataset
+from gatedssl.training import pretrain
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_dataset("embedded", limit_per_class=20)
+
+
+@pytest.mark.parametrize("pipeline", ["device", "loader"])
+def test_views_have_training_shapes_and_differ(splits, pipeline):
+    cfg = recipe(splits.crop_size, splits.mean, splits.std)
+    views = make_views(pipeline, splits.pretrain.images, cfg, 64, torch.device("cpu"))
+    assert len(views) == 200 // 64  # drop_last
+    batches = list(views)
+    assert len(batches) == 3
+    x1, x2 = batches[0]
+    assert x1.shape == x2.shape == (64, 3, 32, 32) and x1.dtype == torch.float32
+    assert not torch.equal(x1, x2), "two views must be drawn independently"
+    assert -3.0 < x1.mean().item() < 3.0  # normalised, not [0, 255]
+    assert isinstance(views, DeviceViews if pipeline == "device" else LoaderViews)
+
+
+def test_torchvision_baseline_runs_the_same_recipe(splits):
+    transform = torchvision_transform(recipe(splits.crop_size, splits.mean, splits.std))
+    names = [type(t).__name__ for t in transform.transforms]
+    assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"]
+    assert "RandomGrayscale" in names and "RandomSolarize" in names and names[-1] == "Normalize"
+    out = transform(splits.pretrain.images[0])
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+
+
+def test_fast_and_baseline_paths_learn_alike(tmp_path):
+    """Same seed, same epochs: the device path and the torchvision-workers path reach the same kNN within noise."""
+    results = {}
+    for pipeline in ("device", "loader"):
+        cfg = PretrainConfig(out=str(tmp_path / pipeline), data_pipeline=pipeline, proj_dim=256, epochs=6,
+                             limit_per_class=200, checkpoint_every=100, device="cpu")
+        results[pipeline] = pretrain(cfg, progress=False)
+    for name in ("dense", "gated"):
+        fast, base = results["device"][name]["knn_top1"], results["loader"][name]["knn_top1"]
+        init = results["device"]["init"][name]["knn_top1"]
+        assert fast > init + 2 and base > init + 2, (fast, base, init)
+        assert abs(fast - base) < 5.0, f"{name}: device {fast:.1f} vs loader {base:.1f}"
