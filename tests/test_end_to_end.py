@@ -67,6 +67,11 @@ def test_cli_pretrain_then_eval_reproduces_the_summary(tmp_path, capsys):
         assert 0 <= summary["init"][name]["knn_top1"] <= 100
     assert summary["dense"]["macs"] == summary["dense"]["macs"] and summary["dense"]["macs_ratio"] == 1.0
     assert 0 < summary["gated"]["macs_ratio"] < 1.05
+    frequency = summary["gated"]["channel_frequency"]
+    assert [len(f) for f in frequency] == [8, 8, 16, 16, 32, 32, 64, 64]
+    assert [sum(f) / len(f) for f in frequency] == pytest.approx(summary["gated"]["density"], abs=1e-3)
+    per_class = summary["gated"]["macs_ratio_per_class"]
+    assert len(per_class) == 10 and sum(per_class.values()) / 10 == pytest.approx(summary["gated"]["macs_ratio"], rel=1e-3)
 
     assert main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--out", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
@@ -85,3 +90,15 @@ def test_short_run_learns_and_meets_the_budget(tmp_path, budget):
         gain = summary[name]["knn_top1"] - summary["init"][name]["knn_top1"]
         assert gain > 5.0, f"{name} kNN rose by only {gain:.1f} points"
     assert abs(summary["gated"]["macs_ratio"] - budget) <= 0.05
+
+
+def test_eval_of_a_checkpoint_from_another_architecture_is_one_line(tmp_path, capsys):
+    pretrain(tiny(tmp_path, epochs=1), progress=False)
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
+    state["config"]["arch"] = "resnet34"  # settings say resnet34, weights are resnet18's
+    torch.save(state, tmp_path / "other.pt")
+    code = main(["eval", "--checkpoint", str(tmp_path / "other.pt"), "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not match the network" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()

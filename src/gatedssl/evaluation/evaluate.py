@@ -16,8 +16,13 @@ from .knn import knn_top1
 class Features:
     features: torch.Tensor  # (N, D) float32
     macs: torch.Tensor  # (N,) per-sample MACs of the pass
-    density: torch.Tensor  # (blocks,) mean share of active channels per gated block
+    channel_frequency: list[torch.Tensor]  # per gated block, (C,) share of samples in which each channel is on
     dense_macs: int
+
+    @property
+    def density(self) -> torch.Tensor:
+        """(blocks,) mean share of active channels per gated block."""
+        return torch.stack([f.mean() for f in self.channel_frequency])
 
 
 @torch.no_grad()
@@ -25,7 +30,7 @@ def extract(backbone: GatedResNet, images: ImageSet, splits: DatasetSplits, gate
     """Eval-mode features (deterministic gates); images are moved to the device a batch at a time."""
     was_training = backbone.training
     backbone.eval()
-    feats, macs, active = [], [], 0
+    feats, macs, on_counts = [], [], None
     dense_macs = 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for start in range(0, len(images.labels), batch_size):
@@ -35,11 +40,12 @@ def extract(backbone: GatedResNet, images: ImageSet, splits: DatasetSplits, gate
             out = backbone(x.contiguous(memory_format=torch.channels_last), gated=gated)
         feats.append(out.features.float())
         macs.append(out.macs)
-        active = active + torch.stack([m.sum() / m.shape[1] for m in out.masks])
+        counts = [m.sum(0) for m in out.masks]
+        on_counts = counts if on_counts is None else [a + b for a, b in zip(on_counts, counts)]
         dense_macs = out.dense_macs
     backbone.train(was_training)
     n = len(images.labels)
-    return Features(torch.cat(feats), torch.cat(macs), active / n, dense_macs)
+    return Features(torch.cat(feats), torch.cat(macs), [c / n for c in on_counts], dense_macs)
 
 
 def evaluate(backbone: GatedResNet, splits: DatasetSplits, device: torch.device, protocol: str = "weighted", k: int = 200, temperature: float = 0.07) -> dict:
@@ -53,11 +59,16 @@ def evaluate(backbone: GatedResNet, splits: DatasetSplits, device: torch.device,
         test = extract(backbone, splits.test, splits, gated, device)
         top1 = knn_top1(train.features, train_labels, test.features, test_labels, num_classes, protocol, k, temperature)
         mean_macs = test.macs.mean().item()
+        per_class = torch.zeros(num_classes, device=test.macs.device).index_add_(0, test_labels, test.macs)
+        per_class /= torch.bincount(test_labels, minlength=num_classes).clamp(min=1)
         result[name] = {
             "knn_top1": top1,
             "macs": mean_macs,
             "macs_ratio": mean_macs / test.dense_macs,
             "density": [round(d, 4) for d in test.density.tolist()],
+            "macs_ratio_per_class": dict(zip(splits.test.classes, [round(v / test.dense_macs, 5) for v in per_class.tolist()])),
         }
+        if gated:
+            result[name]["channel_frequency"] = [[round(v, 4) for v in f.tolist()] for f in test.channel_frequency]
     result["knn"] = {"protocol": protocol, "k": k, "temperature": temperature}
     return result

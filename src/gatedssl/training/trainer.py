@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..evaluation.evaluate import evaluate
 from ..methods import JointObjective, get_method
 from ..models.resnet import create_backbone
+from ..reporting.curves import plot_training_curves
 from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .optim import build_optimizer, warmup_cosine
 
@@ -173,6 +174,8 @@ def pretrain(
 
     final = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
     summary = make_summary(cfg, splits, final, init_eval, train_seconds, device)
+    plot_training_curves(paths.metrics, paths.root / "curves.png", cfg.budget if cfg.mode != "dense" else None,
+                         f"{cfg.dataset} | {cfg.arch} w{cfg.width} | {cfg.method} {cfg.mode} | budget {cfg.budget:g}")
     write_summary(paths.summary, summary)
     return summary
 

@@ -1,0 +1,53 @@
+"""Training curves of one run from its metrics.jsonl: losses, gated MACs vs budget, block density."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_training_curves(metrics_path: Path, out_png: Path, budget: float | None = None, title: str = "") -> Path:
+    """Three panels over epochs; returns the PNG path."""
+    records = read_metrics(metrics_path)
+    epochs = [r["epoch"] for r in records]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+
+    ax = axes[0]
+    for key, label in (("ssl", "SSL loss"), ("budget", "budget loss"), ("bound", "bound loss")):
+        values = [r[key] for r in records]
+        if any(v != 0 for v in values):
+            ax.plot(epochs, values, marker=".", label=label)
+    # symlog: the budget terms are orders of magnitude below the SSL loss, which may be negative (SimSiam)
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set(xlabel="epoch", ylabel="loss (mean over epoch, symlog scale)", title="Loss terms")
+    ax.legend()
+
+    ax = axes[1]
+    ax.plot(epochs, [r["macs_ratio"] for r in records], marker=".", label="gated pass (training masks)")
+    if budget is not None:
+        ax.axhline(budget, color="k", linestyle="--", linewidth=1, label=f"budget t_d = {budget:g}")
+    ax.set(xlabel="epoch", ylabel="gated MACs / dense MACs", title="Compute of the gated pass", ylim=(0, 1.05))
+    ax.legend()
+
+    ax = axes[2]
+    densities = [r["density"] for r in records]
+    for block in range(len(densities[0])):
+        ax.plot(epochs, [d[block] for d in densities], label=f"block {block + 1}")
+    ax.set(xlabel="epoch", ylabel="share of channels on", title="Density per gated block", ylim=(0, 1.05))
+    ax.legend(ncol=2, fontsize="small")
+
+    if title:
+        fig.suptitle(title)
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
