@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__
 from .config import PretrainConfig, load_yaml
 from .errors import UserError
+from .training.trainer import RunStopped
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -75,9 +76,9 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from .training.trainer import format_summary, prepare, pretrain
+    from .training.trainer import format_summary, preflight, pretrain
 
-    resolved = prepare(config_from_args(args))  # every setting checked before anything is printed or loaded
+    resolved = preflight(config_from_args(args), args.resume, args.overwrite)  # all checks before anything is printed or loaded
     if not args.quiet:
         print(f"gatedssl {__version__}: pretraining into {resolved.out}", file=sys.stderr)
         print("settings: " + ", ".join(f"{k}={v}" for k, v in resolved.to_dict().items()), file=sys.stderr)
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except RunStopped as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
         return 130

@@ -69,7 +69,9 @@ class PretrainConfig:
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     seed: int = _opt(0, "random seed")
     out: str | None = _opt(None, "run folder; default runs/<dataset>-<arch>-w<width>-<method>-<mode>-b<budget>-s<seed>")
-    checkpoint_every: int = _opt(10, "write a checkpoint every N epochs (and at the end)")
+    checkpoint_every: int = _opt(10, "write a checkpoint every N epochs (and at the end, and on SIGTERM/SIGINT)")
+    keep_checkpoints: int = _opt(2, "how many checkpoints to keep (--resume falls back to an older one if the newest is unreadable)")
+    skip_nonfinite: int = _opt(0, "skip up to N batches whose loss is not finite instead of stopping (checks the loss every step)")
     compile: bool = _opt(False, "torch.compile the backbone (CUDA)")
     data_pipeline: str = _opt("device", "device: data held on the device as uint8, views made there in whole batches; loader: torchvision transforms per image in DataLoader workers (the common baseline)", ("device", "loader"))
     limit_per_class: int | None = _opt(None, "use at most N images per class of each split (quick trials)")
@@ -141,13 +143,13 @@ def validate(cfg: PretrainConfig) -> list[str]:
             problems.append(message)
 
     check(0 < cfg.budget <= 1, f"budget: {cfg.budget} is outside (0, 1]; give the gated pass's share of the dense MACs, e.g. 0.5")
-    for name in ("width", "epochs", "batch_size", "proj_dim", "checkpoint_every", "knn_k", "limit_per_class"):
+    for name in ("width", "epochs", "batch_size", "proj_dim", "checkpoint_every", "keep_checkpoints", "knn_k", "limit_per_class"):
         value = getattr(cfg, name)
         check(value is None or value >= 1, f"{name}: must be a positive integer, got {value}")
     for name in ("tau", "lr", "knn_temperature", "gate_lr_scale"):
         value = getattr(cfg, name)
         check(value is None or value > 0, f"{name}: must be > 0, got {value}")
-    for name in ("budget_weight", "bound_weight", "anneal", "gate_warmup_epochs", "weight_decay", "warmup_epochs", "lars_eta"):
+    for name in ("budget_weight", "bound_weight", "anneal", "gate_warmup_epochs", "weight_decay", "warmup_epochs", "lars_eta", "skip_nonfinite"):
         value = getattr(cfg, name)
         check(value is None or value >= 0, f"{name}: must be >= 0, got {value}")
     check(0 <= cfg.momentum < 1, f"momentum: must be in [0, 1), got {cfg.momentum}")

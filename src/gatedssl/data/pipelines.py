@@ -1,7 +1,9 @@
 """Where the two views of each batch come from: the fast device path, or the common baseline.
 
 Both yield (view1, view2) float batches, normalised, on the training device, `len()` batches
-per epoch (drop_last, so every step has the same shapes). The trainer and the throughput
+per epoch (drop_last, so every step has the same shapes). An epoch is `epoch(order, start)`:
+`new_order()` draws the epoch's sample order, and a run stopped mid-epoch resumes at `start`
+with the saved order, so the resumed run sees exactly the batches the uninterrupted one would. The trainer and the throughput
 benchmark take either one, so a speed comparison is between data paths only.
 
 - `DeviceViews` (default): the dataset sits on the device as uint8; each step indexes a batch
@@ -32,11 +34,16 @@ class DeviceViews:
     def __len__(self) -> int:
         return len(self.images) // self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.images), device=self.device)
-        for step in range(len(self)):
+    def new_order(self) -> torch.Tensor:
+        return torch.randperm(len(self.images), device=self.device)
+
+    def epoch(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for step in range(start, len(self)):
             batch = self.images[order[step * self.batch_size : (step + 1) * self.batch_size]]
             yield self.augment(batch), self.augment(batch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(self.new_order())
 
 
 def torchvision_transform(cfg: AugmentConfig) -> v2.Compose:
@@ -79,9 +86,17 @@ class LoaderViews:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def new_order(self) -> None:
+        return None  # the DataLoader's sampler draws it
+
+    def epoch(self, order: None = None, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A mid-epoch resume skips `start` batches of a fresh order: same step count, not the same batches."""
+        for step, (x1, x2) in enumerate(self.loader):
+            if step >= start:
+                yield x1.to(self.device, non_blocking=True), x2.to(self.device, non_blocking=True)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x1, x2 in self.loader:
-            yield x1.to(self.device, non_blocking=True), x2.to(self.device, non_blocking=True)
+        return self.epoch()
 
 
 def make_views(pipeline: str, images: torch.Tensor, cfg: AugmentConfig, batch_size: int, device: torch.device):

@@ -56,7 +56,52 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     state = {"format_version": FORMAT_VERSION, **state}
-    atomic_write(path, lambda fh: torch.save(state, fh))
+    try:
+        atomic_write(path, lambda fh: torch.save(state, fh))
+    except OSError as exc:
+        raise UserError(f"could not write checkpoint {path} ({exc.strerror or exc}); the previous checkpoint is intact") from exc
+
+
+def save_run_checkpoint(folder: Path, global_step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write step_NNNNNNNN.pt, point last.pt at it (hard link, atomic rename), keep the newest `keep`."""
+    folder = Path(folder)
+    path = folder / f"step_{global_step:08d}.pt"
+    save_checkpoint(path, state)
+    tmp = folder / f".last.pt.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # no hard links here: a second copy
+        save_checkpoint(tmp, state)
+    os.replace(tmp, folder / "last.pt")
+    for old in sorted(folder.glob("step_*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_latest(folder: Path, report=print) -> tuple[dict[str, Any], Path]:
+    """The newest readable checkpoint: last.pt, else the retained ones newest first, saying so."""
+    folder = Path(folder)
+    candidates = [folder / "last.pt", *sorted(folder.glob("step_*.pt"), reverse=True)]
+    seen, problems = set(), []
+    for path in candidates:
+        if not path.exists():
+            continue
+        inode = path.stat().st_ino
+        if inode in seen:
+            continue
+        seen.add(inode)
+        try:
+            state = load_checkpoint(path)
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
+        for problem in problems:
+            report(f"warning: {problem}; falling back to {path}")
+        return state, path
+    if problems:
+        raise UserError(f"no readable checkpoint in {folder}: {problems[0]}")
+    raise UserError(f"--resume: no checkpoint in {folder}; start the run without --resume")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

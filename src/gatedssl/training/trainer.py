@@ -9,6 +9,11 @@ waits on the host. The loop knows nothing of VICReg or gates: that is the object
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +32,7 @@ from ..evaluation.evaluate import evaluate
 from ..methods import JointObjective, get_method
 from ..models.resnet import create_backbone
 from ..reporting.curves import plot_training_curves
-from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import atomic_write, load_latest, rng_state, save_run_checkpoint, set_rng_state
 from .optim import build_optimizer, warmup_cosine
 
 
@@ -68,26 +73,78 @@ def build_objective(cfg: PretrainConfig) -> JointObjective:
     )
 
 
-def prepare(cfg: PretrainConfig) -> PretrainConfig:
-    """Resolve recipe defaults and check every setting before any compute is spent."""
+def run_folder_problems(paths: RunPaths, resume: bool, overwrite: bool) -> list[str]:
+    if resume:
+        has_checkpoint = paths.checkpoints.is_dir() and any(paths.checkpoints.glob("*.pt"))
+        return [] if has_checkpoint else [f"--resume: no checkpoint in {paths.checkpoints}; start the run without --resume"]
+    if overwrite or not paths.root.exists():
+        return []
+    if paths.summary.exists():
+        return [f"{paths.root} already holds a finished run; choose another --out or pass --overwrite"]
+    if paths.checkpoints.is_dir() and any(paths.checkpoints.glob("*.pt")):
+        return [f"{paths.root} holds an unfinished run; pass --resume to continue it or --overwrite to start again"]
+    return []
+
+
+def storage_problems(cfg: PretrainConfig) -> list[str]:
+    """The run folder must be writable and have room for two checkpoints (one being written, one kept)."""
+    folder = Path(cfg.out).resolve()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return [f"out: cannot write in {existing}; choose an --out folder you can write to"]
+    with torch.device("meta"):
+        numel = sum(p.numel() for p in build_objective(cfg).parameters())
+    needed = 2 * 3 * 4 * numel  # weights + momentum + teacher/buffers margin, float32, twice
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        return [f"out: {free / 2**20:.0f} MiB free in {existing}, a checkpoint needs about {needed / 2**20:.0f} MiB; free some space or choose another --out"]
+    return []
+
+
+def preflight(cfg: PretrainConfig, resume: bool, overwrite: bool) -> PretrainConfig:
+    """Every check that needs no data or compute, all problems reported at once."""
     cfg = resolve(cfg)
     problems = validate(cfg)
+    if not problems:
+        problems = run_folder_problems(RunPaths(Path(cfg.out)), resume, overwrite) + storage_problems(cfg)
     if problems:
         raise UserError("\n".join(problems))
     return cfg
 
 
-def check_run_folder(paths: RunPaths, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not paths.last.exists():
-            raise UserError(f"--resume: no checkpoint at {paths.last}; start the run without --resume")
-        return
-    if overwrite or not paths.root.exists():
-        return
-    if paths.summary.exists():
-        raise UserError(f"{paths.root} already holds a finished run; choose another --out or pass --overwrite")
-    if paths.last.exists():
-        raise UserError(f"{paths.root} holds an unfinished run; pass --resume to continue it or --overwrite to start again")
+class RunStopped(Exception):
+    """Training stopped on purpose (signal, non-finite loss): a message and the exit code to use."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+EXIT_SIGNAL = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGINT with a checkpoint written; --resume continues
+EXIT_NONFINITE = 3
+
+
+class StopSignals:
+    """Turns SIGTERM and SIGINT into a request the loop honours after the current step."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def pretrain(
@@ -96,12 +153,18 @@ def pretrain(
     resume: bool = False,
     overwrite: bool = False,
     on_epoch_end: Callable[[int], None] | None = None,
+    on_step_end: Callable[[int, int], None] | None = None,
     progress: bool = True,
+    log=None,
 ) -> dict:
-    """Pretrain the dense network and its gated sub-network; returns the summary dict."""
-    cfg = prepare(cfg)
+    """Pretrain the dense network and its gated sub-network; returns the summary dict.
+
+    Raises RunStopped when a signal or a non-finite loss ends the run early (with a checkpoint
+    of the last good state), UserError for anything the user can fix.
+    """
+    log = log or (lambda message: print(message, file=sys.stderr))
+    cfg = preflight(cfg, resume, overwrite)
     paths = RunPaths(Path(cfg.out))
-    check_run_folder(paths, resume, overwrite)
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
@@ -119,55 +182,95 @@ def pretrain(
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), total_steps)
 
-    start_epoch, init_eval, train_seconds = 0, None, 0.0
+    start_epoch, start_step, order, sums, init_eval, train_seconds = 0, 0, None, {}, None, 0.0
     if resume:
-        state = load_checkpoint(paths.last)
+        for stale in paths.checkpoints.glob(".*.tmp-*"):  # left by a process killed while writing
+            stale.unlink()
+        state, path = load_latest(paths.checkpoints, report=log)
         if state["config"] != cfg.to_dict():
             changed = sorted(k for k in cfg.to_dict() if state["config"].get(k) != cfg.to_dict()[k])
             raise UserError(f"--resume: the settings differ from the checkpoint's ({', '.join(changed)}); resume with the run's own settings")
-        objective.load_state_dict(state["model"])
+        try:
+            objective.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise UserError(f"checkpoint {path} does not match the network its settings describe ({str(exc).splitlines()[0]})")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, init_eval, train_seconds = state["epoch"], state["init_eval"], state["train_seconds"]
+        start_epoch, start_step, init_eval, train_seconds = state["epoch"], state["step"], state["init_eval"], state["train_seconds"]
+        order = None if state["order"] is None else state["order"].to(device)
+        sums = {k: v.to(device) for k, v in state["sums"].items()}
         set_rng_state(state["rng"])
         _truncate_metrics(paths.metrics, start_epoch)
+        log(f"resuming from {path}: epoch {start_epoch + 1}, step {start_step + 1} of {steps_per_epoch}")
     else:
-        paths.root.mkdir(parents=True, exist_ok=True)
+        if overwrite and paths.checkpoints.is_dir():
+            shutil.rmtree(paths.checkpoints)
+        paths.checkpoints.mkdir(parents=True, exist_ok=True)
         for stale in (paths.metrics, paths.summary):
             stale.unlink(missing_ok=True)
         save_yaml(cfg, paths.root / "config.yaml")
         init_eval = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
         torch.manual_seed(cfg.seed)  # the training stream does not depend on evaluation
 
+    def checkpoint(epoch: int, step: int, order, sums) -> Path:
+        """State after `epoch` whole epochs and `step` steps of the next one."""
+        return save_run_checkpoint(paths.checkpoints, epoch * steps_per_epoch + step, {
+            "config": cfg.to_dict(), "model": objective.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+            "order": None if order is None else order.cpu(), "sums": {k: v.cpu() for k, v in sums.items()},
+            "init_eval": init_eval, "train_seconds": train_seconds, "rng": rng_state(), "gatedssl_version": __version__,
+        }, keep=cfg.keep_checkpoints)
+
     writer = _tensorboard(paths.root / "tb")
-    bar = tqdm(total=total_steps * cfg.batch_size, initial=start_epoch * steps_per_epoch * cfg.batch_size, unit="img",
-               unit_scale=True, desc="pretrain", disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=total_steps * cfg.batch_size, initial=(start_epoch * steps_per_epoch + start_step) * cfg.batch_size,
+               unit="img", unit_scale=True, desc="pretrain", disable=not progress, dynamic_ncols=True, mininterval=1.0)
     objective.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        gates_on = epoch >= cfg.gate_warmup_epochs
-        sums: dict[str, torch.Tensor] = {}
-        for step, (x1, x2) in enumerate(views):
-            progress_now = (epoch + step / steps_per_epoch) / cfg.epochs
-            terms = train_step(objective, optimizer, scheduler, x1, x2, progress_now, gates_on)
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0) + value
-            bar.update(cfg.batch_size)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        record = _epoch_record(epoch, sums, steps_per_epoch, seconds, cfg.batch_size, scheduler.get_last_lr()[0])
-        _log(paths, writer, record)
-        bar.set_postfix(loss=f"{record['loss']:.3g}", macs=f"{record['macs_ratio']:.2f}", refresh=False)
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-            save_checkpoint(paths.last, {
-                "config": cfg.to_dict(), "model": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "init_eval": init_eval,
-                "train_seconds": train_seconds, "rng": rng_state(), "gatedssl_version": __version__,
-            })
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
+    skipped = 0
+    with StopSignals() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            gates_on = epoch >= cfg.gate_warmup_epochs
+            if epoch > start_epoch or order is None:
+                order, sums = views.new_order(), {}
+            first_bad = torch.full((), -1, device=device)  # first step with a non-finite loss, found without a host sync
+            bad_terms = torch.zeros(3, device=device)
+            begin = start_step if epoch == start_epoch else 0
+            for step, (x1, x2) in enumerate(views.epoch(order, begin), start=begin):
+                progress_now = (epoch + step / steps_per_epoch) / cfg.epochs
+                terms = train_step(objective, optimizer, scheduler, x1, x2, progress_now, gates_on, guard=cfg.skip_nonfinite > 0)
+                if terms is None:
+                    skipped += 1
+                    log(f"warning: non-finite loss at epoch {epoch + 1}, step {step + 1}: batch skipped ({skipped} of {cfg.skip_nonfinite} allowed)")
+                    if skipped > cfg.skip_nonfinite:
+                        raise RunStopped(f"non-finite loss in more than {cfg.skip_nonfinite} batches; the last good checkpoint is kept in {paths.checkpoints}", EXIT_NONFINITE)
+                else:
+                    new_bad = (first_bad < 0) & ~torch.isfinite(terms["loss"])
+                    first_bad = torch.where(new_bad, step, first_bad)
+                    bad_terms = torch.where(new_bad, torch.stack([terms["ssl"], terms["budget"], terms["bound"]]), bad_terms)
+                    for key, value in terms.items():
+                        sums[key] = sums.get(key, 0) + value
+                bar.update(cfg.batch_size)
+                if on_step_end is not None:
+                    on_step_end(epoch, step)
+                if stop.received and step + 1 < steps_per_epoch:
+                    _check_finite(first_bad, bad_terms, epoch, paths)
+                    train_seconds += time.perf_counter() - t0
+                    saved = checkpoint(epoch, step + 1, order, sums)
+                    raise RunStopped(f"stopped by {stop.received} at epoch {epoch + 1}, step {step + 1}; checkpoint {saved} written; continue with --resume", EXIT_SIGNAL)
+            _check_finite(first_bad, bad_terms, epoch, paths)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            train_seconds += seconds
+            record = _epoch_record(epoch, sums, steps_per_epoch - skipped, seconds, cfg.batch_size, scheduler.get_last_lr()[0])
+            _log(paths, writer, record)
+            bar.set_postfix(loss=f"{record['loss']:.3g}", macs=f"{record['macs_ratio']:.2f}", refresh=False)
+            if stop.received or (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                saved = checkpoint(epoch + 1, 0, None, {})
+            if stop.received and epoch + 1 < cfg.epochs:
+                raise RunStopped(f"stopped by {stop.received} after epoch {epoch + 1}; checkpoint {saved} written; continue with --resume", EXIT_SIGNAL)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
     bar.close()
     if writer is not None:
         writer.close()
@@ -180,8 +283,22 @@ def pretrain(
     return summary
 
 
-def train_step(objective: JointObjective, optimizer, scheduler, x1: torch.Tensor, x2: torch.Tensor, progress: float, gates_on: bool = True, fast: bool = True) -> dict[str, torch.Tensor]:
+def _check_finite(first_bad: torch.Tensor, bad_terms: torch.Tensor, epoch: int, paths: RunPaths) -> None:
+    """One host read per epoch: stop on the first non-finite loss, naming the step and the terms."""
+    step = int(first_bad.item())
+    if step >= 0:
+        ssl, budget, bound = bad_terms.tolist()
+        raise RunStopped(f"non-finite loss at epoch {epoch + 1}, step {step + 1} (ssl={ssl:.4g}, budget={budget:.4g}, bound={bound:.4g}); "
+                         f"stopped without saving this epoch; the last good checkpoint is kept in {paths.checkpoints} "
+                         f"(lower --lr, or --skip-nonfinite N to skip such batches)", EXIT_NONFINITE)
+
+
+def train_step(objective: JointObjective, optimizer, scheduler, x1: torch.Tensor, x2: torch.Tensor, progress: float,
+               gates_on: bool = True, fast: bool = True, guard: bool = False) -> dict[str, torch.Tensor] | None:
     """One optimisation step on a pair of views; returns the detached loss terms (no host sync).
+
+    guard: check the loss on the host first and skip the update (None) if it is not finite;
+    that costs a sync per step, so it is only on with --skip-nonfinite.
 
     fast: channels_last (10% faster on CPU too, BENCHMARKS.md) and bf16 autocast on CUDA; off
     only for the eager fp32 baseline.
@@ -190,6 +307,10 @@ def train_step(objective: JointObjective, optimizer, scheduler, x1: torch.Tensor
         x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast and x1.is_cuda):
         terms = objective(x1, x2, progress, gates_on)
+    if guard and not torch.isfinite(terms["loss"]).item():
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()  # the schedule stays on the run's step count
+        return None
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     optimizer.step()
