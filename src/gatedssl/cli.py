@@ -8,6 +8,7 @@ Mistakes a user can fix end as one `error:` line per problem and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -27,8 +28,10 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     for f in fields(PretrainConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         annotation = str(f.type).replace(" | None", "")
         default = f.default if f.default is not MISSING else None
@@ -56,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(p)
+
+    w = sub.add_parser("sweep", help="pretrain one run per budget plus the dense baseline (B1), then summarise",
+                       description="One pretraining per budget plus the vanilla dense baseline (--mode dense, the paper's B1), "
+                                   "each in its own folder under --out. Finished runs are skipped and unfinished ones resumed, "
+                                   "so a sweep can be re-run after an interruption. Any pretrain setting applies to every run.")
+    w.add_argument("--budgets", type=float, nargs="+", required=True, metavar="T", help="budgets t_d, e.g. 0.1 0.3 0.5")
+    w.add_argument("--out", required=True, metavar="SWEEP", help="sweep folder (one run folder per budget inside)")
+    w.add_argument("--no-baseline", action="store_true", help="skip the dense baseline run")
+    w.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file; flags given here override it")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(w, skip=("budget", "out", "mode"))
 
     e = sub.add_parser("eval", help="re-evaluate a saved run: kNN on both passes and MACs",
                        description="Re-evaluate a checkpoint: kNN top-1 of the dense and the gated pass, and their MACs on the test set. "
@@ -88,6 +102,35 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def sweep_runs(args: argparse.Namespace) -> list[tuple[str, PretrainConfig]]:
+    base = config_from_args(args)
+    runs = [] if args.no_baseline else [("dense", dataclasses.replace(base, mode="dense", budget=1.0))]
+    runs += [(f"b{b:g}", dataclasses.replace(base, budget=b)) for b in args.budgets]
+    return [(name, dataclasses.replace(cfg, out=str(Path(args.out) / name))) for name, cfg in runs]
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from .training.trainer import RunPaths, format_summary, preflight, pretrain
+
+    runs = sweep_runs(args)
+    plans = []
+    for name, cfg in runs:  # check every run before the first one trains
+        paths = RunPaths(Path(cfg.out))
+        done = paths.summary.exists()
+        resume = not done and paths.last.exists()
+        if not done:
+            preflight(cfg, resume, overwrite=False)
+        plans.append((name, cfg, done, resume))
+    for i, (name, cfg, done, resume) in enumerate(plans, 1):
+        if done:
+            print(f"[{i}/{len(plans)}] {name}: complete, skipped", file=sys.stderr)
+            continue
+        print(f"[{i}/{len(plans)}] {name}: {'resuming' if resume else 'pretraining'} into {cfg.out}", file=sys.stderr)
+        print(format_summary(pretrain(cfg, resume=resume, progress=not args.quiet)))
+    print(f"sweep complete: {len(plans)} runs in {args.out}; `gatedssl report {args.out} --out REPORT` compares them")
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluation.runs import evaluate_checkpoint
     from .training.trainer import format_summary
@@ -106,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return {"pretrain": run_pretrain, "eval": run_eval}[args.command](args)
+        return {"pretrain": run_pretrain, "sweep": run_sweep, "eval": run_eval}[args.command](args)
     except UserError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)

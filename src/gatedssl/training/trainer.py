@@ -345,7 +345,8 @@ def format_summary(summary: dict) -> str:
     knn = summary["knn"]
     knn_name = f"kNN top-1 ({'weighted, k=' + str(knn['k']) if knn['protocol'] == 'weighted' else '1-NN'})"
     rows = [("pass", knn_name, "at init", "MACs/image", "MACs vs dense")]
-    for name, res in (("dense", dense), ("gated", gated)):
+    passes = (("dense", dense),) if summary.get("mode") == "dense" else (("dense", dense), ("gated", gated))
+    for name, res in passes:
         at_init = init.get(name, {}).get("knn_top1")
         rows.append((name, f"{res['knn_top1']:.2f} %", "-" if at_init is None else f"{at_init:.2f} %",
                      f"{res['macs'] / 1e6:.1f} M", f"{res['macs_ratio']:.3f}"))
@@ -354,7 +355,8 @@ def format_summary(summary: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     head = f"{summary['dataset']} | {summary['arch']} w{summary['width']} | {summary['method']} {summary['mode']} | budget {summary['budget']:g} | {summary['epochs']} epochs"
     if "train_seconds" in summary:
-        head += f" | trained in {summary['train_seconds']:.0f} s"
+        seconds = summary["train_seconds"]
+        head += f" | trained in {seconds:.1f} s" if seconds < 10 else f" | trained in {seconds:.0f} s"
     return "\n".join([head, *lines])
 
 
