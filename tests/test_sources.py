@@ -212,4 +212,23 @@ def test_mismatched_classes_and_unreadable_image(folders):
     assert "class folders" in _user_error("imagefolder", str(folders))
     (folders / "val" / "horse").rename(folders / "val" / "dog")
     (folders / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
-    assert "broken.jpg" in _user_error("imagefolder", str(folders))
+    assert "broken.jpg" in _user_error("imagefolder", str(folders), strict=True)
+
+
+def test_unreadable_and_truncated_images_are_skipped_and_counted(folders):
+    (folders / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    whole = (folders / "train" / "cat" / "a.jpg").read_bytes()
+    (folders / "train" / "dog" / "cut.jpg").write_bytes(whole[: len(whole) // 3])  # truncated mid-stream
+    messages = []
+    splits = load_dataset("imagefolder", str(folders), image_size=32, warn=messages.append)
+    assert splits.train.labels.tolist() == [0, 0, 0, 0, 1, 1], "the readable images all stay, in order"
+    assert len(messages) == 1 and "skipped 2 unreadable image(s) of 8" in messages[0]
+    assert "broken.jpg" in messages[0] and "cut.jpg" in messages[0] and "--strict" in messages[0]
+    message = _user_error("imagefolder", str(folders), image_size=32, strict=True)
+    assert "2 unreadable image(s)" in message
+
+
+def test_a_class_with_no_readable_image_is_an_error(folders):
+    for path in (folders / "val" / "dog").iterdir():
+        path.write_bytes(b"garbage")
+    assert "no readable image left in class folder(s) dog" in _user_error("imagefolder", str(folders), warn=lambda m: None)

@@ -75,6 +75,7 @@ class PretrainConfig:
     compile: bool = _opt(False, "torch.compile the backbone (CUDA)")
     data_pipeline: str = _opt("device", "device: data held on the device as uint8, views made there in whole batches; loader: torchvision transforms per image in DataLoader workers (the common baseline)", ("device", "loader"))
     limit_per_class: int | None = _opt(None, "use at most N images per class of each split (quick trials)")
+    strict: bool = _opt(False, "an unreadable image file ends the run (default: skipped, counted and named)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

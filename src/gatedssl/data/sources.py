@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,8 @@ class DatasetSplits:
 
 
 def load_dataset(
-    name: str, data_dir: str | None = None, *, image_size: int | None = None, limit_per_class: int | None = None
+    name: str, data_dir: str | None = None, *, image_size: int | None = None, limit_per_class: int | None = None,
+    strict: bool = False, warn=None,
 ) -> DatasetSplits:
     """Load every split of a dataset into memory.
 
@@ -74,7 +76,10 @@ def load_dataset(
     center-cropped, so evaluation can take the usual center crop. image_size sets the
     imagefolder crop (default 224). limit_per_class keeps the first N images of every
     class in each split, for quick trials; STL-10's unlabeled images count as one class.
+    Unreadable image files are skipped with a count and the first few paths named (via `warn`),
+    or, with strict=True, end the load with one line naming the first.
     """
+    warn = warn or (lambda message: print(message, file=sys.stderr))
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if image_size is not None and name != "imagefolder":
@@ -90,7 +95,7 @@ def load_dataset(
         listed = [_list_images(folder, limit_per_class) for folder in (root / "train", _eval_folder(root))]
         if listed[0][2] != listed[1][2]:  # checked before the (long) decode
             raise UserError(f"{root}: train/ and {_eval_folder(root).name}/ have different class folders; both need the same <class>/ subfolders")
-        train, test = (ImageSet(_decode_files(paths, stored), labels, classes) for paths, labels, classes in listed)
+        train, test = (_decode_set(paths, labels, classes, stored, strict, warn) for paths, labels, classes in listed)
         pretrain = train
     elif name == "stl10":
         root = data_dir or DEFAULT_ROOT
@@ -211,13 +216,30 @@ class _Files(Dataset):
         return F.center_crop(image, [self.size]).contiguous(), ""
 
 
-def _decode_files(paths: list[str], size: int) -> torch.Tensor:
+def _decode_files(paths: list[str], size: int) -> tuple[torch.Tensor, list[str]]:
+    """All images decoded, and one message per file that could not be read (its slot left black)."""
     images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)  # filled in place: no 2x peak from torch.cat
     workers = min(8, os.cpu_count() or 1, math.ceil(len(paths) / _DECODE_BATCH))  # parallelism is per batch
-    start = 0
+    start, failures = 0, []
     for batch, errors in DataLoader(_Files(paths, size), batch_size=_DECODE_BATCH, num_workers=workers):
-        if any(errors):
-            raise UserError(next(e for e in errors if e))
+        failures += [(start + i, e) for i, e in enumerate(errors) if e]
         images[start : start + len(batch)] = batch
         start += len(batch)
-    return images
+    return images, failures
+
+
+def _decode_set(paths: list[str], labels: torch.Tensor, classes: list[str], size: int, strict: bool, warn) -> ImageSet:
+    images, failures = _decode_files(paths, size)
+    if not failures:
+        return ImageSet(images, labels, classes)
+    if strict:
+        raise UserError(f"{failures[0][1]} (--strict; {len(failures)} unreadable image(s) in all)")
+    bad = torch.tensor([i for i, _ in failures])
+    keep = torch.ones(len(paths), dtype=torch.bool)
+    keep[bad] = False
+    named = ", ".join(paths[i] for i, _ in failures[:3])
+    warn(f"warning: skipped {len(failures)} unreadable image(s) of {len(paths)}, e.g. {named}; --strict makes this an error")
+    empty = [classes[c] for c in range(len(classes)) if not (labels[keep] == c).any()]
+    if empty:
+        raise UserError(f"no readable image left in class folder(s) {', '.join(empty)} of {Path(paths[0]).parent.parent}")
+    return ImageSet(images[keep], labels[keep], classes)

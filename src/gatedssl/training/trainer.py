@@ -168,7 +168,7 @@ def pretrain(
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
-    splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class)
+    splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict, warn=log)
     views = make_views(cfg.data_pipeline, splits.pretrain.images, recipe(splits.crop_size, splits.mean, splits.std), cfg.batch_size, device)
     steps_per_epoch = len(views)
     if steps_per_epoch == 0:

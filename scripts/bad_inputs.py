@@ -1,0 +1,99 @@
+"""Try every kind of bad input on the real CLI and print what a user sees, as a Markdown table.
+
+    python scripts/bad_inputs.py            # about 2 minutes on 2 CPU cores
+
+Each case runs `python -m gatedssl ...` in a fresh process; the table shows the exit code and
+the messages printed (stderr), and flags any Python traceback (there should be none).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+TINY = ["--width", "8", "--proj-dim", "64", "--epochs", "1", "--batch-size", "50", "--limit-per-class", "20", "--device", "cpu", "--quiet"]
+
+
+def run(args: list[str], cwd: Path) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-m", "gatedssl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def folders(root: Path) -> dict[str, Path]:
+    def image(path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (200, 20, 20)).save(path)
+
+    out = {"empty": root / "empty", "noval": root / "noval", "mismatch": root / "mismatch"}
+    out["empty"].mkdir()
+    image(out["noval"] / "train/cat/a.png")
+    image(out["mismatch"] / "train/cat/a.png")
+    image(out["mismatch"] / "val/dog/a.png")
+    (root / "unknown.yaml").write_text("budgett: 0.3\n")
+    (root / "list.yaml").write_text("- 0.3\n- 0.5\n")
+    (root / "broken.yaml").write_text("budget: [0.3\n")
+    (root / "corrupt.pt").write_bytes(b"this is not a checkpoint")
+    return out
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        f = folders(root)
+        done = root / "done"
+        code, err = run(["pretrain", "--out", str(done), *TINY], root)
+        assert code == 0, err
+        import torch
+
+        state = torch.load(done / "checkpoints/last.pt", weights_only=False)
+        state["config"]["arch"] = "resnet34"
+        torch.save(state, root / "other_arch.pt")
+        cases = [
+            ("unknown dataset", ["pretrain", "--dataset", "mnist"]),
+            ("unknown method", ["pretrain", "--method", "moco"]),
+            ("budget above 1", ["pretrain", "--budget", "1.5"]),
+            ("budget 0", ["pretrain", "--budget", "0"]),
+            ("budget not a number", ["pretrain", "--budget", "half"]),
+            ("negative epochs", ["pretrain", "--epochs", "-3"]),
+            ("batch of one image", ["pretrain", "--batch-size", "1"]),
+            ("width 0", ["pretrain", "--width", "0"]),
+            ("several problems at once", ["pretrain", "--budget", "2", "--epochs", "0", "--lr", "-1"]),
+            ("misspelt flag", ["pretrain", "--bugdet", "0.3"]),
+            ("unknown command", ["train"]),
+            ("unknown device", ["pretrain", "--device", "tpu"]),
+            ("CUDA asked, none present", ["pretrain", "--device", "cuda"]),
+            ("data folder missing", ["pretrain", "--dataset", "cifar10", "--data-dir", str(root / "nowhere")]),
+            ("imagefolder without --data-dir", ["pretrain", "--dataset", "imagefolder"]),
+            ("CIFAR-10 folder empty (offline)", ["pretrain", "--dataset", "cifar10", "--data-dir", str(f["empty"]), *TINY[:-1], "--out", str(root / "r1")]),
+            ("image folder without val/", ["pretrain", "--dataset", "imagefolder", "--data-dir", str(f["noval"]), "--out", str(root / "r2")]),
+            ("train/val classes differ", ["pretrain", "--dataset", "imagefolder", "--data-dir", str(f["mismatch"]), "--out", str(root / "r3")]),
+            ("YAML key that does not exist", ["pretrain", "--config", str(root / "unknown.yaml")]),
+            ("YAML that is a list", ["pretrain", "--config", str(root / "list.yaml")]),
+            ("YAML syntax error", ["pretrain", "--config", str(root / "broken.yaml")]),
+            ("config file missing", ["pretrain", "--config", str(root / "nope.yaml")]),
+            ("output folder not writable", ["pretrain", "--out", "/proc/gatedssl-run"]),
+            ("run folder already finished", ["pretrain", "--out", str(done), *TINY]),
+            ("--resume without a checkpoint", ["pretrain", "--out", str(root / "fresh"), "--resume"]),
+            ("--resume with other settings", ["pretrain", "--out", str(done), *TINY, "--arch", "resnet34", "--resume"]),
+            ("batch larger than the data", ["pretrain", "--out", str(root / "r4"), *TINY[:-3], "--limit-per-class", "2", "--batch-size", "64", "--quiet"]),
+            ("eval: checkpoint missing", ["eval", "--checkpoint", str(root / "none.pt")]),
+            ("eval: not a checkpoint", ["eval", "--checkpoint", str(root / "corrupt.pt")]),
+            ("eval: weights of another architecture", ["eval", "--checkpoint", str(root / "other_arch.pt"), "--out", str(root / "x.json")]),
+        ]
+        print("| # | bad input | exit | what the user sees (stderr) |")
+        print("|---|---|---|---|")
+        for i, (name, args) in enumerate(cases, 1):
+            code, err = run(args, root)
+            shown = " / ".join(line for line in err.strip().splitlines() if line.strip()).replace(str(root), "TMP").replace("|", "\\|")
+            flag = " **TRACEBACK**" if "Traceback" in err else ""
+            print(f"| {i} | {name} | {code} | {shown[:400]}{flag} |")
+
+
+if __name__ == "__main__":
+    main()
