@@ -90,7 +90,8 @@ def main():
         print("|---|---|---|---|")
         for i, (name, args) in enumerate(cases, 1):
             code, err = run(args, root)
-            shown = " / ".join(line for line in err.strip().splitlines() if line.strip()).replace(str(root), "TMP").replace("|", "\\|")
+            said = [line for line in err.strip().splitlines() if line.startswith(("error", "warning"))] or err.strip().splitlines()[-1:]
+            shown = " / ".join(said).replace(str(root), "TMP").replace("|", "\\|")
             flag = " **TRACEBACK**" if "Traceback" in err else ""
             print(f"| {i} | {name} | {code} | {shown[:400]}{flag} |")
 

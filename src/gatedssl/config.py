@@ -101,7 +101,7 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
             values[key] = value
     if values["stem"] is None:
         values["stem"] = "cifar" if CROP_SIZES.get(cfg.dataset, 224) <= 64 else "imagenet"
-    if values["warmup_epochs"] is None and isinstance(values["epochs"], int):
+    if values["warmup_epochs"] is None and isinstance(values["epochs"], int) and values["epochs"] >= 1:
         values["warmup_epochs"] = min(10.0, 0.02 * values["epochs"])
     if values["out"] is None:
         values["out"] = str(Path("runs") / default_run_name(values))

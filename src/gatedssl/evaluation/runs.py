@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import PretrainConfig, validate
 from ..data.sources import load_dataset
 from ..errors import UserError
-from ..training.checkpoint import load_checkpoint
+from ..training.checkpoint import first_mismatch, load_checkpoint
 from ..training.trainer import build_objective, make_summary, select_device, write_summary
 from .evaluate import evaluate
 
@@ -28,7 +28,7 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
     try:
         objective.load_state_dict(state["model"])
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        first = first_mismatch(exc)
         raise UserError(f"checkpoint {path} does not match the network its settings describe ({first})")
     dev = select_device(cfg.device)
     objective.to(dev)

@@ -118,3 +118,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if state.get("format_version") != FORMAT_VERSION:
         raise UserError(f"checkpoint {path} has format version {state.get('format_version')}, this gatedssl reads {FORMAT_VERSION}")
     return state
+
+
+def first_mismatch(exc: RuntimeError) -> str:
+    """The first concrete line of a load_state_dict error (a size mismatch or a missing key)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else lines[0] if lines else "state dict mismatch"
+    return detail if len(detail) <= 200 else detail[:197] + "..."

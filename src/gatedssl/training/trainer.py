@@ -32,7 +32,7 @@ from ..evaluation.evaluate import evaluate
 from ..methods import JointObjective, get_method
 from ..models.resnet import create_backbone
 from ..reporting.curves import plot_training_curves
-from .checkpoint import atomic_write, load_latest, rng_state, save_run_checkpoint, set_rng_state
+from .checkpoint import atomic_write, first_mismatch, load_latest, rng_state, save_run_checkpoint, set_rng_state
 from .optim import build_optimizer, warmup_cosine
 
 
@@ -193,7 +193,7 @@ def pretrain(
         try:
             objective.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise UserError(f"checkpoint {path} does not match the network its settings describe ({str(exc).splitlines()[0]})")
+            raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, start_step, init_eval, train_seconds = state["epoch"], state["step"], state["init_eval"], state["train_seconds"]
