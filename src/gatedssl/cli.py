@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--no-baseline", action="store_true", help="skip the dense baseline run")
     w.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file; flags given here override it")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_probe_flags(w, default="fast")
     _add_config_flags(w, skip=("budget", "out", "mode"))
 
     e = sub.add_parser("eval", help="re-evaluate a saved run: kNN on both passes and MACs",
@@ -79,7 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     e.add_argument("--knn-protocol", choices=("weighted", "1nn"), help="override the run's kNN protocol")
     e.add_argument("--out", metavar="FILE.json", help="where to write the summary (default: RUN/summary.json)")
+    _add_probe_flags(e, default="none")
+
+    r = sub.add_parser("report", help="the trade-off report of runs or sweeps: Table 1, plots, channel usage",
+                       description="Compare finished runs (run folders, or sweep folders holding them): writes report.md, a "
+                                   "self-contained report.html, table.json/csv and PNGs (accuracy vs MACs, channel usage, "
+                                   "MACs per class, training curves) into --out.")
+    r.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP", help="run folders or sweep folders")
+    r.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
+    r.add_argument("--paper-overlay", action="store_true", help="draw the paper's Table 1 numbers on the trade-off plot")
     return parser
+
+
+def _add_probe_flags(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--probe", choices=("none", "fast", "paper"), default=default,
+                        help="linear probe on both passes: fast (cached features, seconds) or paper (augmented, 100 epochs) "
+                             f"(default: {default})")
+    parser.add_argument("--probe-seeds", type=int, default=1, metavar="N", help="linear heads per pass; mean and std reported (default: 1)")
 
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
@@ -127,7 +145,29 @@ def run_sweep(args: argparse.Namespace) -> int:
             continue
         print(f"[{i}/{len(plans)}] {name}: {'resuming' if resume else 'pretraining'} into {cfg.out}", file=sys.stderr)
         print(format_summary(pretrain(cfg, resume=resume, progress=not args.quiet)))
-    print(f"sweep complete: {len(plans)} runs in {args.out}; `gatedssl report {args.out} --out REPORT` compares them")
+    if args.probe != "none":
+        from .evaluation.runs import evaluate_checkpoint
+
+        for i, (name, cfg, _, _) in enumerate(plans, 1):
+            summary = json.loads((Path(cfg.out) / "summary.json").read_text())
+            wanted = {"protocol": args.probe, "seeds": args.probe_seeds}
+            if all({k: summary.get(p, {}).get("probe", {}).get(k) for k in wanted} == wanted for p in ("dense", "gated")):
+                continue
+            print(f"[{i}/{len(plans)}] {name}: linear probe ({args.probe}, {args.probe_seeds} seed(s))", file=sys.stderr)
+            evaluate_checkpoint(str(Path(cfg.out) / "checkpoints" / "last.pt"), probe=args.probe, probe_seeds=args.probe_seeds,
+                                device=cfg.device, progress=not args.quiet)
+    from .reporting.report import write_report
+
+    html = write_report([args.out], Path(args.out) / "report")
+    print(f"sweep complete: {len(plans)} runs in {args.out}; report: {html}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .reporting.report import write_report
+
+    html = write_report(args.paths, args.out, paper_overlay=args.paper_overlay)
+    print(f"report written: {html} (and report.md, table.json, table.csv, PNGs in {args.out})")
     return 0
 
 
@@ -136,7 +176,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from .training.trainer import format_summary
 
     summary, written = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
-                                           knn_protocol=args.knn_protocol, out=args.out)
+                                           knn_protocol=args.knn_protocol, out=args.out,
+                                           probe=None if args.probe == "none" else args.probe, probe_seeds=args.probe_seeds)
     print(format_summary(summary))
     print(f"summary written to {written}")
     return 0
@@ -149,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return {"pretrain": run_pretrain, "sweep": run_sweep, "eval": run_eval}[args.command](args)
+        return {"pretrain": run_pretrain, "sweep": run_sweep, "eval": run_eval, "report": run_report}[args.command](args)
     except UserError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)

@@ -11,10 +11,17 @@ from ..errors import UserError
 from ..training.checkpoint import first_mismatch, load_checkpoint
 from ..training.trainer import build_objective, make_summary, select_device, write_summary
 from .evaluate import evaluate
+from .probe import linear_probe
 
 
-def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str = "auto", knn_protocol: str | None = None, out: str | None = None) -> tuple[dict, Path]:
-    """Rebuild the run's network from the checkpoint's own config, evaluate it, write the summary."""
+def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str = "auto", knn_protocol: str | None = None,
+                        out: str | None = None, probe: str | None = None, probe_seeds: int = 1, progress: bool = True) -> tuple[dict, Path]:
+    """Rebuild the run's network from the checkpoint's own config, evaluate it, write the summary.
+
+    probe: also a linear probe ("fast" or "paper") of each pass, stored as dense.probe / gated.probe.
+    """
+    if probe_seeds < 1:
+        raise UserError(f"--probe-seeds must be at least 1, got {probe_seeds}")
     state = load_checkpoint(path)
     try:
         cfg = PretrainConfig(**state["config"])
@@ -36,6 +43,12 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
     result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
     summary = make_summary(cfg, splits, result, state.get("init_eval"), state.get("train_seconds"), dev)
     summary["epochs_trained"] = state["epoch"]
+    if probe is not None:
+        for name, gated in (("dense", False), ("gated", True)):
+            if name == "gated" and cfg.mode == "dense":
+                continue  # a dense-only baseline has untrained gates
+            result = linear_probe(objective.backbone, splits, gated, dev, protocol=probe, seeds=probe_seeds, progress=progress)
+            summary[name]["probe"] = result.to_dict()
     target = Path(out) if out else Path(path).resolve().parent.parent / "summary.json"
     write_summary(target, summary)
     return summary, target

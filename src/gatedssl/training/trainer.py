@@ -340,16 +340,23 @@ def write_summary(path: Path, summary: dict) -> None:
 
 def format_summary(summary: dict) -> str:
     """The short table printed at the end of a run (and by `gatedssl eval`)."""
-    dense, gated = summary["dense"], summary["gated"]
     init = summary.get("init", {})
     knn = summary["knn"]
     knn_name = f"kNN top-1 ({'weighted, k=' + str(knn['k']) if knn['protocol'] == 'weighted' else '1-NN'})"
-    rows = [("pass", knn_name, "at init", "MACs/image", "MACs vs dense")]
-    passes = (("dense", dense),) if summary.get("mode") == "dense" else (("dense", dense), ("gated", gated))
-    for name, res in passes:
+    passes = ("dense",) if summary.get("mode") == "dense" else ("dense", "gated")
+    probe = summary["dense"].get("probe")
+    header = ["pass", knn_name, "at init"]
+    if probe:
+        header.append(f"linear probe top-1 ({probe['protocol']}, {probe['seeds']} seed{'s' if probe['seeds'] > 1 else ''})")
+    rows = [tuple(header + ["MACs/image", "MACs vs dense"])]
+    for name in passes:
+        res = summary[name]
         at_init = init.get(name, {}).get("knn_top1")
-        rows.append((name, f"{res['knn_top1']:.2f} %", "-" if at_init is None else f"{at_init:.2f} %",
-                     f"{res['macs'] / 1e6:.1f} M", f"{res['macs_ratio']:.3f}"))
+        row = [name, f"{res['knn_top1']:.2f} %", "-" if at_init is None else f"{at_init:.2f} %"]
+        if probe:
+            p = res.get("probe")
+            row.append("-" if p is None else f"{p['top1']:.2f} %" + (f" +- {p['top1_std']:.2f}" if p["seeds"] > 1 else ""))
+        rows.append(tuple(row + [f"{res['macs'] / 1e6:.1f} M", f"{res['macs_ratio']:.3f}"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
