@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -19,17 +20,24 @@ def plot_training_curves(metrics_path: Path, out_png: Path, budget: float | None
     """Three panels over epochs; returns the PNG path."""
     records = read_metrics(metrics_path)
     epochs = [r["epoch"] for r in records]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    gated = any(r["macs_ratio"] != 1.0 for r in records)  # a dense-only run has no gated panels to show
+    fig, axes = plt.subplots(1, 3 if gated else 1, figsize=(15, 4.2) if gated else (6, 4.2), constrained_layout=True, squeeze=False)
+    axes = axes[0]
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, max(epochs) + 0.5)
 
     ax = axes[0]
     for key, label in (("ssl", "SSL loss"), ("budget", "budget loss"), ("bound", "bound loss")):
         values = [r[key] for r in records]
         if any(v != 0 for v in values):
             ax.plot(epochs, values, marker=".", label=label)
-    # symlog: the budget terms are orders of magnitude below the SSL loss, which may be negative (SimSiam)
-    ax.set_yscale("symlog", linthresh=1e-4)
-    ax.set(xlabel="epoch", ylabel="loss (mean over epoch, symlog scale)", title="Loss terms")
+    if gated:  # symlog: the budget terms are orders of magnitude below the SSL loss, which may be negative (SimSiam)
+        ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set(xlabel="epoch", ylabel="loss (mean over epoch" + (", symlog scale)" if gated else ")"), title="Loss terms")
     ax.legend()
+    if not gated:
+        return _save(fig, out_png, title)
 
     ax = axes[1]
     ax.plot(epochs, [r["macs_ratio"] for r in records], marker=".", label="gated pass (training masks)")
@@ -45,6 +53,10 @@ def plot_training_curves(metrics_path: Path, out_png: Path, budget: float | None
     ax.set(xlabel="epoch", ylabel="share of channels on", title="Density per gated block", ylim=(0, 1.05))
     ax.legend(ncol=2, fontsize="small")
 
+    return _save(fig, out_png, title)
+
+
+def _save(fig, out_png: Path, title: str) -> Path:
     if title:
         fig.suptitle(title)
     out_png = Path(out_png)
