@@ -19,9 +19,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gatedssl.config import PretrainConfig, resolve
-from gatedssl.data.augment import recipe
+from gatedssl.data.augment import BatchAugment, recipe
 from gatedssl.data.pipelines import DeviceViews, LoaderViews
-from gatedssl.data.augment import BatchAugment
 from gatedssl.data.sources import load_dataset
 from gatedssl.training.optim import build_optimizer, warmup_cosine
 from gatedssl.training.trainer import build_objective, select_device, train_step

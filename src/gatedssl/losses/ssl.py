@@ -42,7 +42,6 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torc
     x.T @ x / (N - 1), summed and divided by D, per branch. (The reference takes the MSE on the
     local batch and the other two on the gathered one; here all three see what is passed.)
     """
-    z1, z2 = z1.float(), z2.float()
     n, d = z1.shape
     invariance = F.mse_loss(z1, z2)
     x, y = z1 - z1.mean(0), z2 - z2.mean(0)
@@ -62,19 +61,19 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, va
 @_float32
 def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """SimSiam (Chen & He 2021): negative cosine between prediction and stop-gradient target."""
-    return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
 
 
 @_float32
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL (Grill et al. 2020): 2 - 2 cos(prediction, stop-gradient target)."""
-    return (2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)).mean()
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
 
 
 @_float32
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """SimCLR's NT-Xent (Chen et al. 2020): each of the 2N anchors against its other view, mean over anchors."""
-    z = F.normalize(torch.cat([z1.float(), z2.float()]), dim=1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
     n = z1.shape[0]
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))
@@ -88,7 +87,6 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051)
 
     Standardised as BatchNorm1d(affine=False) in training mode: biased variance, eps 1e-5.
     """
-    z1, z2 = z1.float(), z2.float()
     n = z1.shape[0]
     a = (z1 - z1.mean(0)) / torch.sqrt(z1.var(0, unbiased=False) + 1e-5)
     b = (z2 - z2.mean(0)) / torch.sqrt(z2.var(0, unbiased=False) + 1e-5)

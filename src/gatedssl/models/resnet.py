@@ -189,8 +189,8 @@ class GatedResNet(nn.Module):
             masks.append(mask if mask is not None else out.new_ones(n, block.mid_channels, dtype=torch.float32))
         features = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
         if gated:
-            active = torch.stack([m.sum(1) for m in masks], 1)  # (N, blocks)
-            macs = active @ torch.tensor(per_channel, dtype=torch.float32, device=x.device) + float(fixed)
+            # Python-int costs times mask sums: no host-to-device copy of a cost vector each step
+            macs = sum(m.sum(1) * pc for m, pc in zip(masks, per_channel)) + float(fixed)
         else:
             macs = torch.full((n,), float(dense), device=x.device)
         return BackboneOutput(features, masks, macs, dense)
