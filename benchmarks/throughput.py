@@ -1,13 +1,15 @@
 """Samples/s of the full joint training step: ours against the common baseline, side by side.
 
-ours:     data on the device as uint8, two views made there by BatchAugment, channels_last,
-          bf16 autocast on CUDA, optional torch.compile.
+ours:     data on the device as uint8 (or, --storage stream, decoded from the files by workers or
+          nvJPEG), two views made there by BatchAugment, channels_last, bf16 autocast on CUDA,
+          optional torch.compile.
 baseline: torchvision.transforms.v2 per image in DataLoader workers (all cores), eager fp32.
 Both: the same model (gated + dense pass, shared projector, VICReg + budget losses), the same
 batch, the same LARS step. Prints both, their ratio, and a stage breakdown of ours.
 
     python benchmarks/throughput.py --device cpu --width 16 --batch-size 256 --steps 10
     python benchmarks/throughput.py --device cuda --width 64 --batch-size 512 --compile
+    python benchmarks/throughput.py --dataset cifar10 --data-dir .data/cifar10-jpg --storage stream
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ def views_batch(views) -> int:
 def breakdown(views: DeviceViews, objective, optimizer, device, steps) -> dict[str, float]:
     """Milliseconds per step in each stage of ours (synchronising between stages, so slower overall)."""
     times = dict(data=0.0, augmentation=0.0, forward=0.0, backward=0.0, optimizer=0.0)
-    n = len(views.images)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    batches = views.batches(views.new_order())
     for _ in range(steps + 1):
         marks = [time.perf_counter()]
 
@@ -72,7 +74,7 @@ def breakdown(views: DeviceViews, objective, optimizer, device, steps) -> dict[s
             sync(device)
             marks.append(time.perf_counter())
 
-        batch = views.images[torch.randint(0, n, (views.batch_size,), device=device)]
+        batch = next(batches)
         mark()
         x1 = views.augment(batch).contiguous(memory_format=torch.channels_last)
         x2 = views.augment(batch).contiguous(memory_format=torch.channels_last)
@@ -92,7 +94,7 @@ def breakdown(views: DeviceViews, objective, optimizer, device, steps) -> dict[s
 
 
 def step_flops(objective, views: DeviceViews, device) -> int:
-    x = views.images[: views.batch_size]
+    x = next(views.batches(views.new_order()))
     x1, x2 = views.augment(x), views.augment(x)
     with FlopCounterMode(display=False) as counter:
         objective(x1, x2, 0.5)["loss"].backward()
@@ -104,6 +106,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--dataset", default="embedded")
+    p.add_argument("--data-dir", default=None, help="dataset folder (e.g. the CIFAR-10 JPEG copy: DIR/train/<class>/, DIR/test/<class>/)")
+    p.add_argument("--storage", default="memory", choices=("memory", "stream"), help="stream: image folders read from the files every epoch")
+    p.add_argument("--data-workers", type=int, default=None, help="workers that read streamed files (default: all cores, at most 16)")
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--proj-dim", type=int, default=2048)
@@ -117,10 +122,11 @@ def main():
     p.add_argument("--skip-baseline", action="store_true")
     args = p.parse_args()
     device = select_device(args.device)
-    splits = load_dataset(args.dataset)
+    splits = load_dataset(args.dataset, args.data_dir, storage=args.storage, device=device, workers=args.data_workers)
     aug_cfg = recipe(splits.crop_size, splits.mean, splits.std)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"torch {torch.__version__}, {args.arch} width {args.width}, batch {args.batch_size}, {args.steps} timed steps")
+          f"torch {torch.__version__}, {args.arch} width {args.width}, batch {args.batch_size}, {args.steps} timed steps, "
+          f"{args.dataset} {args.storage} ({splits.crop_size} px)")
 
     _, objective, optimizer, scheduler = setup(args, device)
     objective.to(memory_format=torch.channels_last)

@@ -73,7 +73,9 @@ class PretrainConfig:
     keep_checkpoints: int = _opt(2, "how many checkpoints to keep (--resume falls back to an older one if the newest is unreadable)")
     skip_nonfinite: int = _opt(0, "skip up to N batches whose loss is not finite instead of stopping (checks the loss every step)")
     compile: bool = _opt(False, "torch.compile the backbone (CUDA)")
-    data_pipeline: str = _opt("device", "device: data held on the device as uint8, views made there in whole batches; loader: torchvision transforms per image in DataLoader workers (the common baseline)", ("device", "loader"))
+    data_pipeline: str = _opt("device", "device: views made on the training device in whole batches; loader: torchvision transforms per image in DataLoader workers (the common baseline)", ("device", "loader"))
+    storage: str = _opt("auto", "folder datasets: memory decodes every image once and holds it (on the device for training); stream decodes from the files every epoch in DataLoader workers (on the GPU with nvJPEG under CUDA); auto holds what fits in half the free memory", ("auto", "memory", "stream"))
+    data_workers: int | None = _opt(None, "DataLoader workers that read streamed files (default: the CPU cores, at most 16)")
     limit_per_class: int | None = _opt(None, "use at most N images per class of each split (quick trials)")
     strict: bool = _opt(False, "an unreadable image file ends the run (default: skipped, counted and named)")
 
@@ -150,7 +152,7 @@ def validate(cfg: PretrainConfig) -> list[str]:
     for name in ("tau", "lr", "knn_temperature", "gate_lr_scale"):
         value = getattr(cfg, name)
         check(value is None or value > 0, f"{name}: must be > 0, got {value}")
-    for name in ("budget_weight", "bound_weight", "anneal", "gate_warmup_epochs", "weight_decay", "warmup_epochs", "lars_eta", "skip_nonfinite"):
+    for name in ("budget_weight", "bound_weight", "anneal", "gate_warmup_epochs", "weight_decay", "warmup_epochs", "lars_eta", "skip_nonfinite", "data_workers"):
         value = getattr(cfg, name)
         check(value is None or value >= 0, f"{name}: must be >= 0, got {value}")
     check(0 <= cfg.momentum < 1, f"momentum: must be in [0, 1), got {cfg.momentum}")
@@ -160,6 +162,7 @@ def validate(cfg: PretrainConfig) -> list[str]:
     if cfg.batch_size is not None:
         check(cfg.batch_size >= 2, "batch_size: SSL losses need at least 2 images per batch")
     check(cfg.dataset == "embedded" or cfg.data_dir is not None or cfg.dataset != "imagefolder", "data_dir: --dataset imagefolder needs --data-dir DIR (with DIR/train/<class>/ and DIR/val/<class>/)")
+    check(cfg.storage != "stream" or cfg.dataset != "embedded", "storage: the embedded dataset is held in memory; --storage stream reads image folders (--dataset imagefolder)")
     if cfg.data_dir is not None and cfg.dataset != "embedded":
         check(os.path.isdir(cfg.data_dir), f"data_dir: {cfg.data_dir} is not a folder; give the folder that holds the {cfg.dataset} files")
     if cfg.device.startswith("cuda"):

@@ -7,7 +7,9 @@ with the saved order, so the resumed run sees exactly the batches the uninterrup
 benchmark take either one, so a speed comparison is between data paths only.
 
 - `DeviceViews` (default): the dataset sits on the device as uint8; each step indexes a batch
-  and `BatchAugment` makes both views there. No decoding, no CPU worker, no host sync.
+  and `BatchAugment` makes both views there. No decoding, no CPU worker, no host sync. A
+  streamed folder dataset (`ImageFiles`) comes instead a batch at a time from DataLoader
+  workers (pinned memory, non-blocking copy) and meets the same augmentation.
 - `LoaderViews` (`--data-pipeline loader`): torchvision.transforms.v2 applied image by image
   in DataLoader workers, the way most SSL code does it. Kept as the measured baseline.
 """
@@ -22,13 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .augment import AugmentConfig, BatchAugment
+from .streaming import ImageFiles, read_batches
 
 PIPELINES = ("device", "loader")
 
 
 class DeviceViews:
-    def __init__(self, images: torch.Tensor, augment: BatchAugment, batch_size: int, device: torch.device):
-        self.images = images.to(device)
+    def __init__(self, images: torch.Tensor | ImageFiles, augment: BatchAugment, batch_size: int, device: torch.device):
+        self.images = images if isinstance(images, ImageFiles) else images.to(device)
         self.augment, self.batch_size, self.device = augment, batch_size, device
 
     def __len__(self) -> int:
@@ -37,9 +40,12 @@ class DeviceViews:
     def new_order(self) -> torch.Tensor:
         return torch.randperm(len(self.images), device=self.device)
 
+    def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[torch.Tensor]:
+        """The epoch's uint8 batches from step `start` on, before augmentation."""
+        return read_batches(self.images, order[start * self.batch_size : len(self) * self.batch_size], self.batch_size, self.device)
+
     def epoch(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for step in range(start, len(self)):
-            batch = self.images[order[step * self.batch_size : (step + 1) * self.batch_size]]
+        for batch in self.batches(order, start):
             yield self.augment(batch), self.augment(batch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -62,7 +68,7 @@ def torchvision_transform(cfg: AugmentConfig) -> v2.Compose:
 
 
 class _TwoViews(Dataset):
-    def __init__(self, images: torch.Tensor, transform):
+    def __init__(self, images: torch.Tensor | ImageFiles, transform):
         self.images, self.transform = images, transform
 
     def __len__(self) -> int:
@@ -74,12 +80,12 @@ class _TwoViews(Dataset):
 
 
 class LoaderViews:
-    def __init__(self, images: torch.Tensor, cfg: AugmentConfig, batch_size: int, device: torch.device, workers: int | None = None):
+    def __init__(self, images: torch.Tensor | ImageFiles, cfg: AugmentConfig, batch_size: int, device: torch.device, workers: int | None = None):
         if workers is None:
             workers = os.cpu_count() or 1
         self.device = device
         self.loader = DataLoader(
-            _TwoViews(images.cpu(), torchvision_transform(cfg)), batch_size=batch_size, shuffle=True, drop_last=True,
+            _TwoViews(images if isinstance(images, ImageFiles) else images.cpu(), torchvision_transform(cfg)), batch_size=batch_size, shuffle=True, drop_last=True,
             num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         )
 
@@ -99,7 +105,7 @@ class LoaderViews:
         return self.epoch()
 
 
-def make_views(pipeline: str, images: torch.Tensor, cfg: AugmentConfig, batch_size: int, device: torch.device):
+def make_views(pipeline: str, images: torch.Tensor | ImageFiles, cfg: AugmentConfig, batch_size: int, device: torch.device):
     if pipeline == "device":
         return DeviceViews(images, BatchAugment(cfg), batch_size, device)
     if pipeline == "loader":

@@ -1,8 +1,10 @@
-"""Datasets loaded whole into memory as uint8 NCHW tensors.
+"""Datasets as uint8 NCHW images: held whole in memory, or (large folder datasets) read from their files.
 
-Why whole and uint8: augmentation runs on the training device a batch at a time, so
-every split is one indexable tensor that is moved there once; uint8 is a quarter of
-float32 (ImageNet-100 stored at 256x256 is about 25 GB).
+Why whole and uint8: augmentation runs on the training device a batch at a time, so a split that
+fits is one indexable tensor moved there once; uint8 is a quarter of float32. A folder dataset that
+does not fit (ImageNet-100 stored at 256x256 is about 25 GB) is kept as `ImageFiles` instead and
+decoded every epoch by DataLoader workers (see streaming.py); the rest of the library reads both
+kinds through `streaming.read_batches`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms.v2 import functional as F
+from torch.utils.data import DataLoader
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from ..errors import UserError
+from .streaming import DecodedFiles, ImageFiles
 
 DATASETS = ("embedded", "cifar10", "cifar100", "stl10", "imagefolder")
+STORAGES = ("auto", "memory", "stream")
+_MEMORY_SHARE = 0.5  # auto: hold a dataset only if it takes at most this share of the free memory
 
 _CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 _CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
@@ -47,7 +50,7 @@ _DECODE_BATCH = 256
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # (N, 3, H, W) uint8, contiguous, CPU
+    images: torch.Tensor | ImageFiles  # (N, 3, H, W) uint8, contiguous, CPU; or the files, read a batch at a time
     labels: torch.Tensor  # (N,) int64; -1 for unlabeled images
     classes: list[str]
 
@@ -65,7 +68,7 @@ class DatasetSplits:
 
 def load_dataset(
     name: str, data_dir: str | None = None, *, image_size: int | None = None, limit_per_class: int | None = None,
-    strict: bool = False, warn=None,
+    strict: bool = False, warn=None, storage: str = "memory", device: torch.device | str = "cpu", workers: int | None = None,
 ) -> DatasetSplits:
     """Load every split of a dataset into memory.
 
@@ -78,10 +81,18 @@ def load_dataset(
     class in each split, for quick trials; STL-10's unlabeled images count as one class.
     Unreadable image files are skipped with a count and the first few paths named (via `warn`),
     or, with strict=True, end the load with one line naming the first.
+
+    storage (folder datasets only): "memory" decodes every image once and holds the splits;
+    "stream" keeps the file list and decodes a batch at a time (with `workers` DataLoader
+    workers) every time a split is read; "auto" holds the splits when they take at most half of
+    the free host memory (and the pretraining split half of the free memory of a CUDA `device`),
+    and streams otherwise, saying so via `warn`.
     """
     warn = warn or (lambda message: print(message, file=sys.stderr))
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if storage not in STORAGES:
+        raise UserError(f"unknown storage {storage!r}; choose one of: {', '.join(STORAGES)}")
     if image_size is not None and name != "imagefolder":
         raise UserError(f"image_size applies to the imagefolder dataset only; {name} has a fixed size")
     crop_size, (mean, std) = _SPECS[name]
@@ -95,8 +106,17 @@ def load_dataset(
         listed = [_list_images(folder, limit_per_class) for folder in (root / "train", _eval_folder(root))]
         if listed[0][2] != listed[1][2]:  # checked before the (long) decode
             raise UserError(f"{root}: train/ and {_eval_folder(root).name}/ have different class folders; both need the same <class>/ subfolders")
-        train, test = (_decode_set(paths, labels, classes, stored, strict, warn) for paths, labels, classes in listed)
+        if storage == "auto":
+            storage = _choose_storage(sum(len(paths) for paths, _, _ in listed), len(listed[0][0]), stored, torch.device(device), root, warn)
+        if storage == "stream":
+            train, test = (ImageSet(ImageFiles(paths, stored, strict=strict, warn=warn, workers=workers), labels, classes)
+                           for paths, labels, classes in listed)
+        else:
+            train, test = (_decode_set(paths, labels, classes, stored, strict, warn) for paths, labels, classes in listed)
         pretrain = train
+    elif storage == "stream":
+        raise UserError(f"storage stream reads image folders; {name} comes as torchvision's files and is always held in memory "
+                        f"(give data_dir with train/ and val/ class folders to stream it)")
     elif name == "stl10":
         root = data_dir or DEFAULT_ROOT
         train, unlabeled, test = (_torchvision(name, root, limit_per_class, split=s) for s in ("train", "unlabeled", "test"))
@@ -106,6 +126,29 @@ def load_dataset(
         train, test = (_torchvision(name, root, limit_per_class, train=t) for t in (True, False))
         pretrain = train
     return DatasetSplits(name, pretrain, train, test, crop_size, mean, std)
+
+
+def _free_bytes(device: torch.device) -> tuple[int, int | None]:
+    """(free host memory, free memory of a CUDA device or None)."""
+    host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/proc/meminfo") as f:  # MemAvailable counts reclaimable caches, SC_AVPHYS_PAGES does not
+            host = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    return host, gpu
+
+
+def _choose_storage(images: int, pretrain_images: int, size: int, device: torch.device, root: Path, warn) -> str:
+    per_image = 3 * size * size
+    host, gpu = _free_bytes(device)
+    fits = images * per_image <= _MEMORY_SHARE * host and (gpu is None or pretrain_images * per_image <= _MEMORY_SHARE * gpu)
+    if fits:
+        return "memory"
+    where = f"{host / 2**30:.1f} GiB free in memory" + ("" if gpu is None else f", {gpu / 2**30:.1f} GiB on {device}")
+    warn(f"note: {root} decoded is {images * per_image / 2**30:.1f} GiB ({where}): streaming it from the files; --storage memory holds it anyway")
+    return "stream"
 
 
 def _first_per_class(labels: torch.Tensor, limit: int | None) -> torch.Tensor | None:
@@ -188,40 +231,12 @@ def _list_images(folder: Path, limit: int | None) -> tuple[list[str], torch.Tens
     return [found.samples[i][0] for i in keep.tolist()], labels[keep], found.classes
 
 
-def _read_rgb(path: str) -> torch.Tensor:
-    try:
-        image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except RuntimeError:  # formats torchvision cannot decode (BMP, TIFF, PPM, ...)
-        with Image.open(path) as pil:
-            return F.pil_to_tensor(ImageOps.exif_transpose(pil).convert("RGB"))
-    return F.to_dtype(image, torch.uint8, scale=True)  # 16-bit PNGs
-
-
-class _Files(Dataset):
-    """One file -> (3, size, size) uint8. Failures come back as text, so the user gets one line, not a worker traceback."""
-
-    def __init__(self, paths: list[str], size: int):
-        self.paths, self.size = paths, size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        try:
-            image = _read_rgb(self.paths[i])
-        except Exception as e:
-            reason = " ".join(str(e).split())
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"cannot read image {self.paths[i]} ({reason}); remove or replace it"
-        image = F.resize(image, [self.size], antialias=True)  # shorter side
-        return F.center_crop(image, [self.size]).contiguous(), ""
-
-
 def _decode_files(paths: list[str], size: int) -> tuple[torch.Tensor, list[str]]:
     """All images decoded, and one message per file that could not be read (its slot left black)."""
     images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)  # filled in place: no 2x peak from torch.cat
     workers = min(8, os.cpu_count() or 1, math.ceil(len(paths) / _DECODE_BATCH))  # parallelism is per batch
     start, failures = 0, []
-    for batch, errors in DataLoader(_Files(paths, size), batch_size=_DECODE_BATCH, num_workers=workers):
+    for batch, errors in DataLoader(DecodedFiles(paths, size), batch_size=_DECODE_BATCH, num_workers=workers, generator=torch.Generator()):
         failures += [(start + i, e) for i, e in enumerate(errors) if e]
         images[start : start + len(batch)] = batch
         start += len(batch)

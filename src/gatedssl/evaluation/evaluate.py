@@ -8,6 +8,7 @@ import torch
 
 from ..data.augment import center_crop, normalize
 from ..data.sources import DatasetSplits, ImageSet
+from ..data.streaming import read_batches
 from ..models.resnet import GatedResNet
 from .knn import knn_top1
 
@@ -27,14 +28,13 @@ class Features:
 
 @torch.no_grad()
 def extract(backbone: GatedResNet, images: ImageSet, splits: DatasetSplits, gated: bool, device: torch.device, batch_size: int = 500) -> Features:
-    """Eval-mode features (deterministic gates); images are moved to the device a batch at a time."""
+    """Eval-mode features (deterministic gates); images are moved to (or decoded for) the device a batch at a time."""
     was_training = backbone.training
     backbone.eval()
     feats, macs, on_counts = [], [], None
     dense_macs = 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for start in range(0, len(images.labels), batch_size):
-        batch = images.images[start : start + batch_size].to(device, non_blocking=True)
+    for batch in read_batches(images.images, torch.arange(len(images.labels)), batch_size, device):
         x = normalize(center_crop(batch, splits.crop_size), splits.mean, splits.std)
         with autocast:
             out = backbone(x.contiguous(memory_format=torch.channels_last), gated=gated)

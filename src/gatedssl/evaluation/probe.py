@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.augment import AugmentConfig, BatchAugment
 from ..data.sources import DatasetSplits
+from ..data.streaming import read_batches
 from ..models.resnet import GatedResNet
 from .evaluate import extract
 
@@ -143,9 +144,8 @@ def _paper_run(backbone, splits, gated, device, test_features, epochs, batch_siz
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            x = augment(images[idx].to(device, non_blocking=True), generator=aug_generator)
+        for idx, batch in zip(order.split(batch_size), read_batches(images, order, batch_size, device)):
+            x = augment(batch, generator=aug_generator)
             with torch.no_grad(), autocast:
                 features = backbone(x.contiguous(memory_format=torch.channels_last), gated=gated).features.float()
             loss = F.cross_entropy(head(features), labels[idx].to(device, non_blocking=True))

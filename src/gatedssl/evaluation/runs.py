@@ -39,7 +39,8 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
         raise UserError(f"checkpoint {path} does not match the network its settings describe ({first})")
     dev = select_device(cfg.device)
     objective.to(dev)
-    splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict)
+    splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict,
+                          storage=cfg.storage, device=dev, workers=cfg.data_workers)
     result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
     summary = make_summary(cfg, splits, result, state.get("init_eval"), state.get("train_seconds"), dev)
     summary["epochs_trained"] = state["epoch"]

@@ -1,7 +1,7 @@
 """The pretraining loop: one function a reader can follow from data to checkpoint.
 
-Data live on the training device as uint8; each step draws a batch by index, makes two
-augmented views on the device, asks the objective for its loss terms, and steps the
+Data live on the training device as uint8 (or, for folders too large, arrive a batch at a
+time from DataLoader workers); each step draws a batch by index, makes two augmented views on the device, asks the objective for its loss terms, and steps the
 optimizer. Metrics are summed on the device and read once per epoch, so the step never
 waits on the host. The loop knows nothing of VICReg or gates: that is the objective's job.
 """
@@ -120,6 +120,7 @@ class RunStopped(Exception):
         self.exit_code = exit_code
 
 
+_MAY_CHANGE_ON_RESUME = {"storage", "data_workers"}  # how the same images are read, not which
 EXIT_SIGNAL = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGINT with a checkpoint written; --resume continues
 EXIT_NONFINITE = 3
 
@@ -168,7 +169,8 @@ def pretrain(
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
-    splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict, warn=log)
+    splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict, warn=log,
+                          storage=cfg.storage, device=device, workers=cfg.data_workers)
     views = make_views(cfg.data_pipeline, splits.pretrain.images, recipe(splits.crop_size, splits.mean, splits.std), cfg.batch_size, device)
     steps_per_epoch = len(views)
     if steps_per_epoch == 0:
@@ -187,8 +189,8 @@ def pretrain(
         for stale in paths.checkpoints.glob(".*.tmp-*"):  # left by a process killed while writing
             stale.unlink()
         state, path = load_latest(paths.checkpoints, report=log)
-        if state["config"] != cfg.to_dict():
-            changed = sorted(k for k in cfg.to_dict() if state["config"].get(k) != cfg.to_dict()[k])
+        changed = sorted(k for k in cfg.to_dict() if k not in _MAY_CHANGE_ON_RESUME and state["config"].get(k) != cfg.to_dict()[k])
+        if changed:
             raise UserError(f"--resume: the settings differ from the checkpoint's ({', '.join(changed)}); resume with the run's own settings")
         try:
             objective.load_state_dict(state["model"])
