@@ -1,8 +1,8 @@
 """Samples/s of the full joint training step: ours against the common baseline, side by side.
 
 ours:     data on the device as uint8 (or, --storage stream, decoded from the files by workers or
-          nvJPEG), two views made there by BatchAugment, channels_last, bf16 autocast on CUDA,
-          optional torch.compile.
+          nvJPEG), two views made there by BatchAugment, channels_last, bf16 autocast where the
+          device computes bf16 natively (CUDA; AVX512-BF16/AMX CPUs), optional torch.compile.
 baseline: torchvision.transforms.v2 per image in DataLoader workers (all cores), eager fp32.
 Both: the same model (gated + dense pass, shared projector, VICReg + budget losses), the same
 batch, the same LARS step. Prints both, their ratio, and a stage breakdown of ours.
@@ -24,6 +24,7 @@ from gatedssl.config import PretrainConfig, resolve
 from gatedssl.data.augment import BatchAugment, recipe
 from gatedssl.data.pipelines import DeviceViews, LoaderViews
 from gatedssl.data.sources import load_dataset
+from gatedssl.precision import PRECISIONS, autocast, uses_bf16
 from gatedssl.training.optim import build_optimizer, warmup_cosine
 from gatedssl.training.trainer import build_objective, select_device, train_step
 
@@ -42,7 +43,7 @@ def setup(args, device):
     return cfg, objective, optimizer, scheduler
 
 
-def measure(views, objective, optimizer, scheduler, steps, warmup, device, fast) -> float:
+def measure(views, objective, optimizer, scheduler, steps, warmup, device, fast, precision="fp32") -> float:
     """Images per second over `steps` steps after `warmup` steps (data loading included)."""
     done, t0 = 0, None
     while done < warmup + steps:
@@ -50,7 +51,7 @@ def measure(views, objective, optimizer, scheduler, steps, warmup, device, fast)
             if done == warmup:
                 sync(device)
                 t0 = time.perf_counter()
-            train_step(objective, optimizer, scheduler, x1, x2, 0.5, fast=fast)
+            train_step(objective, optimizer, scheduler, x1, x2, 0.5, fast=fast, precision=precision)
             done += 1
             if done == warmup + steps:
                 break
@@ -62,10 +63,9 @@ def views_batch(views) -> int:
     return views.batch_size if isinstance(views, DeviceViews) else views.loader.batch_size
 
 
-def breakdown(views: DeviceViews, objective, optimizer, device, steps) -> dict[str, float]:
+def breakdown(views: DeviceViews, objective, optimizer, device, steps, precision) -> dict[str, float]:
     """Milliseconds per step in each stage of ours (synchronising between stages, so slower overall)."""
     times = dict(data=0.0, augmentation=0.0, forward=0.0, backward=0.0, optimizer=0.0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     batches = views.batches(views.new_order())
     for _ in range(steps + 1):
         marks = [time.perf_counter()]
@@ -79,7 +79,7 @@ def breakdown(views: DeviceViews, objective, optimizer, device, steps) -> dict[s
         x1 = views.augment(batch).contiguous(memory_format=torch.channels_last)
         x2 = views.augment(batch).contiguous(memory_format=torch.channels_last)
         mark()
-        with autocast:
+        with autocast(device, precision):
             loss = objective(x1, x2, 0.5)["loss"]
         mark()
         optimizer.zero_grad(set_to_none=True)
@@ -117,6 +117,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: all cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile our backbone")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="ours: bf16 autocast or fp32 (auto: bf16 where native; the baseline is fp32)")
     p.add_argument("--epoch-images", type=int, default=50_000, help="images per epoch for the projection (CIFAR-10: 50,000)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)")
     p.add_argument("--skip-baseline", action="store_true")
@@ -126,15 +127,15 @@ def main():
     aug_cfg = recipe(splits.crop_size, splits.mean, splits.std)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
           f"torch {torch.__version__}, {args.arch} width {args.width}, batch {args.batch_size}, {args.steps} timed steps, "
-          f"{args.dataset} {args.storage} ({splits.crop_size} px)")
+          f"{args.dataset} {args.storage} ({splits.crop_size} px), ours in {'bf16' if uses_bf16(device, args.precision) else 'fp32'}")
 
     _, objective, optimizer, scheduler = setup(args, device)
     objective.to(memory_format=torch.channels_last)
     if args.compile:
         objective.backbone.compile()
     ours_views = DeviceViews(splits.pretrain.images, BatchAugment(aug_cfg), args.batch_size, device)
-    ours = measure(ours_views, objective, optimizer, scheduler, args.steps, args.warmup, device, fast=True)
-    stages = breakdown(ours_views, objective, optimizer, device, max(3, args.steps // 4))
+    ours = measure(ours_views, objective, optimizer, scheduler, args.steps, args.warmup, device, fast=True, precision=args.precision)
+    stages = breakdown(ours_views, objective, optimizer, device, max(3, args.steps // 4), args.precision)
     flops = step_flops(objective, ours_views, device)
     del objective, optimizer
 

@@ -10,6 +10,7 @@ from ..data.augment import center_crop, normalize
 from ..data.sources import DatasetSplits, ImageSet
 from ..data.streaming import read_batches
 from ..models.resnet import GatedResNet
+from ..precision import autocast
 from .knn import knn_top1
 
 
@@ -27,16 +28,16 @@ class Features:
 
 
 @torch.no_grad()
-def extract(backbone: GatedResNet, images: ImageSet, splits: DatasetSplits, gated: bool, device: torch.device, batch_size: int = 500) -> Features:
+def extract(backbone: GatedResNet, images: ImageSet, splits: DatasetSplits, gated: bool, device: torch.device, batch_size: int = 500,
+            precision: str = "auto") -> Features:
     """Eval-mode features (deterministic gates); images are moved to (or decoded for) the device a batch at a time."""
     was_training = backbone.training
     backbone.eval()
     feats, macs, on_counts = [], [], None
     dense_macs = 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for batch in read_batches(images.images, torch.arange(len(images.labels)), batch_size, device):
         x = normalize(center_crop(batch, splits.crop_size), splits.mean, splits.std)
-        with autocast:
+        with autocast(device, precision):
             out = backbone(x.contiguous(memory_format=torch.channels_last), gated=gated)
         feats.append(out.features.float())
         macs.append(out.macs)
@@ -48,15 +49,16 @@ def extract(backbone: GatedResNet, images: ImageSet, splits: DatasetSplits, gate
     return Features(torch.cat(feats), torch.cat(macs), [c / n for c in on_counts], dense_macs)
 
 
-def evaluate(backbone: GatedResNet, splits: DatasetSplits, device: torch.device, protocol: str = "weighted", k: int = 200, temperature: float = 0.07) -> dict:
+def evaluate(backbone: GatedResNet, splits: DatasetSplits, device: torch.device, protocol: str = "weighted", k: int = 200, temperature: float = 0.07,
+             precision: str = "auto") -> dict:
     """kNN top-1 (percent) and test-set MACs for the dense and the gated pass."""
     result = {}
     train_labels = splits.train.labels.to(device)
     test_labels = splits.test.labels.to(device)
     num_classes = len(splits.train.classes)
     for name, gated in (("dense", False), ("gated", True)):
-        train = extract(backbone, splits.train, splits, gated, device)
-        test = extract(backbone, splits.test, splits, gated, device)
+        train = extract(backbone, splits.train, splits, gated, device, precision=precision)
+        test = extract(backbone, splits.test, splits, gated, device, precision=precision)
         top1 = knn_top1(train.features, train_labels, test.features, test_labels, num_classes, protocol, k, temperature)
         mean_macs = test.macs.mean().item()
         per_class = torch.zeros(num_classes, device=test.macs.device).index_add_(0, test_labels, test.macs)

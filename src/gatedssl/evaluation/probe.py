@@ -33,6 +33,7 @@ from ..data.augment import AugmentConfig, BatchAugment
 from ..data.sources import DatasetSplits
 from ..data.streaming import read_batches
 from ..models.resnet import GatedResNet
+from ..precision import autocast
 from .evaluate import extract
 
 __all__ = ["FAST", "PAPER", "PROTOCOLS", "ProbeResult", "linear_probe", "topk_accuracy", "train_linear_head"]
@@ -129,7 +130,7 @@ def train_linear_head(train_x, train_y, test_x, test_y, num_classes, *, epochs, 
     return topk_accuracy(logits, test_y, 1), topk_accuracy(logits, test_y, 5)
 
 
-def _paper_run(backbone, splits, gated, device, test_features, epochs, batch_size, seed, bar) -> tuple[float, float]:
+def _paper_run(backbone, splits, gated, device, test_features, epochs, batch_size, seed, bar, precision) -> tuple[float, float]:
     """One seed of the paper protocol: the head sees new augmentations of every image each epoch."""
     images, labels = splits.train.images, splits.train.labels
     n, num_classes = len(labels), len(splits.train.classes)
@@ -141,12 +142,11 @@ def _paper_run(backbone, splits, gated, device, test_features, epochs, batch_siz
     ))
     head = _new_head(test_features.shape[1], num_classes, generator, device)
     optimizer, schedule = _sgd_cosine(head, PAPER["lr"], PAPER["weight_decay"], batch_size, epochs * math.ceil(n / batch_size))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for idx, batch in zip(order.split(batch_size), read_batches(images, order, batch_size, device)):
             x = augment(batch, generator=aug_generator)
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), autocast(device, precision):
                 features = backbone(x.contiguous(memory_format=torch.channels_last), gated=gated).features.float()
             loss = F.cross_entropy(head(features), labels[idx].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
@@ -162,7 +162,7 @@ def _paper_run(backbone, splits, gated, device, test_features, epochs, batch_siz
 
 def linear_probe(
     backbone: GatedResNet, splits: DatasetSplits, gated: bool, device: torch.device, protocol: str = "fast",
-    seeds: int = 1, epochs: int | None = None, batch_size: int = 256, *, progress: bool = True,
+    seeds: int = 1, epochs: int | None = None, batch_size: int = 256, *, progress: bool = True, precision: str = "auto",
 ) -> ProbeResult:
     """Linear-probe accuracy of one pass (``gated``) of the frozen backbone; see the module doc.
 
@@ -176,10 +176,10 @@ def linear_probe(
         raise ValueError(f"seeds, epochs and batch_size must be positive, got {seeds}, {epochs}, {batch_size}")
     device = torch.device(device)
     num_classes = len(splits.train.classes)
-    test = extract(backbone, splits.test, splits, gated, device).features  # the same for every seed: backbone frozen
+    test = extract(backbone, splits.test, splits, gated, device, precision=precision).features  # the same for every seed: backbone frozen
     runs = []
     if protocol == "fast":
-        train = extract(backbone, splits.train, splits, gated, device).features
+        train = extract(backbone, splits.train, splits, gated, device, precision=precision).features
         settings = {**FAST, **({"epochs": epochs} if epochs is not None else {})}
         for seed in range(seeds):
             runs.append(train_linear_head(train, splits.train.labels, test, splits.test.labels, num_classes,
@@ -192,7 +192,7 @@ def linear_probe(
                    desc=f"linear probe ({'gated' if gated else 'dense'})", disable=not progress, mininterval=1.0)
         try:
             for seed in range(seeds):
-                runs.append(_paper_run(backbone, splits, gated, device, test, epochs, batch_size, seed, bar))
+                runs.append(_paper_run(backbone, splits, gated, device, test, epochs, batch_size, seed, bar, precision))
         finally:
             bar.close()
             backbone.train(was_training)

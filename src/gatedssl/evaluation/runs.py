@@ -41,14 +41,14 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
     objective.to(dev)
     splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict,
                           storage=cfg.storage, device=dev, workers=cfg.data_workers)
-    result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
+    result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
     summary = make_summary(cfg, splits, result, state.get("init_eval"), state.get("train_seconds"), dev)
     summary["epochs_trained"] = state["epoch"]
     if probe is not None:
         for name, gated in (("dense", False), ("gated", True)):
             if name == "gated" and cfg.mode == "dense":
                 continue  # a dense-only baseline has untrained gates
-            result = linear_probe(objective.backbone, splits, gated, dev, protocol=probe, seeds=probe_seeds, progress=progress)
+            result = linear_probe(objective.backbone, splits, gated, dev, protocol=probe, seeds=probe_seeds, progress=progress, precision=cfg.precision)
             summary[name]["probe"] = result.to_dict()
     target = Path(out) if out else Path(path).resolve().parent.parent / "summary.json"
     write_summary(target, summary)

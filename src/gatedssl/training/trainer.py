@@ -31,6 +31,7 @@ from ..errors import UserError
 from ..evaluation.evaluate import evaluate
 from ..methods import JointObjective, get_method
 from ..models.resnet import create_backbone
+from ..precision import autocast, uses_bf16
 from ..reporting.curves import plot_training_curves
 from .checkpoint import atomic_write, first_mismatch, load_latest, rng_state, save_run_checkpoint, set_rng_state
 from .optim import build_optimizer, warmup_cosine
@@ -211,7 +212,7 @@ def pretrain(
         for stale in (paths.metrics, paths.summary):
             stale.unlink(missing_ok=True)
         save_yaml(cfg, paths.root / "config.yaml")
-        init_eval = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
+        init_eval = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
         torch.manual_seed(cfg.seed)  # the training stream does not depend on evaluation
 
     def checkpoint(epoch: int, step: int, order, sums) -> Path:
@@ -239,7 +240,7 @@ def pretrain(
             begin = start_step if epoch == start_epoch else 0
             for step, (x1, x2) in enumerate(views.epoch(order, begin), start=begin):
                 progress_now = (epoch + step / steps_per_epoch) / cfg.epochs
-                terms = train_step(objective, optimizer, scheduler, x1, x2, progress_now, gates_on, guard=cfg.skip_nonfinite > 0)
+                terms = train_step(objective, optimizer, scheduler, x1, x2, progress_now, gates_on, guard=cfg.skip_nonfinite > 0, precision=cfg.precision)
                 if terms is None:
                     skipped += 1
                     log(f"warning: non-finite loss at epoch {epoch + 1}, step {step + 1}: batch skipped ({skipped} of {cfg.skip_nonfinite} allowed)")
@@ -277,7 +278,7 @@ def pretrain(
     if writer is not None:
         writer.close()
 
-    final = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
+    final = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
     summary = make_summary(cfg, splits, final, init_eval, train_seconds, device)
     plot_training_curves(paths.metrics, paths.root / "curves.png", cfg.budget if cfg.mode != "dense" else None,
                          f"{cfg.dataset} | {cfg.arch} w{cfg.width} | {cfg.method} {cfg.mode} | budget {cfg.budget:g}")
@@ -296,18 +297,18 @@ def _check_finite(first_bad: torch.Tensor, bad_terms: torch.Tensor, epoch: int, 
 
 
 def train_step(objective: JointObjective, optimizer, scheduler, x1: torch.Tensor, x2: torch.Tensor, progress: float,
-               gates_on: bool = True, fast: bool = True, guard: bool = False) -> dict[str, torch.Tensor] | None:
+               gates_on: bool = True, fast: bool = True, guard: bool = False, precision: str = "auto") -> dict[str, torch.Tensor] | None:
     """One optimisation step on a pair of views; returns the detached loss terms (no host sync).
 
     guard: check the loss on the host first and skip the update (None) if it is not finite;
     that costs a sync per step, so it is only on with --skip-nonfinite.
 
-    fast: channels_last (10% faster on CPU too, BENCHMARKS.md) and bf16 autocast on CUDA; off
-    only for the eager fp32 baseline.
+    fast: channels_last (10% faster on CPU too, BENCHMARKS.md) and autocast in `precision`
+    (see gatedssl.precision); off only for the eager fp32 baseline.
     """
     if fast:
         x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast and x1.is_cuda):
+    with autocast(x1.device, precision if fast else "fp32"):
         terms = objective(x1, x2, progress, gates_on)
     if guard and not torch.isfinite(terms["loss"]).item():
         optimizer.zero_grad(set_to_none=True)
@@ -327,7 +328,7 @@ def make_summary(cfg: PretrainConfig, splits: DatasetSplits, final: dict, init_e
         "width": cfg.width, "budget": cfg.budget, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "dense": final["dense"], "gated": final["gated"], "knn": final["knn"],
         "data": {"pretrain_images": len(splits.pretrain.labels), "train_images": len(splits.train.labels), "test_images": len(splits.test.labels)},
-        "device": str(device), "gatedssl_version": __version__, "torch_version": torch.__version__,
+        "device": str(device), "precision": "bf16" if uses_bf16(device, cfg.precision) else "fp32", "gatedssl_version": __version__, "torch_version": torch.__version__,
     }
     if init_eval is not None:
         summary["init"] = {"dense": init_eval["dense"], "gated": init_eval["gated"]}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU figures of BENCHMARKS.md, in one go, on a machine lent with a CUDA device.
+# Needs the CIFAR-10 JPEG copy as .data/cifar10-jpg.tar.gz (git-ignored; copy it from
+# ../shared/datasets/ and name .data/cifar10-jpg.tar.gz in the device tool's `carry`).
+# Writes every log under ${OUT:-gpu_out}/; each step prints its command first.
+#   scripts/gpu_checks.sh [quick|all]   quick: throughput only (about 5 minutes)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+OUT="${OUT:-gpu_out}"
+mkdir -p "$OUT"
+DATA=.data/cifar10-jpg
+if [ ! -d "$DATA" ]; then
+  tar xzf .data/cifar10-jpg.tar.gz -C .data || { echo "error: .data/cifar10-jpg.tar.gz missing; copy it from ../shared/datasets/" >&2; exit 2; }
+fi
+step() {  # name, command...
+  local name=$1; shift
+  echo "== $name: $*" | tee "$OUT/$name.log"
+  "$@" 2>&1 | tee -a "$OUT/$name.log" | tail -n 12
+}
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python -c "import torch, torchvision; print(torch.__version__, torchvision.__version__)" | tee -a "$OUT/gpu.txt"
+B="python benchmarks/throughput.py --device cuda --dataset cifar10 --data-dir $DATA --width 64 --batch-size 512 --steps 40 --warmup 5"
+step throughput_held $B
+step throughput_held_compile $B --compile --skip-baseline
+step throughput_stream $B --storage stream --skip-baseline
+[ "${1:-all}" = quick ] && exit 0
+# issue 2's run: ResNet-18 w64, VICReg, budget 0.5 on CIFAR-10 (JPEG copy); 500 epochs is the paper's run
+step pretrain_c10 python -m gatedssl pretrain --dataset cifar10 --data-dir $DATA --budget 0.5 --epochs "${EPOCHS:-100}" \
+  --out "$OUT/c10-b0.5" --overwrite
