@@ -30,11 +30,16 @@ def folders(root: Path) -> dict[str, Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (40, 40), (200, 20, 20)).save(path)
 
-    out = {"empty": root / "empty", "noval": root / "noval", "mismatch": root / "mismatch"}
+    out = {"empty": root / "empty", "noval": root / "noval", "mismatch": root / "mismatch", "broken": root / "broken"}
     out["empty"].mkdir()
     image(out["noval"] / "train/cat/a.png")
     image(out["mismatch"] / "train/cat/a.png")
     image(out["mismatch"] / "val/dog/a.png")
+    for split, count in (("train", 30), ("val", 5)):
+        for cls in ("cat", "dog"):
+            for i in range(count):
+                image(out["broken"] / f"{split}/{cls}/{i}.png")
+    (out["broken"] / "train/cat/00broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (root / "unknown.yaml").write_text("budgett: 0.3\n")
     (root / "list.yaml").write_text("- 0.3\n- 0.5\n")
     (root / "broken.yaml").write_text("budget: [0.3\n")
@@ -82,6 +87,13 @@ def main():
             ("--resume without a checkpoint", ["pretrain", "--out", str(root / "fresh"), "--resume"]),
             ("--resume with other settings", ["pretrain", "--out", str(done), *TINY, "--arch", "resnet34", "--resume"]),
             ("batch larger than the data", ["pretrain", "--out", str(root / "r4"), *TINY[:-3], "--limit-per-class", "2", "--batch-size", "64", "--quiet"]),
+            ("--storage stream on the embedded set", ["pretrain", "--storage", "stream"]),
+            ("unknown --storage", ["pretrain", "--storage", "disk"]),
+            ("unknown --precision", ["pretrain", "--precision", "fp8"]),
+            ("negative --data-workers", ["pretrain", "--data-workers", "-1"]),
+            ("--storage stream of torchvision's files", ["pretrain", "--dataset", "cifar10", "--data-dir", str(f["empty"]), "--storage", "stream", "--out", str(root / "r5")]),
+            ("streamed folder with an unreadable file", ["pretrain", "--dataset", "imagefolder", "--data-dir", str(f["broken"]), "--storage", "stream", *TINY[:-3], "--batch-size", "20", "--quiet", "--out", str(root / "r6")]),
+            ("the same with --strict", ["pretrain", "--dataset", "imagefolder", "--data-dir", str(f["broken"]), "--storage", "stream", "--strict", *TINY[:-3], "--batch-size", "20", "--quiet", "--out", str(root / "r7")]),
             ("eval: checkpoint missing", ["eval", "--checkpoint", str(root / "none.pt")]),
             ("eval: not a checkpoint", ["eval", "--checkpoint", str(root / "corrupt.pt")]),
             ("eval: weights of another architecture", ["eval", "--checkpoint", str(root / "other_arch.pt"), "--out", str(root / "x.json")]),
