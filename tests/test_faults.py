@@ -79,7 +79,10 @@ def _epochs_logged(out: Path) -> int:
     return len(metrics.read_text().splitlines()) if metrics.exists() else 0
 
 
-def test_sigkill_at_random_steps_then_resume_gives_the_uninterrupted_weights(tmp_path, reference):
+def test_sigkill_at_random_steps_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    """Three kills, each at a random moment after a new epoch is logged; 8 epochs leave room for all three."""
+    pretrain(tiny(tmp_path, "ref", epochs=8), progress=False)
+    reference = weights(tmp_path / "ref")
     rng = random.Random(0)
     out = tmp_path / "killed"
     kills, attempts = 0, 0
@@ -87,7 +90,7 @@ def test_sigkill_at_random_steps_then_resume_gives_the_uninterrupted_weights(tmp
         attempts += 1
         assert attempts < 12, "the run never finished"
         has_checkpoint = (out / "checkpoints/last.pt").exists()
-        proc = _cli(out, *(["--resume"] if has_checkpoint else ["--overwrite"]))
+        proc = _cli(out, "--epochs", "8", *(["--resume"] if has_checkpoint else ["--overwrite"]))
         if kills < 3:
             start = _epochs_logged(out)
             deadline = time.time() + 60
