@@ -1,8 +1,8 @@
 """Samples/s of the full joint training step: ours against the common baseline, side by side.
 
 ours:     data on the device as uint8 (or, --storage stream, decoded from the files by workers or
-          nvJPEG), two views made there by BatchAugment, channels_last, bf16 autocast where the
-          device computes bf16 natively (CUDA; AVX512-BF16/AMX CPUs), optional torch.compile.
+          nvJPEG), two views made there by BatchAugment, channels_last, bf16 autocast on CUDA
+          (--precision bf16 on the CPU too), optional torch.compile.
 baseline: torchvision.transforms.v2 per image in DataLoader workers (all cores), eager fp32.
 Both: the same model (gated + dense pass, shared projector, VICReg + budget losses), the same
 batch, the same LARS step. Prints both, their ratio, and a stage breakdown of ours.
@@ -117,7 +117,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: all cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile our backbone")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="ours: bf16 autocast or fp32 (auto: bf16 where native; the baseline is fp32)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="ours: bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on the CPU; the baseline is fp32)")
     p.add_argument("--epoch-images", type=int, default=50_000, help="images per epoch for the projection (CIFAR-10: 50,000)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)")
     p.add_argument("--skip-baseline", action="store_true")
