@@ -117,10 +117,6 @@ class ImageFiles:
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self.paths), 3, self.size, self.size)
 
-    @property
-    def nbytes(self) -> int:
-        return len(self.paths) * 3 * self.size * self.size
-
     def __getitem__(self, i: int) -> torch.Tensor:
         """One decoded image (for per-image pipelines such as the torchvision baseline)."""
         image, error = DecodedFiles(self.paths, self.size)[int(i)]
