@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 from PIL import Image
@@ -12,6 +15,7 @@ from gatedssl.errors import UserError
 from gatedssl.evaluation.evaluate import extract
 from gatedssl.models import gated_resnet18
 from gatedssl.training import pretrain
+from gatedssl.training.trainer import RunStopped
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +69,39 @@ def test_features_of_a_streamed_split_equal_held_ones(photo_folders):
     assert torch.allclose(a.features, b.features) and torch.equal(a.macs, b.macs)
 
 
+def _config(folders, out, storage):
+    return PretrainConfig(dataset="cifar10", data_dir=str(folders), storage=storage, data_workers=1, out=str(out),
+                          width=8, proj_dim=64, epochs=2, batch_size=32, device="cpu")
+
+
+def _weights(run):
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+
+
 def test_training_on_streamed_files_matches_training_on_held_images(photo_folders, tmp_path):
     """Same seed: the stream feeds the same batches to the same augmentation, so the runs end identical."""
-    summaries, weights = {}, {}
-    for storage in ("memory", "stream"):
-        cfg = PretrainConfig(dataset="cifar10", data_dir=str(photo_folders), storage=storage, data_workers=1, out=str(tmp_path / storage),
-                             width=8, proj_dim=64, epochs=2, batch_size=32, device="cpu")
-        summaries[storage] = pretrain(cfg, progress=False)
-        weights[storage] = torch.load(tmp_path / storage / "checkpoints" / "last.pt", weights_only=False)["model"]
-    for name, tensor in weights["memory"].items():
-        assert torch.equal(tensor, weights["stream"][name]), name
+    summaries = {storage: pretrain(_config(photo_folders, tmp_path / storage, storage), progress=False) for storage in ("memory", "stream")}
+    _assert_same(_weights(tmp_path / "memory"), _weights(tmp_path / "stream"))
     assert summaries["memory"]["gated"]["knn_top1"] == summaries["stream"]["gated"]["knn_top1"]
+
+
+def test_streamed_run_stopped_mid_epoch_resumes_exactly_even_from_memory(photo_folders, tmp_path):
+    pretrain(_config(photo_folders, tmp_path / "reference", "memory"), progress=False)
+
+    def term(epoch, step):
+        if (epoch, step) == (0, 1):  # 120 images, 3 steps per epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(RunStopped, match="epoch 1, step 2"):
+        pretrain(_config(photo_folders, tmp_path / "run", "stream"), on_step_end=term, progress=False)
+    pretrain(_config(photo_folders, tmp_path / "run", "memory"), resume=True, progress=False)  # how images are read may change
+    _assert_same(_weights(tmp_path / "reference"), _weights(tmp_path / "run"))
 
 
 def test_unreadable_file_met_while_streaming_is_named_once_and_left_black(photo_folders, tmp_path):
