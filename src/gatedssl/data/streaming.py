@@ -2,7 +2,7 @@
 
 `ImageFiles` stands in for a split's uint8 tensor: every file is decoded to the same stored square
 (shorter side resized to `size`, centre crop) that the in-memory load keeps, so augmentation and
-evaluation cannot tell a streamed split from a held one. `batches()` is the one reader of both
+evaluation cannot tell a streamed split from a held one. `read_batches()` is the one reader of both
 kinds: training views, evaluation features and the linear probe all go through it.
 
 Where the decoding happens:
@@ -109,6 +109,7 @@ class ImageFiles:
         self.workers = default_workers() if workers is None else workers
         self.warn = warn or (lambda message: print(message, file=sys.stderr))
         self.failed: set[int] = set()
+        self._decoded = DecodedFiles(self.paths, size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -119,7 +120,7 @@ class ImageFiles:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         """One decoded image (for per-image pipelines such as the torchvision baseline)."""
-        image, error = DecodedFiles(self.paths, self.size)[int(i)]
+        image, error = self._decoded[int(i)]
         self._note_failures([int(i)], [error])
         return image
 
@@ -139,7 +140,7 @@ class ImageFiles:
         if decode_on not in DECODE_ON:
             raise ValueError(f"unknown decode_on {decode_on!r}; choose from {DECODE_ON}")
         chunks = [c.tolist() for c in indices.cpu().split(batch_size)]
-        dataset = DecodedFiles(self.paths, self.size) if decode_on == "workers" else _RawFiles(self.paths)
+        dataset = self._decoded if decode_on == "workers" else _RawFiles(self.paths)
         workers = min(self.workers, len(chunks))
         loader = DataLoader(dataset, batch_sampler=chunks, num_workers=workers,
                             collate_fn=None if decode_on == "workers" else _pack,
@@ -160,10 +161,9 @@ class ImageFiles:
         decoded = {}
         if jpegs:
             try:
-                images = decode_jpeg([raw[k] for k in jpegs], mode=ImageReadMode.RGB, device=device)
-                decoded = dict(zip(jpegs, images))
-            except RuntimeError:  # one bad file fails the batch call: fall back to one at a time
-                decoded = {}
+                decoded = dict(zip(jpegs, decode_jpeg([raw[k] for k in jpegs], mode=ImageReadMode.RGB, device=device)))
+            except RuntimeError:  # one bad file fails the batch call: all of them go the one-at-a-time way below
+                pass
         for k in range(len(raw)):
             if errors[k]:
                 continue
