@@ -16,6 +16,9 @@ from pathlib import Path
 
 from PIL import Image
 
+# The two streamed-folder cases use width 16: at width 8, 224 px and channels_last, oneDNN's 1x1
+# convolution backward crashes on this CPU (SIGSEGV in jit_avx512_common_1x1_convolution_bwd_weights),
+# whether the data are held or streamed; see BENCHMARKS.md, "Known crash".
 TINY = ["--width", "8", "--proj-dim", "64", "--epochs", "1", "--batch-size", "50", "--limit-per-class", "20", "--device", "cpu", "--quiet"]
 
 
@@ -92,8 +95,8 @@ def main():
             ("unknown --precision", ["pretrain", "--precision", "fp8"]),
             ("negative --data-workers", ["pretrain", "--data-workers", "-1"]),
             ("--storage stream of torchvision's files", ["pretrain", "--dataset", "cifar10", "--data-dir", str(f["empty"]), "--storage", "stream", "--out", str(root / "r5")]),
-            ("streamed folder with an unreadable file", ["pretrain", "--dataset", "imagefolder", "--data-dir", str(f["broken"]), "--storage", "stream", *TINY[:-3], "--batch-size", "20", "--quiet", "--out", str(root / "r6")]),
-            ("the same with --strict", ["pretrain", "--dataset", "imagefolder", "--data-dir", str(f["broken"]), "--storage", "stream", "--strict", *TINY[:-3], "--batch-size", "20", "--quiet", "--out", str(root / "r7")]),
+            ("streamed folder with an unreadable file", ["pretrain", "--dataset", "imagefolder", "--data-dir", str(f["broken"]), "--storage", "stream", *TINY[:-3], "--width", "16", "--batch-size", "20", "--quiet", "--out", str(root / "r6")]),
+            ("the same with --strict", ["pretrain", "--dataset", "imagefolder", "--data-dir", str(f["broken"]), "--storage", "stream", "--strict", *TINY[:-3], "--width", "16", "--batch-size", "20", "--quiet", "--out", str(root / "r7")]),
             ("eval: checkpoint missing", ["eval", "--checkpoint", str(root / "none.pt")]),
             ("eval: not a checkpoint", ["eval", "--checkpoint", str(root / "corrupt.pt")]),
             ("eval: weights of another architecture", ["eval", "--checkpoint", str(root / "other_arch.pt"), "--out", str(root / "x.json")]),
