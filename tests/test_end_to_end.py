@@ -29,11 +29,11 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
 
     with pytest.raises(Interrupt):
         pretrain(tiny(tmp_path, "cut"), on_epoch_end=stop_after_two, progress=False)
-    assert torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["epoch"] == 2
     resumed = pretrain(tiny(tmp_path, "cut"), resume=True, progress=False)
 
-    a = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert resumed["gated"]["knn_top1"] == full["gated"]["knn_top1"]
@@ -81,20 +81,23 @@ def test_cli_pretrain_then_eval_reproduces_the_summary(tmp_path, capsys):
     assert again["init"] == summary["init"]
 
 
-@pytest.mark.parametrize("budget", [0.3, 0.5])
-def test_short_run_learns_and_meets_the_budget(tmp_path, budget):
-    # the embedded recipe (width 8, gate lr x10, batch 128) on all 5,000 images, 12 epochs instead of 16
-    cfg = PretrainConfig(out=str(tmp_path / f"b{budget}"), budget=budget, proj_dim=256, epochs=12, checkpoint_every=100, device="cpu")
-    summary = pretrain(cfg, progress=False)
-    for name in ("dense", "gated"):
-        gain = summary[name]["knn_top1"] - summary["init"][name]["knn_top1"]
-        assert gain > 5.0, f"{name} kNN rose by only {gain:.1f} points"
-    assert abs(summary["gated"]["macs_ratio"] - budget) <= 0.05
+def test_short_run_learns_and_meets_the_budget(tmp_path, learning_signals):
+    # the embedded recipe (width 8, gate lr x10, batch 128) on all 5,000 images, 12 epochs instead of 16, at
+    # budget 0.3: untrained gates open about half the channels, so reaching 0.3 shows that the gates learnt.
+    # Measured at the same seed under 1 and 2 threads and another oneDNN ISA: SSL-loss drop 8.1-8.2 %,
+    # mean kNN gain 7.0-9.4, ratio 0.288-0.293 from 0.553. Training without optimizer steps, or with
+    # frozen gates, fails (scripts/mutants.py).
+    cfg = PretrainConfig(out=str(tmp_path / "b0.3"), budget=0.3, proj_dim=256, epochs=12, checkpoint_every=100, device="cpu")
+    s = learning_signals(tmp_path / "b0.3", pretrain(cfg, progress=False))
+    assert s["ssl_drop"] > 0.04, s
+    assert s["mean_knn_gain"] > 3.0, s
+    assert abs(s["ratio"] - 0.3) <= 0.05, s
+    assert s["ratio_at_init"] - s["ratio"] > 0.15, s
 
 
 def test_eval_of_a_checkpoint_from_another_architecture_is_one_line(tmp_path, capsys):
     pretrain(tiny(tmp_path, epochs=1), progress=False)
-    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     state["config"]["arch"] = "resnet34"  # settings say resnet34, weights are resnet18's
     torch.save(state, tmp_path / "other.pt")
     code = main(["eval", "--checkpoint", str(tmp_path / "other.pt"), "--out", str(tmp_path / "x.json")])

@@ -36,15 +36,20 @@ def test_torchvision_baseline_runs_the_same_recipe(splits):
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
 
 
-def test_fast_and_baseline_paths_learn_alike(tmp_path):
-    """Same seed, same epochs: the device path and the torchvision-workers path reach the same kNN within noise."""
-    results = {}
+def test_fast_and_baseline_paths_learn_alike(tmp_path, learning_signals):
+    """Same seed, same epochs: the device path and the torchvision-workers path both learn, and alike.
+
+    Their random streams differ, so they are compared on what barely moves with rounding: at the same
+    seed, 1 thread against 2 moved the SSL-loss drop by up to 1.6 points and the mean kNN gain by up
+    to 1.1 (BENCHMARKS.md, 'Learning-test spread'). Without optimizer steps both fail (scripts/mutants.py).
+    """
+    signals = {}
     for pipeline in ("device", "loader"):
         cfg = PretrainConfig(out=str(tmp_path / pipeline), data_pipeline=pipeline, proj_dim=256, epochs=6,
                              limit_per_class=200, checkpoint_every=100, device="cpu")
-        results[pipeline] = pretrain(cfg, progress=False)
-    for name in ("dense", "gated"):
-        fast, base = results["device"][name]["knn_top1"], results["loader"][name]["knn_top1"]
-        init = results["device"]["init"][name]["knn_top1"]
-        assert fast > init + 2 and base > init + 2, (fast, base, init)
-        assert abs(fast - base) < 5.0, f"{name}: device {fast:.1f} vs loader {base:.1f}"
+        signals[pipeline] = learning_signals(tmp_path / pipeline, pretrain(cfg, progress=False))
+    for pipeline, s in signals.items():
+        assert s["ssl_drop"] > 0.02 and s["mean_knn_gain"] > 2.0, (pipeline, s)
+    fast, base = signals["device"], signals["loader"]
+    assert abs(fast["ssl_drop"] - base["ssl_drop"]) < 0.03, signals
+    assert abs(fast["mean_knn_gain"] - base["mean_knn_gain"]) < 4.0, signals

@@ -1,0 +1,19 @@
+import json
+
+import pytest
+
+
+@pytest.fixture
+def learning_signals():
+    """What learning tests assert on, chosen to barely move with rounding (BENCHMARKS.md, 'Learning-test spread'):
+    the SSL loss's relative drop from the first epoch to the last, the kNN gain over initialisation
+    averaged over both passes, and the gated MACs ratio at the end and at initialisation."""
+
+    def signals(run, summary: dict) -> dict:
+        ssl = [json.loads(line)["ssl"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        init = summary["init"]
+        gains = [summary[p]["knn_top1"] - init[p]["knn_top1"] for p in ("dense", "gated")]
+        return {"ssl_drop": 1 - ssl[-1] / ssl[0], "mean_knn_gain": sum(gains) / 2,
+                "ratio": summary["gated"]["macs_ratio"], "ratio_at_init": init["gated"]["macs_ratio"]}
+
+    return signals
