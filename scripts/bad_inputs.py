@@ -22,6 +22,13 @@ from PIL import Image
 TINY = ["--width", "8", "--proj-dim", "64", "--epochs", "1", "--batch-size", "50", "--limit-per-class", "20", "--device", "cpu", "--quiet"]
 
 
+class Payload:
+    """Unpickling this would run a command: gatedssl must refuse the file."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this should never run",))
+
+
 def run(args: list[str], cwd: Path) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     proc = subprocess.run([sys.executable, "-m", "gatedssl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -59,9 +66,11 @@ def main():
         assert code == 0, err
         import torch
 
-        state = torch.load(done / "checkpoints/last.pt", weights_only=False)
+        state = torch.load(done / "checkpoints/last.pt", weights_only=True)
         state["config"]["arch"] = "resnet34"
         torch.save(state, root / "other_arch.pt")
+        torch.save({"format_version": 1, "config": {}, "model": Payload()}, root / "evil.pt")
+        last = str(done / "checkpoints/last.pt")
         cases = [
             ("unknown dataset", ["pretrain", "--dataset", "mnist"]),
             ("unknown method", ["pretrain", "--method", "moco"]),
@@ -100,6 +109,15 @@ def main():
             ("eval: checkpoint missing", ["eval", "--checkpoint", str(root / "none.pt")]),
             ("eval: not a checkpoint", ["eval", "--checkpoint", str(root / "corrupt.pt")]),
             ("eval: weights of another architecture", ["eval", "--checkpoint", str(root / "other_arch.pt"), "--out", str(root / "x.json")]),
+            ("eval: a checkpoint that would run code", ["eval", "--checkpoint", str(root / "evil.pt")]),
+            ("export: checkpoint missing", ["export", "--checkpoint", str(root / "none.pt"), "--out", str(root / "e.pt")]),
+            ("export: not a checkpoint", ["export", "--checkpoint", str(root / "corrupt.pt"), "--out", str(root / "e.pt")]),
+            ("export: keep rate above 1", ["export", "--checkpoint", last, "--subnet", "static", "--keep-rate", "1.5", "--out", str(root / "e.pt")]),
+            ("export: MACs ratio out of reach", ["export", "--checkpoint", last, "--subnet", "static", "--macs-ratio", "0.01", "--out", str(root / "e.pt")]),
+            ("export: static as torchvision", ["export", "--checkpoint", last, "--subnet", "static", "--format", "torchvision", "--out", str(root / "e.pt")]),
+            ("export: torchvision at width 8", ["export", "--checkpoint", last, "--format", "torchvision", "--out", str(root / "e.pt")]),
+            ("export: unknown format", ["export", "--checkpoint", last, "--format", "tflite", "--out", str(root / "e.pt")]),
+            ("export: output folder not writable", ["export", "--checkpoint", last, "--out", "/proc/gatedssl/e.pt"]),
         ]
         print("| # | bad input | exit | what the user sees (stderr) |")
         print("|---|---|---|---|")

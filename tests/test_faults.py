@@ -29,7 +29,7 @@ def tiny(tmp_path, name, **kw):
 
 
 def weights(run: Path) -> dict:
-    return torch.load(run / "checkpoints/last.pt", weights_only=False)["model"]
+    return torch.load(run / "checkpoints/last.pt", weights_only=True)["model"]
 
 
 def assert_same_weights(a: dict, b: dict):
@@ -41,7 +41,7 @@ def assert_same_weights(a: dict, b: dict):
 def assert_no_corrupt_files(run: Path):
     assert not list((run / "checkpoints").glob(".*tmp*")), "temporary files left behind"
     for path in (run / "checkpoints").glob("*.pt"):
-        torch.load(path, weights_only=False)  # every checkpoint kept is readable
+        torch.load(path, weights_only=True)  # every checkpoint kept is readable
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(tmp_path, reference):
         pretrain(tiny(tmp_path, "run"), on_step_end=term_at, progress=False)
     assert stopped.value.exit_code == EXIT_SIGNAL
     assert "SIGTERM" in str(stopped.value) and "epoch 2, step 2" in str(stopped.value)
-    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 2)
     pretrain(tiny(tmp_path, "run"), resume=True, progress=False)
     assert_same_weights(weights(tmp_path / "run"), reference)
@@ -134,7 +134,7 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeyp
     with pytest.raises(UserError, match=r"could not write checkpoint .* \(No space left on device\); the previous checkpoint is intact"):
         pretrain(tiny(tmp_path, "run"), progress=False)
     monkeypatch.undo()
-    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     assert state["epoch"] == 1
     assert_no_corrupt_files(tmp_path / "run")
 
@@ -177,7 +177,7 @@ def test_nonfinite_loss_stops_the_run_naming_step_and_terms(tmp_path, monkeypatc
     message = str(stopped.value)
     assert stopped.value.exit_code == EXIT_NONFINITE
     assert "non-finite loss at epoch 2, step 2" in message and "ssl=nan" in message and "budget=" in message
-    assert torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)["epoch"] == 1, "the last good checkpoint stays"
+    assert torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["epoch"] == 1, "the last good checkpoint stays"
 
 
 def test_skip_nonfinite_skips_a_bounded_number_of_batches(tmp_path, monkeypatch):

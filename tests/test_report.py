@@ -246,3 +246,11 @@ def test_channel_shares():
 
     shares = channel_shares([np.array([1.0, 0.995, 0.5, 0.0, 0.005]), np.array([0.99, 0.01, 0.2, 0.8])])
     assert shares.ravel().tolist() == pytest.approx([0.4, 0.2, 0.4, 0.25, 0.5, 0.25])
+
+
+def test_a_static_export_is_shown_beside_its_run(sweep, tmp_path):
+    static = {"subnet": "static", "keep_rate": 0.3, "macs_ratio": 0.4125, "knn_top1": 39.75, "channels": [1] * 8}
+    _synthetic(sweep["real_dual"], tmp_path / "runs" / "dual-static", "dual", 0.3, 0, 41.0, 38.0, 0.31, width=24, static=static)
+    write_report([tmp_path / "runs"], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "static top-1 (MACs / dense, Q)" in md and "39.75 (0.412, Q=0.3)" in md

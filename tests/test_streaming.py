@@ -75,7 +75,7 @@ def _config(folders, out, storage):
 
 
 def _weights(run):
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
 def _assert_same(a, b):

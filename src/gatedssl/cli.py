@@ -1,4 +1,4 @@
-"""Command line: `gatedssl pretrain` and `gatedssl eval`.
+"""Command line: `gatedssl pretrain`, `sweep`, `eval`, `export` and `report`.
 
 Flags are generated from `PretrainConfig`, so the CLI, the YAML files and the docs cannot
 drift apart. Precedence: dataclass defaults < recipe < --config FILE < command-line flags.
@@ -83,10 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", metavar="FILE.json", help="where to write the summary (default: RUN/summary.json)")
     _add_probe_flags(e, default="none")
 
+    x = sub.add_parser("export", help="write the dense encoder or a static sub-network as .pt, TorchScript, ONNX or torchvision weights",
+                       description="Export a trained run. dense: the dense encoder with BN folded in. static: a plain ResNet "
+                                   "keeping, per block, the middle channels the gates open for at least a share Q of the training "
+                                   "images (the gated BN set folded in); its kNN, fast-probe accuracy and MACs are printed and "
+                                   "recorded in RUN/summary.json under 'static'. Load the file with gatedssl.load.")
+    x.add_argument("--checkpoint", required=True, metavar="PATH", help="RUN/checkpoints/last.pt of a pretraining run")
+    x.add_argument("--subnet", default="dense", help="dense or static (default: dense)")
+    x.add_argument("--keep-rate", type=float, metavar="Q", help="static: keep the channels open for at least this share of the training images, in [0, 1]")
+    x.add_argument("--macs-ratio", type=float, metavar="R", help="static: the smallest Q whose network spends at most R of the dense MACs (default: the run's budget)")
+    x.add_argument("--channel-multiple", type=int, default=1, metavar="M",
+                   help="static: round each block's channel count up to a multiple of M with its next most frequent channels "
+                        "(16 suits AVX512 CPUs: more channels for about the same time) (default: 1)")
+    x.add_argument("--format", default="pt", dest="fmt", help="pt (state dict + architecture; gatedssl.load reads it), torchscript, onnx "
+                                                             "(verified with onnxruntime), torchvision (dense, width 64: a torchvision ResNet state dict) (default: pt)")
+    x.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    x.add_argument("--data-dir", metavar="DIR", help="static: dataset folder, if it moved since pretraining")
+    x.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    x.add_argument("--no-probe", action="store_true", help="static: skip the linear probe (kNN and MACs only)")
+
     r = sub.add_parser("report", help="the trade-off report of runs or sweeps: Table 1, plots, channel usage",
                        description="Compare finished runs (run folders, or sweep folders holding them): writes report.md, a "
                                    "self-contained report.html, table.json/csv and PNGs (accuracy vs MACs, channel usage, "
-                                   "MACs per class, training curves) into --out.")
+                                   "MACs per class, training curves, static exports) into --out.")
     r.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP", help="run folders or sweep folders")
     r.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
     r.add_argument("--paper-overlay", action="store_true", help="draw the paper's Table 1 numbers on the trade-off plot")
@@ -183,6 +202,23 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from .export.run import export
+
+    result = export(args.checkpoint, args.out, subnet=args.subnet, fmt=args.fmt, keep_rate=args.keep_rate, macs_ratio=args.macs_ratio,
+                    channel_multiple=args.channel_multiple, data_dir=args.data_dir, device=args.device, probe=not args.no_probe)
+    line = f"{result['subnet']} encoder written to {result['file']} ({result['format']}): {result['macs'] / 1e6:.1f} M MACs/image, {result['macs_ratio']:.3f} of dense"
+    if result["subnet"] == "static":
+        line += f"\nkeep rate {result['keep_rate']:.4g}: channels per block {result['channels']}; kNN top-1 {result['knn_top1']:.2f} %"
+        if "probe" in result:
+            line += f", linear probe (fast) {result['probe']['top1']:.2f} %"
+        line += "; recorded under 'static' in the run's summary.json"
+    if "onnx_max_abs_diff" in result:
+        line += f"\nverified with onnxruntime at batch 1 and 5: max |difference| {result['onnx_max_abs_diff']:.2g}"
+    print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -190,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return {"pretrain": run_pretrain, "sweep": run_sweep, "eval": run_eval, "report": run_report}[args.command](args)
+        return {"pretrain": run_pretrain, "sweep": run_sweep, "eval": run_eval, "export": run_export, "report": run_report}[args.command](args)
     except UserError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)

@@ -66,6 +66,15 @@ class DatasetSplits:
     std: tuple[float, float, float]
 
 
+def eval_geometry(name: str, image_size: int | None = None) -> tuple[int, int, tuple, tuple]:
+    """(crop size, stored size, mean, std) of a dataset: images are stored with the shorter side at
+    `stored` (centre square), and evaluation takes the centre `crop`, then normalises."""
+    crop_size, (mean, std) = _SPECS[name]
+    crop_size = image_size or crop_size
+    stored = round(crop_size * 256 / 224) if name == "imagefolder" else crop_size
+    return crop_size, stored, mean, std
+
+
 def load_dataset(
     name: str, data_dir: str | None = None, *, image_size: int | None = None, limit_per_class: int | None = None,
     strict: bool = False, warn=None, storage: str = "memory", device: torch.device | str = "cpu", workers: int | None = None,
@@ -95,14 +104,12 @@ def load_dataset(
         raise UserError(f"unknown storage {storage!r}; choose one of: {', '.join(STORAGES)}")
     if image_size is not None and name != "imagefolder":
         raise UserError(f"image_size applies to the imagefolder dataset only; {name} has a fixed size")
-    crop_size, (mean, std) = _SPECS[name]
-    crop_size = image_size or crop_size
+    crop_size, stored, mean, std = eval_geometry(name, image_size)
     if name == "embedded":
         train, test = (_embedded(split, limit_per_class) for split in ("train", "test"))
         pretrain = train
     elif name == "imagefolder" or _has_split_folders(data_dir):
         root = _folder_root(name, data_dir)
-        stored = round(crop_size * 256 / 224) if name == "imagefolder" else crop_size
         listed = [_list_images(folder, limit_per_class) for folder in (root / "train", _eval_folder(root))]
         if listed[0][2] != listed[1][2]:  # checked before the (long) decode
             raise UserError(f"{root}: train/ and {_eval_folder(root).name}/ have different class folders; both need the same <class>/ subfolders")

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from ..config import PretrainConfig, validate
 from ..data.sources import load_dataset
 from ..errors import UserError
+from ..methods import JointObjective
 from ..training.checkpoint import first_mismatch, load_checkpoint
 from ..training.trainer import build_objective, make_summary, select_device, write_summary
 from .evaluate import evaluate
 from .probe import linear_probe
+
+
+def restore_objective(state: dict, path) -> tuple[JointObjective, PretrainConfig]:
+    """The run's network and heads as its checkpoint's own settings describe them, weights loaded."""
+    try:
+        cfg = PretrainConfig(**state["config"])
+    except TypeError as exc:
+        raise UserError(f"checkpoint {path} holds settings this gatedssl does not know ({exc}); use the version that wrote it")
+    objective = build_objective(cfg)
+    try:
+        objective.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})")
+    return objective, cfg
 
 
 def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str = "auto", knn_protocol: str | None = None,
@@ -23,20 +39,11 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
     if probe_seeds < 1:
         raise UserError(f"--probe-seeds must be at least 1, got {probe_seeds}")
     state = load_checkpoint(path)
-    try:
-        cfg = PretrainConfig(**state["config"])
-    except TypeError as exc:
-        raise UserError(f"checkpoint {path} holds settings this gatedssl does not know ({exc}); evaluate it with the version that wrote it")
+    objective, cfg = restore_objective(state, path)
     cfg = dataclasses.replace(cfg, device=device, **({"data_dir": data_dir} if data_dir else {}), **({"knn_protocol": knn_protocol} if knn_protocol else {}))
     problems = validate(cfg)
     if problems:
         raise UserError("\n".join(problems))
-    objective = build_objective(cfg)
-    try:
-        objective.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        first = first_mismatch(exc)
-        raise UserError(f"checkpoint {path} does not match the network its settings describe ({first})")
     dev = select_device(cfg.device)
     objective.to(dev)
     splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict,
@@ -51,5 +58,10 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
             result = linear_probe(objective.backbone, splits, gated, dev, protocol=probe, seeds=probe_seeds, progress=progress, precision=cfg.precision)
             summary[name]["probe"] = result.to_dict()
     target = Path(out) if out else Path(path).resolve().parent.parent / "summary.json"
+    previous = Path(path).resolve().parent.parent / "summary.json"
+    if previous.exists():  # the latest static export (gatedssl export) stays with the run
+        static = json.loads(previous.read_text()).get("static")
+        if static is not None:
+            summary["static"] = static
     write_summary(target, summary)
     return summary, target

@@ -168,7 +168,8 @@ class GatedResNet(nn.Module):
     def gates(self) -> list[ChannelGate]:
         return [b.gate for b in self.blocks]
 
-    def forward(self, x: torch.Tensor, gated: bool = False) -> BackboneOutput:
+    def forward(self, x: torch.Tensor, gated: bool = False, masks: list[torch.Tensor] | None = None) -> BackboneOutput:
+        """masks: run the gated pass with these (one (N, C_mid) 0/1 tensor per block) instead of the gates'."""
         n = x.shape[0]
         out = F.relu(self.stem_bn(self.stem_conv(x)))
         k = self.stem_conv.kernel_size[0]
@@ -177,23 +178,23 @@ class GatedResNet(nn.Module):
             out = self.stem_pool(out)
         fixed = stem_macs
         dense = stem_macs
-        masks, per_channel = [], []
-        for block in self.blocks:
-            mask = block.gate(out) if gated else None
+        used, per_channel = [], []
+        for i, block in enumerate(self.blocks):
+            mask = (block.gate(out) if masks is None else masks[i].float()) if gated else None
             in_hw = out.shape[-2] * out.shape[-1]
             out = block(out, mask, gated)
             pc, fx = block.macs(in_hw, out.shape[-2] * out.shape[-1])
             fixed += fx + (block.gate.macs if gated else 0)
             dense += fx + pc * block.mid_channels
             per_channel.append(pc)
-            masks.append(mask if mask is not None else out.new_ones(n, block.mid_channels, dtype=torch.float32))
+            used.append(mask if mask is not None else out.new_ones(n, block.mid_channels, dtype=torch.float32))
         features = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
         if gated:
             # Python-int costs times mask sums: no host-to-device copy of a cost vector each step
-            macs = sum(m.sum(1) * pc for m, pc in zip(masks, per_channel)) + float(fixed)
+            macs = sum(m.sum(1) * pc for m, pc in zip(used, per_channel)) + float(fixed)
         else:
             macs = torch.full((n,), float(dense), device=x.device)
-        return BackboneOutput(features, masks, macs, dense)
+        return BackboneOutput(features, used, macs, dense)
 
 
 ARCHS: dict[str, Callable[..., GatedResNet]] = {}

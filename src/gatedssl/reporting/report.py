@@ -440,7 +440,18 @@ def _csv_rows(tables: list[dict]) -> list[dict]:
 
 # --------------------------------------------------------------------------- pictures
 
-COLORS = {"dual_gated": "#1f77b4", "dual_dense": "#ff7f0e", "b2": "#2ca02c", "b1": "black"}
+COLORS = {"dual_gated": "#1f77b4", "dual_dense": "#ff7f0e", "b2": "#2ca02c", "b1": "black", "static": "#9467bd"}
+
+
+def static_accuracy(run: Run, accuracy: Accuracy) -> float | None:
+    """The run's latest static export (`gatedssl export --subnet static`) in the section's protocol, if it has one."""
+    static = run.summary.get("static")
+    if static is None:
+        return None
+    if accuracy.kind == "knn":
+        return float(static["knn_top1"])
+    probe = static.get("probe") or {}
+    return float(probe["top1"]) if probe.get("protocol") == (run.summary["dense"].get("probe") or {}).get("protocol") else None
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -510,6 +521,15 @@ def _tradeoff_panels(left, right, section: Section, table: dict, paper_overlay: 
             for (budget, _), x, y in zip(b2, xs, ys):
                 left.annotate(f"t_d={budget:g}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize="small", color=COLORS["b2"])
             _errorbar(right, [b for b, _ in b2], ys, None, ye, color=COLORS["b2"], marker="s", linestyle="-", label=f"B2{tag}: gated-only training")
+    statics = [(r, static_accuracy(r, section.accuracy)) for r in section.runs]
+    statics = [(r, y) for r, y in statics if y is not None]
+    if statics:
+        xs = [100 * float(r.summary["static"]["macs_ratio"]) for r, _ in statics]
+        _errorbar(left, xs, [y for _, y in statics], color=COLORS["static"], marker="^", linestyle="none",
+                  label="static sub-network (gatedssl export; channels kept for a share Q of images)")
+        for (r, y), x in zip(statics, xs):
+            left.annotate(f"Q={r.summary['static']['keep_rate']:.2g}", (x, y), textcoords="offset points", xytext=(6, 4),
+                          fontsize="small", color=COLORS["static"])
     if b1:
         m, s = b1["dense_top1"]["mean"], b1["dense_top1"]["std"]
         _errorbar(left, [100], [m], None, [s], color=COLORS["b1"], marker="*", markersize=13, linestyle="none", label="B1: dense-only baseline", zorder=5)
@@ -775,8 +795,17 @@ def _protocol(section: Section) -> list[str]:
     return items
 
 
+def _static_cell(run: Run, accuracy: Accuracy) -> str:
+    static, value = run.summary.get("static"), static_accuracy(run, accuracy)
+    if static is None:
+        return "–"
+    shown = f"{value:.2f}" if value is not None else f"kNN {static['knn_top1']:.2f}"
+    return f"{shown} ({static['macs_ratio']:.3f}, Q={static['keep_rate']:.2g})"
+
+
 def _runs_table(runs: list[Run], accuracy_of: dict[int, Accuracy]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "mode", "dataset", "t_d", "seed", "epochs", "dense top-1", "gated top-1", "gated MACs / dense", "train time", "folder"]
+    header = ["run", "mode", "dataset", "t_d", "seed", "epochs", "dense top-1", "gated top-1", "gated MACs / dense",
+              "static top-1 (MACs / dense, Q)", "train time", "folder"]
     rows = []
     for run in runs:
         acc = accuracy_of[id(run)]
@@ -788,6 +817,7 @@ def _runs_table(runs: list[Run], accuracy_of: dict[int, Accuracy]) -> tuple[list
             f"{acc.value(run, 'dense'):.2f}" if "dense" in _passes(run) else "–",
             f"{acc.value(run, 'gated'):.2f}" if run.gated_pass else "–",
             f"{g['macs_ratio']:.3f}" if run.gated_pass else "–",
+            _static_cell(run, acc),
             "–" if seconds is None else (f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"),
             str(run.path),
         ])

@@ -8,6 +8,7 @@ the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -104,15 +105,30 @@ def load_latest(folder: Path, report=print) -> tuple[dict[str, Any], Path]:
     raise UserError(f"--resume: no checkpoint in {folder}; start the run without --resume")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint; any problem becomes one line naming the file."""
+def read_weights(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """torch.load with weights_only=True: tensors and plain data only, so a file from someone else
+    cannot run code. Any problem becomes one line naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; give RUN/checkpoints/last.pt of a pretraining run")
+        raise UserError(f"{what} {path} not found; give RUN/checkpoints/last.pt of a pretraining run or a file from `gatedssl export`")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            found = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line), "an object that is not plain data")
+            raise UserError(f"{what} {path} refused: it holds Python objects that would run code when unpickled ({found[:120]}); "
+                            f"gatedssl reads tensors and plain data only; use a file written by gatedssl") from None
+        raise UserError(f"{what} {path} cannot be read (UnpicklingError); it may be truncated or not a torch file") from None
     except Exception as exc:  # truncated or not a torch file
-        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it may be truncated or not a gatedssl checkpoint")
+        raise UserError(f"{what} {path} cannot be read ({type(exc).__name__}); it may be truncated or not a gatedssl file") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a training checkpoint (weights only); any problem becomes one line naming the file."""
+    return check_checkpoint(read_weights(path), path)
+
+
+def check_checkpoint(state: Any, path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"checkpoint {path} is not a gatedssl checkpoint (no model/config inside)")
     if state.get("format_version") != FORMAT_VERSION:

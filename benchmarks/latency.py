@@ -1,0 +1,157 @@
+"""Inference latency of the deployable variants of one network, side by side in one run.
+
+    python benchmarks/latency.py                      # the full table (about 10 minutes on 2 CPU cores)
+    python benchmarks/latency.py --sizes 224 --batches 1 --threads 1 --densities 0.3
+
+Variants: dense (the exported dense encoder: BN folded), masked gated (the training-time gated
+pass: every channel computed, then masked), real-skipping gated (only the open channels; batch
+strategy "union", and "group" with --group), static (a plain network keeping the channels the
+gates open most, within the gated pass's MACs; "x16": channel counts rounded up to multiples of 16,
+see `gatedssl export --channel-multiple`), and dense and static under onnxruntime.
+
+Latency depends on which channels are open, not on trained weights: this benchmark uses a
+randomly initialised ResNet-18 (width 64) and SETS THE GATE BIASES so that every block opens the
+wanted share of its channels on average, per channel a different share of the inputs (so masks
+vary per input). For every variant it prints median and p90 latency, and its latency ratio to
+dense beside its MACs ratio (the counted MACs, gates included, averaged over the inputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from gatedssl.data.sources import load_dataset
+from gatedssl.export.plain import PlainResNet
+from gatedssl.export.skipping import SkippingResNet
+from gatedssl.export.static import kept_channels, keep_rate_for
+from gatedssl.models import create_backbone
+
+
+def images(size: int, n: int) -> torch.Tensor:
+    """Real pictures (the embedded CIFAR-10 test images), resized to `size`, normalised roughly."""
+    x = load_dataset("embedded").test.images[:n].float() / 255
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x - 0.45) / 0.25
+
+
+@torch.no_grad()
+def set_density(net, x: torch.Tensor, density: float) -> None:
+    """Shift each gate channel's bias so it opens for a share p_c of the calibration images, p_c drawn
+    from Beta(2d, 2(1 - d)) (mean d): some channels open for most inputs, others rarely, as trained gates do."""
+    for gate in net.gates:
+        captured = []
+        handle = gate.expand.register_forward_hook(lambda m, i, o: captured.append(o.flatten(1)))
+        net(x, gated=True)
+        handle.remove()
+        share = torch.distributions.Beta(2 * density, 2 * (1 - density)).sample((gate.out_channels,)).clamp(0.01, 0.99)
+        gate.expand.bias -= torch.stack([torch.quantile(captured[0][:, c], 1 - share[c]) for c in range(gate.out_channels)])
+
+
+def timed(fn, reps: int, budget_s: float) -> list[float]:
+    fn()  # warm-up (allocator, oneDNN primitive cache)
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < reps or (time.perf_counter() - start < budget_s and len(times) < 10 * reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def ort_session(net: PlainResNet, size: int, threads: int):
+    import onnxruntime
+
+    from gatedssl.export.formats import onnx_bytes
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(onnx_bytes(net, size), options, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="inference latency of dense, masked, real-skipping and static variants")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224], help="32: CIFAR stem; larger: ImageNet stem")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    parser.add_argument("--densities", type=float, nargs="+", default=[0.3, 0.5])
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=7, help="timed runs per cell at least (more within --budget-s)")
+    parser.add_argument("--budget-s", type=float, default=2.0, help="time per cell to spend on extra runs")
+    parser.add_argument("--group", action="store_true", help="also time the 'group' batch strategy of the real-skipping pass")
+    parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device}, {os.cpu_count()} CPUs; ResNet-18 width {args.width}; gate biases set to reach "
+          f"each density with per-input variation (random weights; latency depends on channel counts, not on weights)")
+    print(f"{'size':>4} {'batch':>5} {'thr':>3} {'dens':>4}  {'variant':<24} {'median ms':>10} {'p90 ms':>8}  {'lat/dense':>9}  {'MACs/dense':>10}")
+    for size in args.sizes:
+        stem = "cifar" if size <= 64 else "imagenet"
+        for density in args.densities:
+            torch.manual_seed(0)
+            net = create_backbone("resnet18", stem=stem, width=args.width).eval()
+            calibration = images(size, 64)
+            set_density(net, calibration, density)
+            with torch.no_grad():
+                out = net(calibration, gated=True)
+            gated_ratio = (out.macs.mean() / out.dense_macs).item()
+            frequency = [m.mean(0) for m in out.masks]
+            def static_net(multiple: int) -> PlainResNet:  # the largest static network within the gated pass's MACs
+                q = keep_rate_for(net, frequency, gated_ratio, size, multiple)
+                return PlainResNet.from_gated(net, "gated", keep=kept_channels(frequency, q, multiple))
+
+            static, static16 = static_net(1), static_net(16)
+            dense = PlainResNet.from_gated(net, "dense")
+            static_ratio = static.macs(size) / dense.macs(size)
+            variants = {
+                "dense": (dense, 1.0),
+                "masked gated": (lambda x: net(x, gated=True), gated_ratio),
+                "skipping gated": (SkippingResNet(net, "union"), gated_ratio),
+                **({"skipping gated (group)": (SkippingResNet(net, "group"), gated_ratio)} if args.group else {}),
+                "static": (static, static_ratio),
+                "static (x16 channels)": (static16, static16.macs(size) / dense.macs(size)),
+            }
+            net.to(device)
+            for name in list(variants):
+                module, ratio = variants[name]
+                if isinstance(module, torch.nn.Module):
+                    module.to(device)
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                sessions = {} if args.no_onnx or device.type != "cpu" else {
+                    "dense (onnxruntime)": (ort_session(dense, size, threads), 1.0),
+                    "static (onnxruntime)": (ort_session(static, size, threads), static_ratio)}
+                for batch in args.batches:
+                    x = images(size, batch).to(device)
+                    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+                    results = {}
+                    with torch.no_grad():
+                        for name, (module, ratio) in variants.items():
+                            results[name] = (timed(lambda: (module(x), sync()), args.reps, args.budget_s), ratio)
+                    for name, (session, ratio) in sessions.items():
+                        feed = {"images": x.cpu().numpy()}
+                        results[name] = (timed(lambda: session.run(None, feed), args.reps, args.budget_s), ratio)
+                    base = statistics.median(results["dense"][0])
+                    for name, (times, ratio) in results.items():
+                        median = statistics.median(times)
+                        p90 = sorted(times)[max(0, int(round(0.9 * len(times))) - 1)]
+                        print(f"{size:>4} {batch:>5} {threads:>3} {density:>4.1f}  {name:<24} {median * 1e3:>10.2f} {p90 * 1e3:>8.2f}  "
+                              f"{median / base:>9.3f}  {ratio:>10.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main()

@@ -1,0 +1,7 @@
+"""Deploying the light model: plain (BN-folded) networks, real channel skipping, export formats, loading."""
+
+from .encoder import EvalTransform, Encoder, load
+from .plain import PlainResNet
+from .skipping import SkippingResNet
+
+__all__ = ["Encoder", "EvalTransform", "PlainResNet", "SkippingResNet", "load"]

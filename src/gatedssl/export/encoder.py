@@ -1,0 +1,125 @@
+"""`gatedssl.load`: a trained encoder, ready for inference, outside the training tool.
+
+    model = gatedssl.load("RUN/checkpoints/last.pt")      # or a file from `gatedssl export`
+    features = model.embed(pil_images)                     # dense features
+    light = model.embed(pil_images, subnet="gated")        # only the channels the gates open
+
+Files are read with `torch.load(weights_only=True)`: a file holding code is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data.augment import center_crop, normalize
+from ..data.sources import eval_geometry
+from ..data.streaming import fit_square
+from ..errors import UserError
+from ..training.checkpoint import read_weights
+from .plain import PlainResNet
+from .skipping import SkippingResNet
+
+EXPORT_FORMAT = "gatedssl-export/1"
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """Images -> the normalised float tensor the network takes, as evaluation prepares them.
+
+    Takes a uint8 (N, 3, H, W) or (3, H, W) tensor at the training resolution (centre crop, then
+    normalise), PIL images of any size (shorter side resized to the stored size, centre square,
+    centre crop), or a float tensor, taken as already normalised.
+    """
+
+    crop_size: int
+    stored_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def for_dataset(cls, name: str) -> "EvalTransform":
+        crop, stored, mean, std = eval_geometry(name)
+        return cls(crop, stored, tuple(mean), tuple(std))
+
+    def __call__(self, images) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            if images.is_floating_point():
+                return images if images.dim() == 4 else images[None]
+            batch = images if images.dim() == 4 else images[None]
+        else:
+            from PIL import Image
+            from torchvision.transforms.functional import pil_to_tensor
+
+            pictures = [images] if isinstance(images, Image.Image) else list(images)
+            if not pictures or not all(isinstance(p, Image.Image) for p in pictures):
+                raise TypeError("images must be a uint8 tensor (N, 3, H, W), a PIL image or a list of PIL images")
+            batch = torch.stack([fit_square(pil_to_tensor(p.convert("RGB")), self.stored_size) for p in pictures])
+        if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[1] != 3:
+            raise TypeError(f"expected uint8 images of shape (N, 3, H, W), got {batch.dtype} {tuple(batch.shape)}")
+        if min(batch.shape[-2:]) < self.crop_size:
+            raise ValueError(f"images of {batch.shape[-2]}x{batch.shape[-1]} are smaller than the {self.crop_size} px the "
+                             f"network was trained at; pass PIL images to have them resized")
+        return normalize(center_crop(batch, self.crop_size), self.mean, self.std)
+
+
+class Encoder(nn.Module):
+    """An inference-ready encoder in eval mode: its sub-networks by name, and its transform.
+
+    subnets: "dense" (BN folded into the convs), "gated" (real channel skipping), "gated-masked"
+    (the training-time gated pass: every channel computed, then masked; for comparisons), or
+    "static" / "dense" alone when loaded from an export.
+    """
+
+    def __init__(self, subnets: dict[str, nn.Module], transform: EvalTransform, config: dict | None = None):
+        super().__init__()
+        self.nets = nn.ModuleDict(subnets)
+        self.transform = transform
+        self.config = config or {}
+        self.eval()
+
+    @property
+    def subnets(self) -> list[str]:
+        return [n for n in self.nets if n != "backbone"] + (["gated-masked"] if "backbone" in self.nets else [])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, x: torch.Tensor, subnet: str = "dense") -> torch.Tensor:
+        """Features (N, D) of normalised images."""
+        if subnet not in self.subnets:
+            raise ValueError(f"subnet {subnet!r} is not in this model; it has {', '.join(self.subnets)}")
+        if subnet == "gated-masked":
+            return self.nets["backbone"](x, gated=True).features
+        out = self.nets[subnet](x)
+        return out[0] if isinstance(out, tuple) else out
+
+    @torch.no_grad()
+    def embed(self, images, subnet: str = "dense") -> torch.Tensor:
+        """Features (N, D) of images (see EvalTransform for what it takes)."""
+        return self(self.transform(images).to(self.device), subnet)
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: str = "union") -> Encoder:
+    """Load a training checkpoint or an exported `.pt` as an Encoder on `device`.
+
+    strategy: how the real-skipping gated pass runs batches ("union" or "group", see
+    gatedssl.export.skipping).
+    """
+    state = read_weights(path)
+    if isinstance(state, dict) and state.get("format") == EXPORT_FORMAT:
+        net = PlainResNet(state["arch"])
+        net.load_state_dict(state["state_dict"])
+        transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["transform"].items()})
+        return Encoder({state["subnet"]: net}, transform, state.get("config")).to(device)
+    from ..evaluation.runs import restore_objective
+    from ..training.checkpoint import check_checkpoint
+
+    objective, cfg = restore_objective(check_checkpoint(state, path), path)
+    backbone = objective.backbone.eval()
+    nets = {"dense": PlainResNet.from_gated(backbone, "dense"), "gated": SkippingResNet(backbone, strategy), "backbone": backbone}
+    return Encoder(nets, EvalTransform.for_dataset(cfg.dataset), cfg.to_dict()).to(device)

@@ -1,0 +1,143 @@
+"""`gatedssl export`: a trained run's dense encoder or static sub-network, written in a chosen format.
+
+The static export also measures what it kept (kNN, fast linear probe, MACs) and records it in the
+run's summary.json under "static", so the report can set static pruning beside per-input gating.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.sources import load_dataset
+from ..errors import UserError
+from ..evaluation.evaluate import extract
+from ..evaluation.knn import knn_top1
+from ..evaluation.probe import linear_probe
+from ..evaluation.runs import restore_objective
+from ..models.resnet import BackboneOutput
+from ..training.checkpoint import load_checkpoint
+from ..training.trainer import select_device, write_summary
+from .encoder import EvalTransform
+from .formats import FORMATS, onnx_bytes, require, torchvision_state_dict, verify_onnx, write_bytes, write_pt, write_state_dict, write_torchscript
+from .plain import PlainResNet
+from .static import kept_channels, keep_rate_for
+
+SUBNETS = ("dense", "static")
+
+
+class PlainAsBackbone(nn.Module):
+    """A PlainResNet behind the backbone interface evaluation uses (`net(x, gated)` -> BackboneOutput)."""
+
+    def __init__(self, net: PlainResNet, size: int):
+        super().__init__()
+        self.net, self.feature_dim, self.macs = net, net.feature_dim, net.macs(size)
+
+    def forward(self, x: torch.Tensor, gated: bool = False) -> BackboneOutput:
+        features = self.net(x)
+        return BackboneOutput(features, [], torch.full((x.shape[0],), float(self.macs), device=x.device), self.macs)
+
+
+def check_request(subnet: str, fmt: str, out: str, keep_rate: float | None, macs_ratio: float | None, channel_multiple: int = 1) -> list[str]:
+    """Every problem with the request that needs no checkpoint, all at once."""
+    problems = []
+    if subnet not in SUBNETS:
+        problems.append(f"--subnet must be one of {', '.join(SUBNETS)}, got {subnet!r}")
+    if fmt not in FORMATS:
+        problems.append(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if keep_rate is not None and macs_ratio is not None:
+        problems.append("give --keep-rate or --macs-ratio, not both")
+    if (keep_rate is not None or macs_ratio is not None) and subnet != "static":
+        problems.append("--keep-rate and --macs-ratio choose the static sub-network's channels; add --subnet static")
+    if keep_rate is not None and not 0.0 <= keep_rate <= 1.0:
+        problems.append(f"--keep-rate must be in [0, 1], got {keep_rate:g}")
+    if macs_ratio is not None and not 0.0 < macs_ratio <= 1.0:
+        problems.append(f"--macs-ratio must be in (0, 1], got {macs_ratio:g}")
+    if channel_multiple < 1:
+        problems.append(f"--channel-multiple must be at least 1, got {channel_multiple}")
+    if fmt == "torchvision" and subnet != "dense":
+        problems.append("--format torchvision writes the dense encoder (torchvision's ResNets have fixed channel counts); use --subnet dense, "
+                        "or --format pt, torchscript or onnx for the static sub-network")
+    if fmt == "onnx":
+        try:
+            require("onnx", "onnxscript", "onnxruntime")
+        except UserError as exc:
+            problems.append(str(exc))
+    folder = Path(out).resolve().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if Path(out).is_dir():
+        problems.append(f"--out {out} is a folder; give a file name such as {Path(out) / 'encoder.pt'}")
+    elif not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"--out: cannot write in {existing}; choose a folder you can write to")
+    return problems
+
+
+def export(checkpoint: str, out: str, subnet: str = "dense", fmt: str = "pt", keep_rate: float | None = None,
+           macs_ratio: float | None = None, channel_multiple: int = 1, data_dir: str | None = None, device: str = "auto",
+           probe: bool = True, log=None) -> dict:
+    """Write the export; returns what was measured (and, for static, recorded in the run's summary)."""
+    log = log or (lambda message: print(message, file=sys.stderr))
+    problems = check_request(subnet, fmt, out, keep_rate, macs_ratio, channel_multiple)
+    if problems:
+        raise UserError("\n".join(problems))
+    state = load_checkpoint(checkpoint)
+    objective, cfg = restore_objective(state, checkpoint)
+    dev = select_device(device)
+    backbone = objective.backbone.to(dev).eval()
+    transform = EvalTransform.for_dataset(cfg.dataset)
+    size = transform.crop_size
+    result: dict = {"subnet": subnet, "format": fmt, "file": str(out)}
+    if subnet == "dense":
+        net = PlainResNet.from_gated(backbone, "dense")
+        result.update(macs=net.macs(size), macs_ratio=1.0)
+    else:
+        splits = load_dataset(cfg.dataset, data_dir or cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict,
+                              storage=cfg.storage, device=dev, workers=cfg.data_workers, warn=log)
+        frequency = extract(backbone, splits.train, splits, True, dev, precision=cfg.precision).channel_frequency
+        if keep_rate is None:
+            keep_rate = keep_rate_for(backbone, frequency, macs_ratio if macs_ratio is not None else cfg.budget, size, channel_multiple)
+        net = PlainResNet.from_gated(backbone, "gated", keep=kept_channels(frequency, keep_rate, channel_multiple))
+        dense_macs = PlainResNet.from_gated(backbone, "dense").macs(size)
+        result.update(keep_rate=keep_rate, channel_multiple=channel_multiple, macs=net.macs(size), macs_ratio=net.macs(size) / dense_macs, channels=net.mid_channels,
+                      **measure(net, splits, dev, cfg, probe))
+    if fmt == "pt":
+        write_pt(net, subnet, transform, cfg.to_dict(), Path(out))
+    elif fmt == "torchscript":
+        write_torchscript(net, Path(out))
+    elif fmt == "onnx":
+        data = onnx_bytes(net, size)
+        result["onnx_max_abs_diff"] = verify_onnx(data, net, size)
+        write_bytes(Path(out), data)
+    else:
+        write_state_dict(Path(out), torchvision_state_dict(backbone.cpu()))
+    if subnet == "static":
+        record_static(Path(checkpoint), result)
+    return result
+
+
+def measure(net: PlainResNet, splits, device: torch.device, cfg, probe: bool) -> dict:
+    """kNN top-1 and (fast) linear-probe accuracy of a plain network, as `gatedssl eval` measures the passes."""
+    adapter = PlainAsBackbone(net, splits.crop_size).to(device)
+    train = extract(adapter, splits.train, splits, False, device, precision=cfg.precision)
+    test = extract(adapter, splits.test, splits, False, device, precision=cfg.precision)
+    top1 = knn_top1(train.features, splits.train.labels.to(device), test.features, splits.test.labels.to(device),
+                    len(splits.train.classes), cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
+    measured = {"knn_top1": top1}
+    if probe:
+        measured["probe"] = linear_probe(adapter, splits, False, device, precision=cfg.precision, progress=False).to_dict()
+    return measured
+
+
+def record_static(checkpoint: Path, result: dict) -> None:
+    """The latest static export goes under "static" in RUN/summary.json (when the run has one)."""
+    summary_path = checkpoint.resolve().parent.parent / "summary.json"
+    if not summary_path.exists():
+        return
+    summary = json.loads(summary_path.read_text())
+    summary["static"] = result
+    write_summary(summary_path, summary)

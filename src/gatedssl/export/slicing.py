@@ -1,0 +1,48 @@
+"""BN folding and channel slicing: the one piece of code that makes sub-networks physically smaller.
+
+A block's middle channels are conv1's outputs and conv2's inputs. Keeping a subset `idx` of them
+means taking rows `idx` of conv1 (and its folded bias) and columns `idx` of conv2; every other
+convolution of the block is unchanged. The static export keeps one subset for all inputs, the
+skipping executor one subset per input (or per batch), and a width-sliced (slimmable) network
+keeps the first channels: all of them call `take`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+
+def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """conv -> BN (eval statistics) as one convolution with a bias: inference pays for no BN."""
+    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+    folded.weight.data.copy_(weight.detach())
+    folded.bias.data.copy_(bias.detach())
+    return folded
+
+
+def take(conv: nn.Conv2d, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of `conv` restricted to output channels `out_idx` and input channels `in_idx`."""
+    weight, bias = conv.weight, conv.bias
+    if out_idx is not None:
+        weight = weight.index_select(0, out_idx)
+        bias = None if bias is None else bias.index_select(0, out_idx)
+    if in_idx is not None:
+        weight = weight.index_select(1, in_idx)
+    return weight, bias
+
+
+def input_major(conv: nn.Conv2d) -> torch.Tensor:
+    """conv's weight stored (C_in, C_out, kh, kw): slicing its inputs then reads only the kept rows.
+
+    Taking input channels of the usual (C_out, C_in, kh, kw) layout touches nearly every cache line
+    of the weight; at batch 1 that read costs as much as the convolution it feeds (BENCHMARKS.md).
+    """
+    return conv.weight.detach().transpose(0, 1).contiguous()
+
+
+def take_inputs(weight_input_major: torch.Tensor, in_idx: torch.Tensor) -> torch.Tensor:
+    """(C_out, k, kh, kw) weight of input channels `in_idx`, from an `input_major` copy."""
+    return weight_input_major.index_select(0, in_idx).transpose(0, 1)
