@@ -69,6 +69,28 @@ def timed(fn, reps: int, budget_s: float) -> list[float]:
     return times
 
 
+STAGES = {  # profiler op -> stage of the breakdown
+    "aten::mkldnn_convolution": "convolutions", "aten::_slow_conv2d_forward": "convolutions",
+    "aten::index_select": "weight gathering", "aten::addmm": "gates", "aten::max_pool2d_with_indices": "max-pool",
+    "aten::native_batch_norm": "BN (masked pass only)", "aten::mul": "masking",
+}
+
+
+def breakdown(fn, runs: int = 5) -> dict[str, float]:
+    """Milliseconds per call spent in each stage (self CPU time of the ops, torch.profiler)."""
+    from torch.profiler import profile
+
+    fn()
+    with contextlib.redirect_stderr(io.StringIO()), profile() as prof:
+        for _ in range(runs):
+            fn()
+    stages: dict[str, float] = {}
+    for event in prof.key_averages():
+        stage = STAGES.get(event.key, "other ops")
+        stages[stage] = stages.get(stage, 0.0) + event.self_cpu_time_total / 1e3 / runs
+    return stages
+
+
 def ort_session(net: PlainResNet, size: int, threads: int):
     import onnxruntime
 
@@ -92,6 +114,7 @@ def main() -> None:
     parser.add_argument("--group", action="store_true", help="also time the 'group' batch strategy of the real-skipping pass")
     parser.add_argument("--no-onnx", action="store_true")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--breakdown", action="store_true", help="also print where the time goes (profiler, batch 1) for each torch variant")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, {os.cpu_count()} CPUs; ResNet-18 width {args.width}; gate biases set to reach "
@@ -143,6 +166,13 @@ def main() -> None:
                     for name, (session, ratio) in sessions.items():
                         feed = {"images": x.cpu().numpy()}
                         results[name] = (timed(lambda: session.run(None, feed), args.reps, args.budget_s), ratio)
+                    if args.breakdown and batch == 1:
+                        with torch.no_grad():
+                            for name, (module, _) in variants.items():
+                                parts = breakdown(lambda: module(x))
+                                total = sum(parts.values())
+                                shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+                                print(f"# breakdown {size} px, batch 1, {threads} thr, density {density}: {name}: {total:.2f} ms = {shown}")
                     base = statistics.median(results["dense"][0])
                     for name, (times, ratio) in results.items():
                         median = statistics.median(times)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.resnet import GatedResNet
-from .plain import branch_constant, fold_block
+from .plain import ChannelsLastMaxPool, branch_constant, fold_block
 from .slicing import fold, input_major, take, take_inputs
 
 STRATEGIES = ("union", "group")
@@ -98,7 +98,7 @@ class SkippingResNet(nn.Module):
         backbone.eval()
         with torch.no_grad():
             self.stem = fold(backbone.stem_conv, backbone.stem_bn)
-            self.pool = backbone.stem_pool
+            self.pool = None if backbone.stem_pool is None else ChannelsLastMaxPool()
             self.blocks = nn.ModuleList(_SkippingBlock(b, "gated") for b in backbone.blocks)
         backbone.train(was_training)
         self.eval()
