@@ -114,8 +114,10 @@ def read_weights(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
-            found = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line), "an object that is not plain data")
+        # running code from a pickle needs a GLOBAL (a function or class to import); the weights-only
+        # unpickler names the one it refused. Other unpickling errors are damaged or foreign files.
+        found = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+        if found is not None:
             raise UserError(f"{what} {path} refused: it holds Python objects that would run code when unpickled ({found[:120]}); "
                             f"gatedssl reads tensors and plain data only; use a file written by gatedssl") from None
         raise UserError(f"{what} {path} cannot be read (UnpicklingError); it may be truncated or not a torch file") from None
