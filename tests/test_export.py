@@ -159,13 +159,16 @@ def test_macs_ratio_picks_the_smallest_keep_rate_that_meets_it():
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "keep_rate", "unreachable", "both", "torchvision_static",
-                                  "torchvision_width", "onnx_missing", "out_unwritable", "out_folder", "bad_format"])
+                                  "torchvision_width", "onnx_missing", "out_unwritable", "out_folder", "bad_format", "static_of_dense_run"])
 def test_bad_export_requests_are_one_line(run, tmp_path, capsys, monkeypatch, case):
     checkpoint = str(run / "checkpoints" / "last.pt")
     out = tmp_path / "out.pt"
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(FIXTURE.read_bytes()[:5000])
     (tmp_path / "file").write_text("x")
+    state = torch.load(FIXTURE, weights_only=True)
+    state["config"]["mode"] = "dense"  # a B1 run: its gates never trained
+    torch.save(state, tmp_path / "dense_run.pt")
     args = {
         "missing": ["--checkpoint", str(tmp_path / "nope.pt")],
         "corrupt": ["--checkpoint", str(corrupt)],
@@ -178,6 +181,7 @@ def test_bad_export_requests_are_one_line(run, tmp_path, capsys, monkeypatch, ca
         "out_unwritable": ["--out", str(tmp_path / "file" / "x.pt")],
         "out_folder": ["--out", str(tmp_path)],
         "bad_format": ["--format", "keras"],
+        "static_of_dense_run": ["--checkpoint", str(tmp_path / "dense_run.pt"), "--subnet", "static"],
     }[case]
     if case == "onnx_missing":
         monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the extra were not installed
@@ -185,6 +189,7 @@ def test_bad_export_requests_are_one_line(run, tmp_path, capsys, monkeypatch, ca
     line = one_line_error(capsys, main(argv + args))
     expected = {"missing": "not found", "corrupt": "cannot be read", "keep_rate": "[0, 1]", "unreachable": "cannot be reached",
                 "both": "not both", "torchvision_static": "dense", "torchvision_width": "width 8", "onnx_missing": "gatedssl[export]",
-                "out_unwritable": "cannot write", "out_folder": "is a folder", "bad_format": "--format"}[case]
+                "out_unwritable": "cannot write", "out_folder": "is a folder", "bad_format": "--format",
+                "static_of_dense_run": "dense-only run"}[case]
     assert expected in line, line
     assert not out.exists()

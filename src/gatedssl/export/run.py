@@ -25,7 +25,7 @@ from ..training.checkpoint import load_checkpoint
 from ..training.trainer import select_device, write_summary
 from .encoder import EvalTransform
 from .formats import FORMATS, onnx_bytes, require, torchvision_state_dict, verify_onnx, write_bytes, write_pt, write_state_dict, write_torchscript
-from .plain import PlainResNet
+from .plain import PlainResNet, plain_spec, spec_macs
 from .static import kept_channels, keep_rate_for
 
 SUBNETS = ("dense", "static")
@@ -87,6 +87,9 @@ def export(checkpoint: str, out: str, subnet: str = "dense", fmt: str = "pt", ke
         raise UserError("\n".join(problems))
     state = load_checkpoint(checkpoint)
     objective, cfg = restore_objective(state, checkpoint)
+    if subnet == "static" and cfg.mode == "dense":
+        raise UserError(f"{checkpoint} is a dense-only run (mode dense): its gates never trained, so they choose no channels; "
+                        f"export --subnet dense, or a static sub-network of a dual or gated run")
     dev = select_device(device)
     backbone = objective.backbone.to(dev).eval()
     transform = EvalTransform.for_dataset(cfg.dataset)
@@ -102,9 +105,9 @@ def export(checkpoint: str, out: str, subnet: str = "dense", fmt: str = "pt", ke
         if keep_rate is None:
             keep_rate = keep_rate_for(backbone, frequency, macs_ratio if macs_ratio is not None else cfg.budget, size, channel_multiple)
         net = PlainResNet.from_gated(backbone, "gated", keep=kept_channels(frequency, keep_rate, channel_multiple))
-        dense_macs = PlainResNet.from_gated(backbone, "dense").macs(size)
-        result.update(keep_rate=keep_rate, channel_multiple=channel_multiple, macs=net.macs(size), macs_ratio=net.macs(size) / dense_macs, channels=net.mid_channels,
-                      **measure(net, splits, dev, cfg, probe))
+        dense_macs = spec_macs(plain_spec(backbone, backbone.gated_channels), size)
+        result.update(keep_rate=keep_rate, channel_multiple=channel_multiple, macs=net.macs(size), macs_ratio=net.macs(size) / dense_macs,
+                      channels=net.mid_channels, **measure(net, splits, dev, cfg, probe))
     if fmt == "pt":
         write_pt(net, subnet, transform, cfg.to_dict(), Path(out))
     elif fmt == "torchscript":
