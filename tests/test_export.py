@@ -140,7 +140,7 @@ def test_static_export_is_measured_recorded_and_kept_by_eval(run, tmp_path, caps
     loaded = gatedssl.load(out)
     assert loaded.subnets == ["static"] and loaded.nets["static"].mid_channels == static["channels"]
     with FlopCounterMode(display=False) as counter:
-        loaded.embed(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "static")
+        loaded.embed(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))  # an export's own sub-network is the default
     assert counter.get_total_flops() // 2 == static["macs"]
     assert main(["eval", "--checkpoint", checkpoint, "--device", "cpu"]) == 0
     assert json.loads((run / "summary.json").read_text())["static"] == static

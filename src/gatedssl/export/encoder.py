@@ -89,8 +89,9 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def forward(self, x: torch.Tensor, subnet: str = "dense") -> torch.Tensor:
-        """Features (N, D) of normalised images."""
+    def forward(self, x: torch.Tensor, subnet: str | None = None) -> torch.Tensor:
+        """Features (N, D) of normalised images; subnet defaults to the first one ("dense", or an export's own)."""
+        subnet = subnet or self.subnets[0]
         if subnet not in self.subnets:
             raise ValueError(f"subnet {subnet!r} is not in this model; it has {', '.join(self.subnets)}")
         if subnet == "gated-masked":
@@ -99,7 +100,7 @@ class Encoder(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
     @torch.no_grad()
-    def embed(self, images, subnet: str = "dense") -> torch.Tensor:
+    def embed(self, images, subnet: str | None = None) -> torch.Tensor:
         """Features (N, D) of images (see EvalTransform for what it takes)."""
         return self(self.transform(images).to(self.device), subnet)
 
