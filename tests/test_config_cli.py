@@ -95,3 +95,16 @@ def test_corrupt_checkpoint_is_named(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     code, _, err = run_cli(capsys, "eval", "--checkpoint", str(bad))
     assert_one_clear_line(code, err, str(bad), "cannot be read")
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "inf"), ("--budget-weight", "nan"), ("--weight-decay", "-inf")])
+def test_non_finite_settings_are_rejected_up_front(tmp_path, capsys, flag, value):
+    code, _, err = run_cli(capsys, "pretrain", "--out", str(tmp_path / "run"), f"{flag}={value}", "--device", "cpu")
+    assert_one_clear_line(code, err, flag.lstrip("-").replace("-", "_"), "finite")
+    assert not (tmp_path / "run").exists()
+
+
+def test_sweep_rejects_a_repeated_budget_before_training(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "sweep", "--budgets", "0.5", "0.3", "0.5", "--out", str(tmp_path / "sw"), "--device", "cpu")
+    assert_one_clear_line(code, err, "--budgets", "0.5", "more than once")
+    assert not (tmp_path / "sw").exists()

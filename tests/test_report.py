@@ -254,3 +254,15 @@ def test_a_static_export_is_shown_beside_its_run(sweep, tmp_path):
     write_report([tmp_path / "runs"], tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "static top-1 (MACs / dense, Q)" in md and "39.75 (0.412, Q=0.3)" in md
+
+
+def test_a_report_written_again_removes_the_pictures_it_no_longer_draws(sweep, tmp_path):
+    out = tmp_path / "out"
+    write_report([sweep["root"] / "real-dual", sweep["synth"]], out)
+    first = {p.name for p in out.glob("*.png")}
+    (out / "notes.png").write_bytes(b"a user's file")  # not a report picture: kept
+    write_report([sweep["root"] / "real-dual"], out)
+    second = {p.name for p in out.glob("*.png")}
+    assert second - {"notes.png"} < first and "notes.png" in second
+    drawn = (out / "report.md").read_text()
+    assert all(name in drawn for name in second - {"notes.png"})

@@ -140,6 +140,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def sweep_runs(args: argparse.Namespace) -> list[tuple[str, PretrainConfig]]:
+    repeated = sorted({f"{b:g}" for b in args.budgets if args.budgets.count(b) > 1})
+    if repeated:
+        raise UserError(f"--budgets: {', '.join(repeated)} given more than once; each budget is one run (use --seed for repeats)")
     base = config_from_args(args)
     runs = [] if args.no_baseline else [("dense", dataclasses.replace(base, mode="dense", budget=1.0))]
     runs += [(f"b{b:g}", dataclasses.replace(base, budget=b)) for b in args.budgets]

@@ -8,6 +8,7 @@ configuration is printed at start and saved with the run, so nothing is implicit
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -139,6 +140,8 @@ def validate(cfg: PretrainConfig) -> list[str]:
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:
             problems.append(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{f.name}: must be a finite number, got {value}")
     if problems:
         return problems
 

@@ -688,6 +688,9 @@ def plot_per_class(run: Run, out_png: Path) -> Path:
 _NUMBER = re.compile(r"^[+-]?\d[\d.]*( ± [\d.]+)?( s| min)?$|^–$")
 
 
+REPORT_PNGS = ("tradeoff", "channels_", "per_class_", "curves_")  # the names the report gives its pictures
+
+
 class _Doc:
     """The same content as Markdown and as HTML."""
 
@@ -695,6 +698,7 @@ class _Doc:
         self.out_dir = out_dir
         self.md: list[str] = []
         self.html: list[str] = []
+        self.images: set[str] = set()
 
     def heading(self, level: int, text: str, anchor: str | None = None) -> None:
         self.md.append(f"{'#' * level} {text}\n")
@@ -721,6 +725,7 @@ class _Doc:
         self.html.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
 
     def image(self, png: Path, alt: str) -> None:
+        self.images.add(png.name)
         self.md.append(f"![{alt}]({png.name})\n")
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>')
@@ -738,6 +743,9 @@ class _Doc:
         page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                 f"<style>{CSS}</style></head><body>\n" + "\n".join(self.html) + "\n</body></html>\n")
         html_path.write_text(page)
+        for stale in self.out_dir.glob("*.png"):  # pictures of an earlier report into this folder that this one no longer draws
+            if stale.name not in self.images and stale.name.startswith(REPORT_PNGS):
+                stale.unlink()
         return md_path, html_path
 
 
