@@ -232,3 +232,14 @@ def test_a_class_with_no_readable_image_is_an_error(folders):
     for path in (folders / "val" / "dog").iterdir():
         path.write_bytes(b"garbage")
     assert "no readable image left in class folder(s) dog" in _user_error("imagefolder", str(folders), warn=lambda m: None)
+
+
+def test_a_symlink_loop_is_walked_once_and_each_file_counted_once(folders, tmp_path):
+    plain = load_dataset("imagefolder", str(folders), storage="memory", warn=lambda m: None)
+    (folders / "train" / "cat" / "loop").symlink_to("..", target_is_directory=True)  # train/cat/loop -> train/
+    (folders / "train" / "dog" / "again").symlink_to(folders / "train" / "dog", target_is_directory=True)
+    said = []
+    looped = load_dataset("imagefolder", str(folders), storage="memory", warn=said.append)
+    assert len(looped.train.labels) == len(plain.train.labels)
+    assert torch.equal(looped.train.images, plain.train.images) and torch.equal(looped.train.labels, plain.train.labels)
+    assert any("symlinks" in m for m in said)

@@ -110,7 +110,7 @@ def load_dataset(
         pretrain = train
     elif name == "imagefolder" or _has_split_folders(data_dir):
         root = _folder_root(name, data_dir)
-        listed = [_list_images(folder, limit_per_class) for folder in (root / "train", _eval_folder(root))]
+        listed = [_list_images(folder, limit_per_class, warn) for folder in (root / "train", _eval_folder(root))]
         if listed[0][2] != listed[1][2]:  # checked before the (long) decode
             raise UserError(f"{root}: train/ and {_eval_folder(root).name}/ have different class folders; both need the same <class>/ subfolders")
         if storage == "auto":
@@ -225,17 +225,48 @@ def _eval_folder(root: Path) -> Path:
     raise UserError(f"{root} has no val/ (or test/) folder; expected {root}/val/<class>/<images> next to {root}/train/")
 
 
-def _list_images(folder: Path, limit: int | None) -> tuple[list[str], torch.Tensor, list[str]]:
-    """Files, labels and classes as torchvision's ImageFolder sees them (sorted classes and files)."""
+def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str], torch.Tensor, list[str]]:
+    """Files, labels and classes in torchvision ImageFolder's order (sorted classes, then sorted paths).
+
+    Unlike ImageFolder's walk, a folder reached twice through symlinks (a loop such as
+    `train/a/loop -> ..`, or two links to one folder) is read once, and so is each file.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
+
     try:
-        found = torchvision.datasets.ImageFolder(str(folder))
+        classes, class_to_idx = find_classes(str(folder))
     except FileNotFoundError as e:
         raise UserError(f"{e} (expected {folder}/<class>/<image files>)") from None
-    labels = torch.tensor(found.targets, dtype=torch.int64)
+    class_roots = {os.path.realpath(folder / name) for name in classes}  # a link into another class is that class's
+    paths, targets, seen_dirs, seen_files, skipped = [], [], set(), set(), 0
+    for name in classes:
+        walked = []
+        for root, dirs, files in os.walk(folder / name, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen_dirs or (real in class_roots and real != os.path.realpath(folder / name)):
+                dirs[:] = []
+                skipped += 1
+                continue
+            seen_dirs.add(real)
+            walked.append((root, files))
+        for root, files in sorted(walked):
+            for file in sorted(files):
+                path = os.path.join(root, file)
+                if has_file_allowed_extension(file, IMG_EXTENSIONS) and os.path.realpath(path) not in seen_files:
+                    seen_files.add(os.path.realpath(path))
+                    paths.append(path)
+                    targets.append(class_to_idx[name])
+    if skipped and warn is not None:
+        warn(f"warning: {folder}: {skipped} folder(s) reached again through symlinks (a loop or a second link) were read once")
+    empty = [name for name in classes if class_to_idx[name] not in set(targets)]
+    if empty:
+        raise UserError(f"no image file in {', '.join(str(folder / name) for name in empty)}; every <class>/ folder needs images "
+                        f"({', '.join(IMG_EXTENSIONS)})")
+    labels = torch.tensor(targets, dtype=torch.int64)
     keep = _first_per_class(labels, limit)
     if keep is None:
-        return [path for path, _ in found.samples], labels, found.classes
-    return [found.samples[i][0] for i in keep.tolist()], labels[keep], found.classes
+        return paths, labels, classes
+    return [paths[i] for i in keep.tolist()], labels[keep], classes
 
 
 def _decode_files(paths: list[str], size: int) -> tuple[torch.Tensor, list[str]]:
