@@ -108,3 +108,18 @@ def test_sweep_rejects_a_repeated_budget_before_training(tmp_path, capsys):
     code, _, err = run_cli(capsys, "sweep", "--budgets", "0.5", "0.3", "0.5", "--out", str(tmp_path / "sw"), "--device", "cpu")
     assert_one_clear_line(code, err, "--budgets", "0.5", "more than once")
     assert not (tmp_path / "sw").exists()
+
+
+def test_shipped_configs_load_by_name(tmp_path, capsys):
+    from gatedssl.config import shipped_configs
+
+    assert shipped_configs() == ["cifar10", "cifar100", "imagenet100", "stl10"]
+    for name in shipped_configs():
+        values = load_yaml(name)
+        assert "data_dir" not in values and values["epochs"] == 500  # no machine's folder baked in
+        assert not validate(resolve(PretrainConfig(**values, data_dir=str(tmp_path))))
+    args = build_parser().parse_args(["pretrain", "--config", "cifar10", "--budget", "0.3"])
+    cfg = config_from_args(args)
+    assert (cfg.dataset, cfg.width, cfg.budget) == ("cifar10", 64, 0.3)
+    code, _, err = run_cli(capsys, "pretrain", "--config", "cifar11")
+    assert_one_clear_line(code, err, "cifar11", "cifar10, cifar100")

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pretrain a dense encoder and its gated sub-network",
                        description="Pretrain a dense encoder and its gated sub-network in one run. Settings not given "
                                    "come from the dataset's recipe (a CPU demo on 'embedded', the paper's recipe otherwise).")
-    p.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file; flags given here override it")
+    p.add_argument("--config", metavar="FILE|NAME", help="read settings from a YAML file, or a shipped config by name (cifar10, cifar100, stl10, imagenet100: the paper's runs); flags given here override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--budgets", type=float, nargs="+", required=True, metavar="T", help="budgets t_d, e.g. 0.1 0.3 0.5")
     w.add_argument("--out", required=True, metavar="SWEEP", help="sweep folder (one run folder per budget inside)")
     w.add_argument("--no-baseline", action="store_true", help="skip the dense baseline run")
-    w.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file; flags given here override it")
+    w.add_argument("--config", metavar="FILE|NAME", help="read settings from a YAML file, or a shipped config by name (cifar10, cifar100, stl10, imagenet100: the paper's runs); flags given here override it")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_probe_flags(w, default="fast")
     _add_config_flags(w, skip=("budget", "out", "mode"))

@@ -178,13 +178,22 @@ def validate(cfg: PretrainConfig) -> list[str]:
     return problems
 
 
+SHIPPED_CONFIGS = Path(__file__).with_name("configs")  # the paper's runs: --config cifar10 | cifar100 | stl10 | imagenet100
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config; unknown keys are an error (a typo must not be silently ignored)."""
+    """Read a YAML config, a file or a shipped config's name; unknown keys are an error (a typo must not be silently ignored)."""
+    if not os.path.exists(path) and str(path) in shipped_configs():
+        path = SHIPPED_CONFIGS / f"{path}.yaml"
     try:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
     except FileNotFoundError:
-        raise UserError(f"config file {path} not found")
+        raise UserError(f"config file {path} not found; give a YAML file or one of the shipped configs: {', '.join(shipped_configs())}")
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}")
     if not isinstance(data, dict):

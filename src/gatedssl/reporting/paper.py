@@ -3,7 +3,7 @@
 Source: T. Krishna, A. K. Rai, A. Drimbarean, E. Arazo, P. Albert, A. F. Smeaton, K. McGuinness,
 N. E. O'Connor, "Unifying Synergies between Self-supervised Learning and Dynamic Computation",
 BMVC 2023 (arXiv:2301.09164), Table 1: linear-probe top-1 (%) on the test set, mean of 5 runs,
-VICReg (ResNet-18, 500 epochs on CIFAR, as in configs/).
+VICReg (ResNet-18, 500 epochs on CIFAR, as in the shipped configs, gatedssl/configs/).
 B1 = dense VICReg alone; B2 = gated-only VICReg (both views gated); Dual = the paper's method
 (gated view 1, dense view 2). "MACs red." = 1 - gated MACs / dense MACs, in percent.
 
