@@ -243,3 +243,30 @@ def test_a_symlink_loop_is_walked_once_and_each_file_counted_once(folders, tmp_p
     assert len(looped.train.labels) == len(plain.train.labels)
     assert torch.equal(looped.train.images, plain.train.images) and torch.equal(looped.train.labels, plain.train.labels)
     assert any("symlinks" in m for m in said)
+
+
+def test_small_pictures_warn_before_upsampling_and_train_at_crop_size(tmp_path, capsys):
+    from gatedssl.cli import main
+
+    root = tmp_path / "small"
+    for split, n in (("train", 6), ("val", 2)):
+        for cls, colour in (("cat", RED), ("dog", BLUE)):
+            for i in range(n):
+                _save(root / f"{split}/{cls}/{i}.png", Image.new("RGB", (32, 32), colour))
+    said = []
+    load_dataset("imagefolder", str(root), warn=said.append)  # the default 224 px crop
+    assert any("upsamples" in m and "--crop-size 32" in m for m in said), said
+    said.clear()
+    splits = load_dataset("imagefolder", str(root), image_size=32, warn=said.append)
+    assert not said and splits.crop_size == 32 and splits.train.images.shape[-1] == 37  # stored at round(32 x 256 / 224)
+    out = tmp_path / "run"
+    args = ["pretrain", "--dataset", "imagefolder", "--data-dir", str(root), "--crop-size", "32", "--width", "8", "--proj-dim", "16",
+            "--epochs", "1", "--batch-size", "6", "--device", "cpu", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    config = (out / "config.yaml").read_text()
+    assert "crop_size: 32" in config and "stem: cifar" in config
+    capsys.readouterr()
+    for bad, needle in ((["--crop-size", "0"], "crop_size"), (["--dataset", "cifar10", "--crop-size", "32"], "imagefolder")):
+        code = main(["pretrain", "--data-dir", str(root), "--out", str(tmp_path / "bad"), "--device", "cpu", *bad])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and "Traceback" not in err, err

@@ -33,6 +33,8 @@ class PretrainConfig:
     # data
     dataset: str = _opt("embedded", "dataset to pretrain on; 'embedded' is a 5,000-image CIFAR-10 subset shipped with the package", DATASETS)
     data_dir: str | None = _opt(None, "folder holding the dataset (torchvision's files, or train/ and val|test/ class folders)")
+    crop_size: int | None = _opt(None, "imagefolder: training crop and evaluation size in px, images stored at crop x 256/224 (default 224; "
+                                       "give the images' own size for small pictures, e.g. 32: the stem follows, cifar up to 64 px)")
     # network
     arch: str = _opt("resnet18", "backbone", ARCHS)
     width: int | None = _opt(None, "channels of the first stage (64 = standard ResNet); recipe: 8 on embedded, 64 otherwise")
@@ -104,7 +106,7 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
         if values.get(key) is None:
             values[key] = value
     if values["stem"] is None:
-        values["stem"] = "cifar" if CROP_SIZES.get(cfg.dataset, 224) <= 64 else "imagenet"
+        values["stem"] = "cifar" if (values["crop_size"] or CROP_SIZES.get(cfg.dataset, 224)) <= 64 else "imagenet"
     if values["warmup_epochs"] is None and isinstance(values["epochs"], int) and values["epochs"] >= 1:
         values["warmup_epochs"] = min(10.0, 0.02 * values["epochs"])
     if values["out"] is None:
@@ -150,7 +152,7 @@ def validate(cfg: PretrainConfig) -> list[str]:
             problems.append(message)
 
     check(0 < cfg.budget <= 1, f"budget: {cfg.budget} is outside (0, 1]; give the gated pass's share of the dense MACs, e.g. 0.5")
-    for name in ("width", "epochs", "batch_size", "proj_dim", "checkpoint_every", "keep_checkpoints", "knn_k", "limit_per_class"):
+    for name in ("width", "epochs", "batch_size", "proj_dim", "checkpoint_every", "keep_checkpoints", "knn_k", "limit_per_class", "crop_size"):
         value = getattr(cfg, name)
         check(value is None or value >= 1, f"{name}: must be a positive integer, got {value}")
     for name in ("tau", "lr", "knn_temperature", "gate_lr_scale"):
@@ -166,6 +168,7 @@ def validate(cfg: PretrainConfig) -> list[str]:
     if cfg.batch_size is not None:
         check(cfg.batch_size >= 2, "batch_size: SSL losses need at least 2 images per batch")
     check(cfg.dataset == "embedded" or cfg.data_dir is not None or cfg.dataset != "imagefolder", "data_dir: --dataset imagefolder needs --data-dir DIR (with DIR/train/<class>/ and DIR/val/<class>/)")
+    check(cfg.crop_size is None or cfg.dataset == "imagefolder", f"crop_size: applies to --dataset imagefolder; {cfg.dataset} has a fixed size")
     check(cfg.storage != "stream" or cfg.dataset != "embedded", "storage: the embedded dataset is held in memory; --storage stream reads image folders (--dataset imagefolder)")
     if cfg.data_dir is not None and cfg.dataset != "embedded":
         check(os.path.isdir(cfg.data_dir), f"data_dir: {cfg.data_dir} is not a folder; give the folder that holds the {cfg.dataset} files")

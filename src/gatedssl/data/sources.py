@@ -66,6 +66,12 @@ class DatasetSplits:
     std: tuple[float, float, float]
 
 
+def load_run_data(cfg, device: torch.device | str = "cpu", warn=None, data_dir: str | None = None) -> DatasetSplits:
+    """The splits a run's settings name (training, evaluation and export read the same data)."""
+    return load_dataset(cfg.dataset, data_dir or cfg.data_dir, image_size=getattr(cfg, "crop_size", None), limit_per_class=cfg.limit_per_class,
+                        strict=cfg.strict, warn=warn, storage=cfg.storage, device=device, workers=cfg.data_workers)
+
+
 def eval_geometry(name: str, image_size: int | None = None) -> tuple[int, int, tuple, tuple]:
     """(crop size, stored size, mean, std) of a dataset: images are stored with the shorter side at
     `stored` (centre square), and evaluation takes the centre `crop`, then normalises."""
@@ -111,6 +117,7 @@ def load_dataset(
     elif name == "imagefolder" or _has_split_folders(data_dir):
         root = _folder_root(name, data_dir)
         listed = [_list_images(folder, limit_per_class, warn) for folder in (root / "train", _eval_folder(root))]
+        _warn_if_upsampled(listed[0][0], crop_size, stored, warn)
         if listed[0][2] != listed[1][2]:  # checked before the (long) decode
             raise UserError(f"{root}: train/ and {_eval_folder(root).name}/ have different class folders; both need the same <class>/ subfolders")
         if storage == "auto":
@@ -223,6 +230,20 @@ def _eval_folder(root: Path) -> Path:
         if (root / name).is_dir():
             return root / name
     raise UserError(f"{root} has no val/ (or test/) folder; expected {root}/val/<class>/<images> next to {root}/train/")
+
+
+def _warn_if_upsampled(paths: list[str], crop_size: int, stored: int, warn) -> None:
+    """Small pictures blown up to a large crop train slowly and badly: say so, and what to pass instead."""
+    from PIL import Image
+
+    try:
+        with Image.open(paths[0]) as first:
+            side = min(first.size)
+    except (OSError, IndexError):
+        return  # unreadable files are reported where they are decoded
+    if 2 * side < stored:
+        warn(f"warning: the images are about {side} px (first: {paths[0]}); a {crop_size} px crop upsamples them more than 2x. "
+             f"Pass --crop-size {side} to train at their size")
 
 
 def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str], torch.Tensor, list[str]]:

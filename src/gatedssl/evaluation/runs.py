@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..config import PretrainConfig, validate
-from ..data.sources import load_dataset
+from ..data.sources import load_run_data
 from ..errors import UserError
 from ..methods import JointObjective
 from ..training.checkpoint import first_mismatch, load_checkpoint
@@ -46,8 +46,7 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
         raise UserError("\n".join(problems))
     dev = select_device(cfg.device)
     objective.to(dev)
-    splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict,
-                          storage=cfg.storage, device=dev, workers=cfg.data_workers)
+    splits = load_run_data(cfg, dev)
     result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
     summary = make_summary(cfg, splits, result, state.get("init_eval"), state.get("train_seconds"), dev)
     summary["epochs_trained"] = state["epoch"]

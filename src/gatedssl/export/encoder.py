@@ -41,8 +41,8 @@ class EvalTransform:
     std: tuple[float, float, float]
 
     @classmethod
-    def for_dataset(cls, name: str) -> "EvalTransform":
-        crop, stored, mean, std = eval_geometry(name)
+    def for_dataset(cls, name: str, crop_size: int | None = None) -> "EvalTransform":
+        crop, stored, mean, std = eval_geometry(name, crop_size)
         return cls(crop, stored, tuple(mean), tuple(std))
 
     def __call__(self, images) -> torch.Tensor:
@@ -123,4 +123,4 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
     objective, cfg = restore_objective(check_checkpoint(state, path), path)
     backbone = objective.backbone.eval()
     nets = {"dense": PlainResNet.from_gated(backbone, "dense"), "gated": SkippingResNet(backbone, strategy), "backbone": backbone}
-    return Encoder(nets, EvalTransform.for_dataset(cfg.dataset), cfg.to_dict()).to(device)
+    return Encoder(nets, EvalTransform.for_dataset(cfg.dataset, cfg.crop_size), cfg.to_dict()).to(device)

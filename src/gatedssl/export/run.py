@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.sources import load_dataset
+from ..data.sources import load_run_data
 from ..errors import UserError
 from ..evaluation.evaluate import extract
 from ..evaluation.knn import knn_top1
@@ -92,15 +92,14 @@ def export(checkpoint: str, out: str, subnet: str = "dense", fmt: str = "pt", ke
                         f"export --subnet dense, or a static sub-network of a dual or gated run")
     dev = select_device(device)
     backbone = objective.backbone.to(dev).eval()
-    transform = EvalTransform.for_dataset(cfg.dataset)
+    transform = EvalTransform.for_dataset(cfg.dataset, cfg.crop_size)
     size = transform.crop_size
     result: dict = {"subnet": subnet, "format": fmt, "file": str(out)}
     if subnet == "dense":
         net = PlainResNet.from_gated(backbone, "dense")
         result.update(macs=net.macs(size), macs_ratio=1.0)
     else:
-        splits = load_dataset(cfg.dataset, data_dir or cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict,
-                              storage=cfg.storage, device=dev, workers=cfg.data_workers, warn=log)
+        splits = load_run_data(cfg, dev, warn=log, data_dir=data_dir)
         frequency = extract(backbone, splits.train, splits, True, dev, precision=cfg.precision).channel_frequency
         if keep_rate is None:
             keep_rate = keep_rate_for(backbone, frequency, macs_ratio if macs_ratio is not None else cfg.budget, size, channel_multiple)

@@ -26,7 +26,7 @@ from .. import __version__
 from ..config import PretrainConfig, resolve, save_yaml, validate
 from ..data.augment import recipe
 from ..data.pipelines import make_views
-from ..data.sources import DatasetSplits, load_dataset
+from ..data.sources import DatasetSplits, load_run_data
 from ..errors import UserError
 from ..evaluation.evaluate import evaluate
 from ..methods import JointObjective, get_method
@@ -170,8 +170,7 @@ def pretrain(
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
-    splits = load_dataset(cfg.dataset, cfg.data_dir, limit_per_class=cfg.limit_per_class, strict=cfg.strict, warn=log,
-                          storage=cfg.storage, device=device, workers=cfg.data_workers)
+    splits = load_run_data(cfg, device, warn=log)
     views = make_views(cfg.data_pipeline, splits.pretrain.images, recipe(splits.crop_size, splits.mean, splits.std), cfg.batch_size, device)
     steps_per_epoch = len(views)
     if steps_per_epoch == 0:
