@@ -40,8 +40,9 @@ def test_fast_and_baseline_paths_learn_alike(tmp_path, learning_signals):
     """Same seed, same epochs: the device path and the torchvision-workers path both learn, and alike.
 
     Their random streams differ, so they are compared on what barely moves with rounding: at the same
-    seed, 1 thread against 2 moved the SSL-loss drop by up to 1.6 points and the mean kNN gain by up
-    to 1.1 (BENCHMARKS.md, 'Learning-test spread'). Without optimizer steps both fail (scripts/mutants.py).
+    seed, threads and oneDNN ISAs moved the SSL-loss drop between 4.2 and 6.4 % and the mean kNN gain
+    between 3.2 and 6.2 (BENCHMARKS.md, 'Learning-test spread'); without optimizer steps they are -0.2 %
+    and -1.15 (scripts/mutants.py), so the thresholds sit in between.
     """
     signals = {}
     for pipeline in ("device", "loader"):
@@ -49,7 +50,7 @@ def test_fast_and_baseline_paths_learn_alike(tmp_path, learning_signals):
                              limit_per_class=200, checkpoint_every=100, device="cpu")
         signals[pipeline] = learning_signals(tmp_path / pipeline, pretrain(cfg, progress=False))
     for pipeline, s in signals.items():
-        assert s["ssl_drop"] > 0.02 and s["mean_knn_gain"] > 2.0, (pipeline, s)
+        assert s["ssl_drop"] > 0.02 and s["mean_knn_gain"] > 1.0, (pipeline, s)
     fast, base = signals["device"], signals["loader"]
     assert abs(fast["ssl_drop"] - base["ssl_drop"]) < 0.03, signals
     assert abs(fast["mean_knn_gain"] - base["mean_knn_gain"]) < 4.0, signals
