@@ -115,10 +115,12 @@ def main() -> None:
     parser.add_argument("--no-onnx", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--breakdown", action="store_true", help="also print where the time goes (profiler, batch 1) for each torch variant")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw latency ratio against MACs ratio for every cell")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, {os.cpu_count()} CPUs; ResNet-18 width {args.width}; gate biases set to reach "
           f"each density with per-input variation (random weights; latency depends on channel counts, not on weights)")
+    table = []
     print(f"{'size':>4} {'batch':>5} {'thr':>3} {'dens':>4}  {'variant':<24} {'median ms':>10} {'p90 ms':>8}  {'lat/dense':>9}  {'MACs/dense':>10}")
     for size in args.sizes:
         stem = "cifar" if size <= 64 else "imagenet"
@@ -179,6 +181,41 @@ def main() -> None:
                         p90 = sorted(times)[max(0, int(round(0.9 * len(times))) - 1)]
                         print(f"{size:>4} {batch:>5} {threads:>3} {density:>4.1f}  {name:<24} {median * 1e3:>10.2f} {p90 * 1e3:>8.2f}  "
                               f"{median / base:>9.3f}  {ratio:>10.3f}", flush=True)
+                        table.append(dict(size=size, batch=batch, threads=threads, density=density, variant=name, latency=median / base, macs=ratio))
+    if args.plot:
+        plot(table, args.plot)
+
+
+def plot(table: list[dict], path: str) -> None:
+    """One panel per (image size, batch): each variant's latency ratio against its MACs ratio; the diagonal is ideal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["size"], r["batch"]) for r in table})
+    variants = list(dict.fromkeys(r["variant"] for r in table if r["variant"] != "dense"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
+    markers = dict(zip(variants, "osD^v<>ph*"))
+    for ax, (size, batch) in zip(axes[0], panels):
+        ax.plot([0, 1.3], [0, 1.3], color="0.6", linestyle="--", linewidth=1, label="latency = MACs (ideal)")
+        ax.axhline(1.0, color="0.8", linewidth=1)
+        for variant in variants:
+            rows = [r for r in table if (r["size"], r["batch"], r["variant"]) == (size, batch, variant)]
+            counts = sorted({r["threads"] for r in rows})
+            for threads, fill in zip(counts, (True, False)):  # filled: fewest threads; hollow: most
+                pts = [r for r in rows if r["threads"] == threads]
+                ax.scatter([r["macs"] for r in pts], [r["latency"] for r in pts], marker=markers[variant], s=46,
+                           facecolors=f"C{variants.index(variant)}" if fill else "none", edgecolors=f"C{variants.index(variant)}",
+                           label=f"{variant} ({threads} thread{'s' if threads > 1 else ''})")
+        ax.set(xlim=(0, 1.1), ylim=(0, 1.35), xlabel="MACs / dense MACs", ylabel="latency / dense latency (torch, BN folded)",
+               title=f"{size} px, batch {batch}")
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, 2 * len(panels)), fontsize="small", frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"plot written to {path}")
 
 
 if __name__ == "__main__":
