@@ -68,7 +68,7 @@ class DatasetSplits:
 
 def load_run_data(cfg, device: torch.device | str = "cpu", warn=None, data_dir: str | None = None) -> DatasetSplits:
     """The splits a run's settings name (training, evaluation and export read the same data)."""
-    return load_dataset(cfg.dataset, data_dir or cfg.data_dir, image_size=getattr(cfg, "crop_size", None), limit_per_class=cfg.limit_per_class,
+    return load_dataset(cfg.dataset, data_dir or cfg.data_dir, image_size=cfg.crop_size, limit_per_class=cfg.limit_per_class,
                         strict=cfg.strict, warn=warn, storage=cfg.storage, device=device, workers=cfg.data_workers)
 
 
@@ -261,10 +261,10 @@ def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str],
     class_roots = {os.path.realpath(folder / name) for name in classes}  # a link into another class is that class's
     paths, targets, seen_dirs, seen_files, skipped = [], [], set(), set(), 0
     for name in classes:
-        walked = []
+        walked, own_root = [], os.path.realpath(folder / name)
         for root, dirs, files in os.walk(folder / name, followlinks=True):
             real = os.path.realpath(root)
-            if real in seen_dirs or (real in class_roots and real != os.path.realpath(folder / name)):
+            if real in seen_dirs or (real in class_roots and real != own_root):
                 dirs[:] = []
                 skipped += 1
                 continue
@@ -272,14 +272,18 @@ def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str],
             walked.append((root, files))
         for root, files in sorted(walked):
             for file in sorted(files):
+                if not has_file_allowed_extension(file, IMG_EXTENSIONS):
+                    continue
                 path = os.path.join(root, file)
-                if has_file_allowed_extension(file, IMG_EXTENSIONS) and os.path.realpath(path) not in seen_files:
-                    seen_files.add(os.path.realpath(path))
+                real = os.path.realpath(path)
+                if real not in seen_files:
+                    seen_files.add(real)
                     paths.append(path)
                     targets.append(class_to_idx[name])
     if skipped and warn is not None:
         warn(f"warning: {folder}: {skipped} folder(s) reached again through symlinks (a loop or a second link) were read once")
-    empty = [name for name in classes if class_to_idx[name] not in set(targets)]
+    present = set(targets)
+    empty = [name for name in classes if class_to_idx[name] not in present]
     if empty:
         raise UserError(f"no image file in {', '.join(str(folder / name) for name in empty)}; every <class>/ folder needs images "
                         f"({', '.join(IMG_EXTENSIONS)})")

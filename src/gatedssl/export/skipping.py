@@ -26,6 +26,14 @@ from .slicing import fold, input_major, take, take_inputs
 STRATEGIES = ("union", "group")
 
 
+def _as_linear(conv: nn.Conv2d) -> nn.Linear:
+    """A 1x1 convolution (with a bias) as the matrix product it is on a pooled vector."""
+    linear = nn.Linear(conv.in_channels, conv.out_channels)
+    linear.weight.data.copy_(conv.weight.detach().flatten(1))
+    linear.bias.data.copy_(conv.bias.detach())
+    return linear
+
+
 class _SkippingBlock(nn.Module):
     def __init__(self, block, bn: str):
         super().__init__()
@@ -34,13 +42,8 @@ class _SkippingBlock(nn.Module):
         self.shortcut = full[-1]
         # the gate as two matrix products on the pooled input, its BN folded in: 1x1 convs on 1x1 maps
         # take PyTorch's slow convolution path at batch 1
-        reduce = fold(block.gate.reduce, block.gate.bn)
-        self.gate_reduce = nn.Linear(reduce.in_channels, reduce.out_channels)
-        self.gate_reduce.weight.data.copy_(reduce.weight.flatten(1))
-        self.gate_reduce.bias.data.copy_(reduce.bias)
-        self.gate_expand = nn.Linear(block.gate.hidden, block.gate.out_channels)
-        self.gate_expand.weight.data.copy_(block.gate.expand.weight.flatten(1))
-        self.gate_expand.bias.data.copy_(block.gate.expand.bias)
+        self.gate_reduce = _as_linear(fold(block.gate.reduce, block.gate.bn))
+        self.gate_expand = _as_linear(block.gate.expand)
         self.mid_channels = block.mid_channels
         self.register_buffer("constant", branch_constant(full))
         self.register_buffer("second_input_major", input_major(full[1]))
