@@ -76,8 +76,7 @@ def breakdown(views: DeviceViews, objective, optimizer, device, steps, precision
 
         batch = next(batches)
         mark()
-        x1 = views.augment(batch).contiguous(memory_format=torch.channels_last)
-        x2 = views.augment(batch).contiguous(memory_format=torch.channels_last)
+        x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in views.pair(batch))
         mark()
         with autocast(device, precision):
             loss = objective(x1, x2, 0.5)["loss"]
@@ -95,7 +94,7 @@ def breakdown(views: DeviceViews, objective, optimizer, device, steps, precision
 
 def step_flops(objective, views: DeviceViews, device) -> int:
     x = next(views.batches(views.new_order()))
-    x1, x2 = views.augment(x), views.augment(x)
+    x1, x2 = views.pair(x)
     with FlopCounterMode(display=False) as counter:
         objective(x1, x2, 0.5)["loss"].backward()
     objective.zero_grad(set_to_none=True)

@@ -8,6 +8,7 @@ torchvision's distributions (KS distances, binomial tolerances); all seeded, so 
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import math
 
 import pytest
@@ -16,7 +17,8 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 
 from gatedssl.data import augment as A
-from gatedssl.data.augment import AugmentConfig, BatchAugment, center_crop, normalize, recipe
+from gatedssl.data.augment import INTERPOLATIONS, AugmentConfig, BatchAugment, center_crop, normalize, recipe
+from gatedssl.data.pipelines import DeviceViews, LoaderViews, make_views, torchvision_transform
 
 ATOL = 1e-5
 
@@ -162,6 +164,72 @@ def test_resized_crop_and_flip_match_torchvision(height, width, size):
     torch.testing.assert_close(A._resized_crop(x, boxes, None, size), _reference_crop(x, boxes, [False] * 16, size), atol=ATOL, rtol=0)
 
 
+BICUBIC = TF.InterpolationMode.BICUBIC
+
+
+def _pil_crop(x, boxes, flip, size, *, one_call=True):
+    """The reference's crop: torchvision's RandomResizedCrop path on PIL images (crop, then PIL's
+    bicubic resize), then flip; uint8.
+
+    one_call=False resizes the width, then the height, in two calls: PIL's own passes in the
+    order of Pillow <= 12's one call (the reference's). Pillow 13 starts tall down-sampled boxes
+    (h > size and h - size > 2 (w - size)) with the vertical pass, so the down-sampling tests
+    pin the order with two calls.
+    """
+    out = []
+    for i in range(x.shape[0]):
+        top, left, h, w = (int(v) for v in boxes[i])
+        image = TF.to_pil_image(x[i])
+        if one_call:
+            y = TF.resized_crop(image, top, left, h, w, [size, size], interpolation=BICUBIC)
+        else:
+            y = TF.resized_crop(image, top, left, h, w, [h, size], interpolation=BICUBIC)
+            y = TF.resize(y, [size, size], interpolation=BICUBIC)
+        out.append(TF.pil_to_tensor(TF.hflip(y) if flip[i] else y))
+    return torch.stack(out)
+
+
+def _smooth_u8(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Photo-like (smooth) uint8 images: the rounding ties of flat areas, unlike noise."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, max(2, h // 8), max(2, w // 8), generator=g) * 255
+    return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic").clamp(0, 255).round().to(torch.uint8)
+
+
+def _crop_cases(x, seed):
+    """Random boxes (non-square, 5% to 100% of the image), the image border, 1-pixel strips; every other flipped."""
+    n, _, height, width = x.shape
+    boxes = A._sample_boxes(n - 4, height, width, (0.05, 1.0), (0.5, 2.0), x.device, torch.Generator().manual_seed(seed))
+    extra = torch.tensor([[0, 0, height, width], [height - 5, width - 7, 5, 7], [0, width - 1, height, 1], [2, 0, 1, width]], dtype=torch.float32)
+    return torch.cat([boxes, extra]), torch.arange(n) % 2 == 0
+
+
+# Exact, not within a tolerance: measured max |diff| 0 (so mean 0) over about 14M pixel values
+# (these cases; 32 px CIFAR boxes into 32; 64-800 px images into 16-224 px), for noise and
+# smooth images. The weights are PIL's to the bit and the split float32 matmuls add exactly
+# (A._pil_matrix); a plain float32 matmul was one level off on about 1e-4 of the pixels (max 2
+# after both passes), so even a 1-level tolerance would let that back in.
+@pytest.mark.parametrize("height, width, size", [(32, 32, 32), (24, 32, 32), (20, 28, 32), (32, 64, 32)])
+def test_bicubic_crop_is_pils_resized_crop(height, width, size):
+    # h <= size: every Pillow resizes these horizontal pass first, as our crop, so one call is the
+    # reference. (32, 64): wide boxes down-sample horizontally.
+    for x in (_u8(16, height, width), _smooth_u8(16, height, width)):
+        boxes, flip = _crop_cases(x, seed=height + width)
+        got = A._bicubic_crop(A._to_levels(x), boxes, flip, size)
+        assert got.shape == (16, 3, size, size) and got.is_contiguous()
+        torch.testing.assert_close(got, _pil_crop(x, boxes, flip, size).float(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("height, width, size", [(100, 64, 32), (64, 100, 48), (80, 80, 48), (90, 70, 16)])
+def test_bicubic_crop_is_pils_when_down_sampling(height, width, size):
+    for x in (_u8(16, height, width), _smooth_u8(16, height, width)):
+        boxes, flip = _crop_cases(x, seed=height + width)
+        got = A._bicubic_crop(A._to_levels(x), boxes, flip, size)
+        torch.testing.assert_close(got, _pil_crop(x, boxes, flip, size, one_call=False).float(), atol=0, rtol=0)
+    no_flip = _pil_crop(x, boxes, [False] * 16, size, one_call=False).float()
+    torch.testing.assert_close(A._bicubic_crop(A._to_levels(x), boxes, None, size), no_flip, atol=0, rtol=0)
+
+
 def _torchvision_boxes(n: int, height: int, width: int, scale, ratio) -> torch.Tensor:
     t = T.RandomResizedCrop(32, scale=scale, ratio=ratio)
     make_params = getattr(t, "make_params", None) or t._get_params  # renamed in torchvision 0.21
@@ -229,14 +297,88 @@ def _u8(n: int, h: int = 8, w: int = 8, seed: int = 0, low: int = 0, high: int =
     return torch.randint(low, high, (n, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_output_shape_dtype_device_and_range():
-    cfg = AugmentConfig()
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_output_shape_dtype_device_and_range(interpolation):
+    cfg = AugmentConfig(interpolation=interpolation)
     aug = BatchAugment(cfg)
     for h, w in [(32, 32), (40, 48)]:
         out = aug(_u8(16, h, w), torch.Generator().manual_seed(0))
         assert out.shape == (16, 3, 32, 32) and out.dtype == torch.float32 and out.device.type == "cpu"
         unit = _unnormalize(out, cfg)
         assert unit.min() >= -1e-5 and unit.max() <= 1 + 1e-5
+
+
+def test_bilinear_is_the_default_and_the_old_code_path():
+    """The bilinear pipeline is op for op (and draw for draw) what it was before the bicubic crop."""
+    cfg = AugmentConfig(blur_p=0.5)
+    assert AugmentConfig().interpolation == "bilinear" and recipe(32, cfg.mean, cfg.std).interpolation == "bilinear"
+    x = _u8(32, 40, 48)
+    got = BatchAugment(cfg)(x, torch.Generator().manual_seed(7))
+
+    g = torch.Generator().manual_seed(7)
+    coin = torch.rand(5, 32, generator=g)
+    flip, jitter, gray, blur, solarize = (coin[i] < p for i, p in enumerate((cfg.flip_p, cfg.jitter_p, cfg.gray_p, cfg.blur_p, cfg.solarize_p)))
+    boxes = A._sample_boxes(32, 40, 48, cfg.scale, cfg.ratio, x.device, g)
+    y = A._resized_crop(A._to_unit_float(x), boxes, flip, cfg.crop_size)
+    aug = BatchAugment(cfg)
+    order, factors = aug._jitter_params(32, x.device, g)
+    y = torch.where(jitter.view(-1, 1, 1, 1), A._apply_jitter(y, order, factors), y)
+    y = A._gaussian_blur(A._grayscale(y, gray), A._uniform(32, *cfg.blur_sigma, x.device, g), aug.blur_kernel, blur)
+    scale, shift = A._channel_affine(aug._norm_scale, aug._norm_shift, x.device)
+    assert torch.equal(got, torch.addcmul(shift, A._solarize(y, solarize), scale))
+
+
+def test_bicubic_pipeline_is_pils_crop_of_the_same_draws():
+    # 16x12 images into 16: up-sampling, where one PIL call is the reference whatever the Pillow.
+    cfg = _static(crop_size=16, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5, interpolation="bicubic")
+    x = _u8(32, 16, 12)
+    g = torch.Generator().manual_seed(0)
+    out = BatchAugment(cfg)(x, g)
+    ref_g = torch.Generator().manual_seed(0)
+    flip = torch.rand(5, 32, generator=ref_g)[0] < 0.5  # BatchAugment's draws: the five coins, then the boxes
+    boxes = A._sample_boxes(32, 16, 12, cfg.scale, cfg.ratio, x.device, ref_g)
+    torch.testing.assert_close(_unnormalize(out, cfg) * 255, _pil_crop(x, boxes, flip, 16).float(), atol=1e-3, rtol=0)
+    assert 0 < int(flip.sum()) < 32
+    # Same random stream as bilinear: the modes differ in the crop's kernel only.
+    bilinear_g = torch.Generator().manual_seed(0)
+    BatchAugment(dataclasses.replace(cfg, interpolation="bilinear"))(x, bilinear_g)
+    assert torch.equal(bilinear_g.get_state(), g.get_state())
+    # Float input in [0, 1]: the same crop, up to the float32 rounding of x / 255 * 255.
+    floats = BatchAugment(cfg)(x.float() / 255, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_unnormalize(floats, cfg), _unnormalize(out, cfg), atol=1.01 / 255, rtol=0)
+
+
+def test_per_view_recipes():
+    """A (view 1, view 2) pair of recipes: only the second view blurred, as the reference's CIFAR-100 recipe."""
+    plain, blurred = _static(), _static(blur_p=1.0, blur_sigma=(1.0, 2.0))
+    x = _u8(16, 8, 8)
+    device = make_views("device", x, (plain, blurred), 16, torch.device("cpu"))
+    loader = LoaderViews(x, (plain, blurred), 16, torch.device("cpu"), workers=0)
+    per_image = [loader.loader.dataset[i] for i in range(16)]  # both torchvision transforms, in image order
+    for x1, x2 in [next(device.epoch(torch.arange(16))), tuple(torch.stack(v) for v in zip(*per_image))]:
+        torch.testing.assert_close(x1, normalize(x, plain.mean, plain.std), atol=ATOL, rtol=0)
+        assert ((x2 - x1).flatten(1).abs().amax(1) > 1e-2).all()
+
+
+def test_one_recipe_gives_both_views_the_old_stream():
+    """One config: view 1 then view 2 from the same augmentation, the stream of calling it twice."""
+    cfg = AugmentConfig()
+    x = _u8(16, 32, 32)
+    views = DeviceViews(x, BatchAugment(cfg), 16, torch.device("cpu"))
+    assert views.augments[0] is views.augments[1]
+    torch.manual_seed(0)
+    got = views.pair(x)
+    torch.manual_seed(0)
+    aug = BatchAugment(cfg)
+    want = (aug(x), aug(x))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not torch.equal(got[0], got[1])
+
+
+def test_torchvision_transform_follows_the_interpolation():
+    for interpolation, mode in [("bilinear", TF.InterpolationMode.BILINEAR), ("bicubic", BICUBIC)]:
+        crop = torchvision_transform(AugmentConfig(interpolation=interpolation)).transforms[0]
+        assert isinstance(crop, T.RandomResizedCrop) and crop.interpolation == mode and crop.antialias
 
 
 def test_static_pipeline_is_normalize():
@@ -438,6 +580,9 @@ def test_zero_strength_jitter_ops_are_skipped():
 
 def test_recipe():
     cifar = recipe(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert cifar.interpolation == "bilinear"
+    assert recipe(32, (0.5,) * 3, (0.25,) * 3, interpolation="bicubic", blur_p=0.2) == dataclasses.replace(cifar, interpolation="bicubic", blur_p=0.2)
+    assert recipe(224, (0.5,) * 3, (0.25,) * 3, blur_p=0.0).blur_p == 0.0
     assert cifar.blur_p == 0.0 and cifar.crop_size == 32 and cifar.mean == (0.5, 0.5, 0.5)
     assert cifar.scale == (0.2, 1.0) and cifar.jitter_p == 0.8 and cifar.gray_p == 0.2 and cifar.solarize_p == 0.1
     assert recipe(64, (0.5,) * 3, (0.25,) * 3).blur_p == 0.0
@@ -448,7 +593,8 @@ def test_recipe():
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(flip_p=1.5), dict(scale=(0.5, 0.2)), dict(hue=0.6), dict(brightness=-0.1), dict(std=(0.2, 0.0, 0.2)), dict(crop_size=0)]
+    "kw", [dict(flip_p=1.5), dict(scale=(0.5, 0.2)), dict(hue=0.6), dict(brightness=-0.1), dict(std=(0.2, 0.0, 0.2)), dict(crop_size=0),
+           dict(interpolation="nearest")]
 )
 def test_config_rejects_bad_values(kw):
     with pytest.raises(ValueError):

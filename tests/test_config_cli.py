@@ -27,7 +27,7 @@ def test_recipe_defaults_depend_on_dataset():
     demo = resolve(PretrainConfig())
     assert (demo.width, demo.epochs, demo.batch_size, demo.stem) == (8, 16, 128, "cifar")
     paper = resolve(PretrainConfig(dataset="cifar10"))
-    assert (paper.width, paper.epochs, paper.batch_size, paper.lr, paper.weight_decay, paper.warmup_epochs) == (64, 500, 512, 0.3, 1e-4, 10.0)
+    assert (paper.width, paper.epochs, paper.batch_size, paper.lr, paper.weight_decay, paper.warmup_epochs) == (64, 500, 512, 0.3, 1e-4, None)  # None: warmup_steps' rule
     assert resolve(PretrainConfig(dataset="imagefolder")).stem == "imagenet"
     assert resolve(PretrainConfig(width=32)).width == 32, "explicit settings win over the recipe"
 

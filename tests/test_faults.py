@@ -190,3 +190,33 @@ def test_skip_nonfinite_skips_a_bounded_number_of_batches(tmp_path, monkeypatch)
     _nan_on_call(monkeypatch, {3, 5})
     with pytest.raises(RunStopped, match="more than 1 batches"):
         pretrain(tiny(tmp_path, "too_many", skip_nonfinite=1), progress=False, log=messages.append)
+
+
+NEW_IN_FORMAT_2 = ("recipe", "stem_padding", "gate_bias", "gate_lars", "vicreg_variance", "vicreg_weights", "bound_density", "anneal_from",
+                   "crop_interpolation", "blur_p", "eval_every")
+
+
+def test_resume_of_a_format_1_run_continues_as_0_1_0_after_the_defaults_changed(tmp_path, reference, monkeypatch):
+    """A run written by gatedssl 0.1.0 has no recipe keys; resumed with the same command after the default recipe
+    became `reference`, it must go on with 0.1.0's choices and end with the uninterrupted run's weights."""
+    import yaml
+
+    from gatedssl import config
+
+    def stop_after_two(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny(tmp_path, "run"), on_epoch_end=stop_after_two, progress=False)
+    for path in (tmp_path / "run/checkpoints").glob("step_*.pt"):  # make it what 0.1.0 wrote
+        state = torch.load(path, weights_only=True)
+        state["format_version"] = 1
+        state["config"] = {k: v for k, v in state["config"].items() if k not in NEW_IN_FORMAT_2}
+        torch.save(state, path)
+    stored = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
+    (tmp_path / "run/config.yaml").write_text(yaml.safe_dump({k: v for k, v in stored.items() if k not in NEW_IN_FORMAT_2}))
+    monkeypatch.setattr(config, "default_recipe", lambda dataset: "reference")
+    assert config.resolve(tiny(tmp_path, "x")).stem_padding == 2  # a fresh run now gets the reference's choices
+    pretrain(tiny(tmp_path, "run"), resume=True, progress=False)
+    assert_same_weights(weights(tmp_path / "run"), reference)

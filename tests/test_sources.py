@@ -270,3 +270,102 @@ def test_small_pictures_warn_before_upsampling_and_train_at_crop_size(tmp_path, 
         code = main(["pretrain", "--data-dir", str(root), "--out", str(tmp_path / "bad"), "--device", "cpu", *bad])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and "Traceback" not in err, err
+
+
+@pytest.fixture
+def flat(tmp_path):
+    """An unlabeled folder: train/ holds 5 images directly (plus a text file), no val/."""
+    root = tmp_path / "flat"
+    for i, colour in enumerate((RED, GREEN, BLUE, RED, GREEN)):
+        _save(root / f"train/{i}.png", Image.new("RGB", (40, 40), colour))
+    (root / "train/notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.mark.parametrize("storage", ["memory", "stream"])
+def test_images_directly_in_train_load_as_unlabeled(flat, storage):
+    splits = load_dataset("imagefolder", str(flat), image_size=32, storage=storage, warn=lambda m: None)
+    assert not splits.labeled and splits.train is None and splits.test is None
+    assert splits.pretrain.classes == [] and splits.pretrain.labels.tolist() == [-1] * 5
+    assert splits.pretrain.images.shape == (5, 3, 37, 37)
+    assert str(flat / "train") in splits.unlabeled_reason and "directly" in splits.unlabeled_reason
+    assert "\n" not in splits.unlabeled_reason
+    if storage == "stream":
+        assert isinstance(splits.pretrain.images, sources.ImageFiles)
+        assert splits.pretrain.images.paths == [str(flat / f"train/{i}.png") for i in range(5)]
+    colors = torch.stack([splits.pretrain.images[i] for i in range(5)]).float().mean((2, 3))
+    assert torch.allclose(colors, torch.tensor([RED, GREEN, BLUE, RED, GREEN], dtype=torch.float), atol=1)
+
+
+def test_labelled_splits_say_so(folders):
+    splits = load_dataset("imagefolder", str(folders), image_size=32)
+    assert splits.labeled and splits.unlabeled_reason is None
+
+
+def test_images_directly_in_train_win_over_val(flat):
+    """Top-level images in train/ make the data unlabeled even next to a val/ folder, which is then not read."""
+    _save(flat / "train/sub/deeper/x.png", Image.new("RGB", (40, 40), BLUE))
+    _save(flat / "val/cat/y.png", Image.new("RGB", (40, 40), BLUE))
+    splits = load_dataset("imagefolder", str(flat), image_size=32)
+    assert not splits.labeled and len(splits.pretrain.labels) == 6  # sub/deeper/x.png counted too
+    assert str(flat / "val") in splits.unlabeled_reason
+
+
+def test_subfolders_without_val_are_unlabeled_and_each_image_counted_once(tmp_path):
+    root = tmp_path / "nested"
+    for path in ("train/2023/a.jpg", "train/2023/b.png", "train/2024/march/c.png", "train/2024/d.png", "train/z/e.png"):
+        _save(root / path, Image.new("RGB", (40, 40), GREEN))
+    (root / "train/z/loop").symlink_to("..", target_is_directory=True)  # train/z/loop -> train/
+    (root / "train/again").symlink_to(root / "train/2024", target_is_directory=True)
+    said = []
+    splits = load_dataset("imagefolder", str(root), image_size=32, storage="stream", warn=said.append)
+    assert not splits.labeled and splits.train is None and splits.test is None
+    assert splits.unlabeled_reason == f"{root} has no val/ or test/ folder"
+    relative = [str(sources.Path(p).relative_to(root / "train")) for p in splits.pretrain.images.paths]
+    assert relative == ["2023/a.jpg", "2023/b.png", "2024/d.png", "2024/march/c.png", "z/e.png"]
+    assert splits.pretrain.labels.tolist() == [-1] * 5
+    assert any("symlinks" in m for m in said)
+
+
+def test_unlabeled_limit_keeps_the_first_n(flat):
+    splits = load_dataset("imagefolder", str(flat), image_size=32, limit_per_class=2)
+    assert splits.pretrain.labels.tolist() == [-1, -1]
+    colors = splits.pretrain.images.float().mean((2, 3))
+    assert torch.allclose(colors, torch.tensor([RED, GREEN], dtype=torch.float), atol=1)
+    stream = load_dataset("imagefolder", str(flat), image_size=32, limit_per_class=3, storage="stream")
+    assert stream.pretrain.images.paths == [str(flat / f"train/{i}.png") for i in range(3)]
+
+
+def test_unlabeled_auto_storage_and_upsampling_warning(flat, monkeypatch):
+    said = []
+    splits = load_dataset("imagefolder", str(flat), storage="auto", warn=said.append)  # 40 px images, 224 px crop
+    assert isinstance(splits.pretrain.images, torch.Tensor) and not splits.labeled
+    assert any("upsamples" in m and "--crop-size 40" in m for m in said), said
+    monkeypatch.setattr(sources, "_free_bytes", lambda device: (1000, None))
+    said.clear()
+    splits = load_dataset("imagefolder", str(flat), image_size=32, storage="auto", warn=said.append)
+    assert isinstance(splits.pretrain.images, sources.ImageFiles) and any("streaming" in m for m in said)
+
+
+def test_unlabeled_unreadable_images_are_skipped_or_strict(flat):
+    (flat / "train/broken.jpg").write_bytes(b"not a jpeg")
+    said = []
+    splits = load_dataset("imagefolder", str(flat), image_size=32, warn=said.append)
+    assert splits.pretrain.labels.tolist() == [-1] * 5
+    assert len(said) == 1 and "skipped 1 unreadable image(s) of 6" in said[0] and "broken.jpg" in said[0]
+    assert "broken.jpg" in _user_error("imagefolder", str(flat), image_size=32, strict=True)
+    for path in (flat / "train").glob("*.png"):
+        path.write_bytes(b"garbage")
+    assert "no readable image left in" in _user_error("imagefolder", str(flat), image_size=32, warn=lambda m: None)
+
+
+def test_empty_or_imageless_train_is_one_line_error(tmp_path):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    message = _user_error("imagefolder", str(tmp_path / "empty"))
+    assert "no image file under" in message and str(tmp_path / "empty" / "train") in message and "val/" in message
+    (tmp_path / "texts" / "train" / "sub").mkdir(parents=True)
+    (tmp_path / "texts" / "train" / "sub" / "a.txt").write_text("x")
+    assert "no image file under" in _user_error("imagefolder", str(tmp_path / "texts"))
+    _save(tmp_path / "no_train" / "a.png", Image.new("RGB", (8, 8), RED))  # images in DIR itself: not read
+    message = _user_error("imagefolder", str(tmp_path / "no_train"))
+    assert "no train/ folder" in message and "DIR" not in message

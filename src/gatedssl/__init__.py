@@ -1,6 +1,6 @@
 """gatedssl: one self-supervised pretraining run yields a dense encoder and a gated sub-network."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

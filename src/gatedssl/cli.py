@@ -42,6 +42,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         kwargs = dict(default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if annotation == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif f.metadata.get("nargs"):
+            parser.add_argument(flag, type=float, nargs=f.metadata["nargs"], metavar="X", **kwargs)
         else:
             choices = f.metadata.get("choices")
             parser.add_argument(flag, type=_TYPES[annotation], choices=choices, metavar=f.name.upper() if not choices else None, **kwargs)
@@ -172,6 +174,9 @@ def run_sweep(args: argparse.Namespace) -> int:
 
         for i, (name, cfg, _, _) in enumerate(plans, 1):
             summary = json.loads((Path(cfg.out) / "summary.json").read_text())
+            if not summary.get("data", {}).get("labeled", True):
+                print(f"[{i}/{len(plans)}] {name}: linear probe skipped: the data is unlabeled", file=sys.stderr)
+                continue
             wanted = {"protocol": args.probe, "seeds": args.probe_seeds}
             if all({k: summary.get(p, {}).get("probe", {}).get(k) for k in wanted} == wanted for p in ("dense", "gated")):
                 continue
@@ -180,6 +185,9 @@ def run_sweep(args: argparse.Namespace) -> int:
                                 device=cfg.device, progress=not args.quiet)
     from .reporting.report import write_report
 
+    if not all(json.loads((Path(cfg.out) / "summary.json").read_text()).get("data", {}).get("labeled", True) for _, cfg, _, _ in plans):
+        print(f"sweep complete: {len(plans)} runs in {args.out}; no report: the data is unlabeled, so there is no accuracy to compare")
+        return 0
     html = write_report([args.out], Path(args.out) / "report")
     print(f"sweep complete: {len(plans)} runs in {args.out}; report: {html}")
     return 0
@@ -212,7 +220,8 @@ def run_export(args: argparse.Namespace) -> int:
                     channel_multiple=args.channel_multiple, data_dir=args.data_dir, device=args.device, probe=not args.no_probe)
     line = f"{result['subnet']} encoder written to {result['file']} ({result['format']}): {result['macs'] / 1e6:.1f} M MACs/image, {result['macs_ratio']:.3f} of dense"
     if result["subnet"] == "static":
-        line += f"\nkeep rate {result['keep_rate']:.4g}: channels per block {result['channels']}; kNN top-1 {result['knn_top1']:.2f} %"
+        knn = "not measured (unlabeled data)" if result["knn_top1"] is None else f"{result['knn_top1']:.2f} %"
+        line += f"\nkeep rate {result['keep_rate']:.4g}: channels per block {result['channels']}; kNN top-1 {knn}"
         if "probe" in result:
             line += f", linear probe (fast) {result['probe']['top1']:.2f} %"
         line += "; recorded under 'static' in the run's summary.json"

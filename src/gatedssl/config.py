@@ -1,7 +1,10 @@
 """Every pretraining setting as one typed dataclass: YAML in, CLI flags out, validation.
 
-Settings left as None are filled from the dataset's recipe (`RECIPES`): the embedded
-dataset gets a CPU-sized demo, every other dataset the paper's recipe. The resolved
+Settings left as None are filled in two layers. The dataset sets the sizes (`SIZES`: a
+CPU-sized demo on the embedded data, the paper's run elsewhere). The recipe (`RECIPES`,
+`--recipe`) sets the method's choices: `reference` is the public reference code's choice on
+every point where it differs from the original papers (the default for real datasets),
+`embedded` the CPU demo's choices, which are also what gatedssl 0.1.0 did. The resolved
 configuration is printed at start and saved with the run, so nothing is implicit.
 """
 
@@ -19,13 +22,14 @@ import yaml
 from .errors import UserError
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _opt(default: Any, help: str, choices: tuple | None = None, nargs: int | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "nargs": nargs})
 
 
 DATASETS = ("embedded", "cifar10", "cifar100", "stl10", "imagefolder")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 METHOD_NAMES = ("vicreg", "barlow", "simclr", "simsiam", "byol")
+RECIPE_NAMES = ("reference", "embedded")
 
 
 @dataclass
@@ -35,23 +39,36 @@ class PretrainConfig:
     data_dir: str | None = _opt(None, "folder holding the dataset (torchvision's files, or train/ and val|test/ class folders)")
     crop_size: int | None = _opt(None, "imagefolder: training crop and evaluation size in px, images stored at crop x 256/224 (default 224; "
                                        "give the images' own size for small pictures, e.g. 32: the stem follows, cifar up to 64 px)")
+    recipe: str | None = _opt(None, "the method's choices on every point where the reference code differs from the papers: reference (its choices; "
+                                    "default for real datasets) or embedded (the CPU demo's, = gatedssl 0.1.0's; default on embedded). "
+                                    "Each choice below can also be set on its own", RECIPE_NAMES)
     # network
     arch: str = _opt("resnet18", "backbone", ARCHS)
     width: int | None = _opt(None, "channels of the first stage (64 = standard ResNet); recipe: 8 on embedded, 64 otherwise")
     stem: str | None = _opt(None, "stem: 'cifar' (3x3, no max-pool) or 'imagenet' (7x7/2 + max-pool); recipe: cifar up to 64 px", ("cifar", "imagenet"))
+    stem_padding: int | None = _opt(None, "padding of the CIFAR stem's 3x3 conv: 2 (reference: 34x34 maps, 703.6 M dense MACs at width 64) "
+                                          "or 1 (32x32, 555.4 M); recipe: reference 2, embedded 1", (1, 2))
     separate_bn: bool = _opt(True, "one BN set per pass in each block (as in the reference runs)")
     tau: float = _opt(2 / 3, "gate temperature of the Gumbel-sigmoid")
+    gate_bias: bool | None = _opt(None, "a bias on the gate's last 1x1 conv; recipe: reference no, embedded yes")
     # method
     method: str = _opt("vicreg", "self-supervised loss", METHOD_NAMES)
     mode: str = _opt("dual", "dual: view 1 gated + view 2 dense (the paper); dense: no gates (baseline B1); gated: both views gated (B2)", ("dual", "dense", "gated"))
     pairing: str = _opt("reference", "reference: (gated view 1, dense view 2) only; symmetric: also the swapped pair, averaged", ("reference", "symmetric"))
+    vicreg_variance: str | None = _opt(None, "VICReg's variance term: sum of the two branches' hinges (solo-learn's form, the reference) or their "
+                                             "mean (the original VICReg code: half the effective weight); recipe: reference sum, embedded mean", ("sum", "mean"))
+    vicreg_weights: list[float] | None = _opt(None, "VICReg's invariance, variance and covariance weights, meant in the chosen variance form (default 25 25 1)", nargs=3)
     proj_dim: int | None = _opt(None, "projector width; recipe: the method's paper value (2048; BYOL 4096), 512 on embedded")
     # budget
     budget: float = _opt(0.5, "target fraction t_d of the dense MACs for the gated pass, in (0, 1]")
     budget_weight: float = _opt(5.0, "lambda: weight of the budget loss")
     bound_weight: float = _opt(1.0, "gamma: weight of the per-block bound loss")
     bound_target: str = _opt("sqrt", "per-block density the bounds start at: sqrt(t_d) (reference) or t_d", ("sqrt", "linear"))
+    bound_density: str | None = _opt(None, "a block's density in the bound loss: l1 (the L1 norm of the hard mask, the reference: a closed channel gets "
+                                           "no gradient from the bounds) or mean (every gate gets gradient); recipe: reference l1, embedded mean", ("l1", "mean"))
     anneal: float = _opt(10.0, "alpha * epochs: the bounds open as p = exp(-anneal * epoch / epochs) (reference 0.02 * 500)")
+    anneal_from: str | None = _opt(None, "where the bounds' clock starts: gates (when the gates switch on after --gate-warmup-epochs, the reference) "
+                                         "or start (epoch 0); recipe: reference gates, embedded start", ("gates", "start"))
     gate_warmup_epochs: int = _opt(0, "first epochs dense only, without gates or budget losses")
     # optimisation
     epochs: int | None = _opt(None, "training epochs; recipe: 16 on embedded, 500 otherwise")
@@ -59,12 +76,23 @@ class PretrainConfig:
     optimizer: str = _opt("lars", "optimizer", ("lars", "sgd", "adamw"))
     lr: float | None = _opt(None, "base learning rate for batch 256, scaled by batch/256; default 0.3 (lars/sgd), 1e-3 (adamw)")
     weight_decay: float | None = _opt(None, "weight decay (not on gates, biases, norms); default 1e-4 (lars/sgd), 0.05 (adamw)")
-    gate_lr_scale: float | None = _opt(None, "learning-rate multiplier of the gate parameters; recipe: 1 (paper), 10 on embedded so a short run reaches its budget")
+    gate_lr_scale: float | None = _opt(None, "learning-rate multiplier of the gate parameters; default: 1 (paper), 10 on embedded so a short run reaches its budget")
+    gate_lars: bool | None = _opt(None, "gate weights through LARS in their own group (no weight decay; the reference) rather than plain SGD; "
+                                        "recipe: reference yes, embedded no")
     momentum: float = _opt(0.9, "SGD momentum")
     lars_eta: float = _opt(0.02, "LARS trust coefficient")
-    warmup_epochs: float | None = _opt(None, "linear lr warm-up epochs before the cosine decay; recipe: 2% of epochs")
+    warmup_epochs: float | None = _opt(None, "linear lr warm-up epochs before the cosine decay; default (reference recipe): 10 epochs, at least "
+                                             "500 steps, at most a quarter of the run (the paper's 500 epochs x 97 steps: 970 steps; 40 epochs x 15 "
+                                             "steps: 150; the embedded demo's 16 x 39: 156); embedded recipe: 2% of the epochs")
     ema_momentum: float = _opt(0.99, "BYOL teacher momentum at the start (rises to 1)")
+    # augmentation
+    crop_interpolation: str | None = _opt(None, "RandomResizedCrop's resampling: bicubic (PIL's, as the reference computes it on PIL images) or "
+                                                "bilinear; recipe: reference bicubic, embedded bilinear", ("bicubic", "bilinear"))
+    blur_p: list[float] | None = _opt(None, "Gaussian blur probability of view 1 and view 2; recipe: reference per dataset (CIFAR-100: 0 0.2, "
+                                            "others none), embedded 0.5 0.5 above 64 px, none below", nargs=2)
     # evaluation
+    eval_every: int = _opt(0, "every N epochs, kNN top-1 of the passes during training (at most 5,000 train and 1,000 test images; "
+                              "in metrics.jsonl and curves.png); 0: only at the end")
     knn_protocol: str = _opt("weighted", "kNN: weighted cosine vote (solo-learn convention) or 1nn Euclidean (the reference scripts)", ("weighted", "1nn"))
     knn_k: int = _opt(200, "neighbours for the weighted kNN")
     knn_temperature: float = _opt(0.07, "temperature of the weighted kNN vote")
@@ -76,7 +104,9 @@ class PretrainConfig:
     keep_checkpoints: int = _opt(2, "how many checkpoints to keep (--resume falls back to an older one if the newest is unreadable)")
     skip_nonfinite: int = _opt(0, "skip up to N batches whose loss is not finite instead of stopping (checks the loss every step)")
     compile: bool = _opt(False, "torch.compile the backbone: the first steps wait for the compiler (about a minute on 2 CPU cores), then faster steps")
-    precision: str = _opt("auto", "forward pass in bf16 autocast or fp32; auto: bf16 on CUDA, fp32 on the CPU (bf16 there: up to 1.9x faster on CPUs with AVX512-BF16/AMX, a few kNN points lower on the CPU demo)", ("auto", "bf16", "fp32"))
+    precision: str = _opt("auto", "forward pass in bf16 or fp16 autocast, or fp32; auto: bf16 on CUDA GPUs that have it, fp16 with a loss scaler on "
+                                  "those that do not (V100, T4), fp32 on the CPU (bf16 there: up to 1.9x faster on CPUs with AVX512-BF16/AMX, "
+                                  "a few kNN points lower on the CPU demo)", ("auto", "bf16", "fp16", "fp32"))
     data_pipeline: str = _opt("device", "device: views made on the training device in whole batches; loader: torchvision transforms per image in DataLoader workers (the common baseline)", ("device", "loader"))
     storage: str = _opt("auto", "folder datasets: memory decodes every image once and holds it (on the device for training); stream decodes from the files every epoch in DataLoader workers (on the GPU with nvJPEG under CUDA); auto holds what fits in half the free memory", ("auto", "memory", "stream"))
     data_workers: int | None = _opt(None, "DataLoader workers that read streamed files (default: the CPU cores, at most 16)")
@@ -87,31 +117,60 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
 
-RECIPES: dict[str, dict[str, Any]] = {
+SIZES: dict[str, dict[str, Any]] = {
     # sized so that `gatedssl pretrain` finishes in about 3 minutes on 2 CPU cores
     "embedded": dict(width=8, proj_dim=512, epochs=16, batch_size=128, gate_lr_scale=10.0),
     "default": dict(width=64, epochs=500, batch_size=512, gate_lr_scale=1.0),
 }
+RECIPES: dict[str, dict[str, Any]] = {
+    "reference": dict(stem_padding=2, gate_bias=False, gate_lars=True, vicreg_variance="sum", bound_density="l1", anneal_from="gates",
+                      crop_interpolation="bicubic"),
+    "embedded": dict(stem_padding=1, gate_bias=True, gate_lars=False, vicreg_variance="mean", bound_density="mean", anneal_from="start",
+                     crop_interpolation="bilinear"),
+}
+REFERENCE_BLUR = {"cifar100": [0.0, 0.2]}  # the reference blurs CIFAR-100's second view only; CIFAR-10, STL-10, ImageNet-100 not at all
+LEGACY_RECIPE = "embedded"  # settings of runs written by gatedssl 0.1.0 (checkpoint format 1), which had no recipes: its choices
 OPTIMIZER_DEFAULTS = {"lars": dict(lr=0.3, weight_decay=1e-4), "sgd": dict(lr=0.3, weight_decay=1e-4), "adamw": dict(lr=1e-3, weight_decay=0.05)}
 CROP_SIZES = {"embedded": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "imagefolder": 224}
 
 
+def default_recipe(dataset: str) -> str:
+    return "embedded" if dataset == "embedded" else "reference"
+
+
+def size_blur(crop_size: int) -> list[float]:
+    """0.1.0's blur: none at CIFAR scale, p 0.5 on both views above 64 px."""
+    return [0.0, 0.0] if crop_size <= 64 else [0.5, 0.5]
+
+
 def resolve(cfg: PretrainConfig) -> PretrainConfig:
-    """Fill recipe defaults (settings left as None). Returns a new config."""
+    """Fill the sizes and the recipe's choices (settings left as None). Returns a new config."""
     values = cfg.to_dict()
-    for key, value in {**RECIPES["default"], **RECIPES.get(cfg.dataset, {})}.items():
+    if values["recipe"] is None:
+        values["recipe"] = default_recipe(cfg.dataset)
+    crop_size = values["crop_size"] or CROP_SIZES.get(cfg.dataset, 224)
+    defaults = {**SIZES["default"], **SIZES.get(cfg.dataset, {}), **RECIPES.get(values["recipe"], {}), **OPTIMIZER_DEFAULTS.get(cfg.optimizer, {}),
+                "vicreg_weights": [25.0, 25.0, 1.0], "stem": "cifar" if crop_size <= 64 else "imagenet",
+                "blur_p": REFERENCE_BLUR.get(cfg.dataset, [0.0, 0.0]) if values["recipe"] == "reference" else size_blur(crop_size)}
+    for key, value in defaults.items():
         if values.get(key) is None:
             values[key] = value
-    for key, value in OPTIMIZER_DEFAULTS.get(cfg.optimizer, {}).items():
-        if values.get(key) is None:
-            values[key] = value
-    if values["stem"] is None:
-        values["stem"] = "cifar" if (values["crop_size"] or CROP_SIZES.get(cfg.dataset, 224)) <= 64 else "imagenet"
-    if values["warmup_epochs"] is None and isinstance(values["epochs"], int) and values["epochs"] >= 1:
-        values["warmup_epochs"] = min(10.0, 0.02 * values["epochs"])
+    if values["warmup_epochs"] is None and values["recipe"] == "embedded" and isinstance(values["epochs"], int) and values["epochs"] >= 1:
+        values["warmup_epochs"] = min(10.0, 0.02 * values["epochs"])  # the reference recipe's rule needs the steps per epoch: warmup_steps()
     if values["out"] is None:
         values["out"] = str(Path("runs") / default_run_name(values))
     return PretrainConfig(**values)
+
+
+def warmup_steps(cfg: PretrainConfig, steps_per_epoch: int) -> int:
+    """Linear warm-up length in steps: --warmup-epochs if set, else 10 epochs, at least 500 steps, at most a
+    quarter of the run. The reference's run gets its 10 epochs (970 steps); a short run gets enough steps for
+    LARS's early updates to settle (12 steps let a 40-epoch CIFAR subset run diverge), and keeps most of its
+    length for training."""
+    if cfg.warmup_epochs is not None:
+        return round(cfg.warmup_epochs * steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch
+    return min(max(10 * steps_per_epoch, 500), total // 4)
 
 
 def default_run_name(v: dict[str, Any]) -> str:
@@ -128,6 +187,8 @@ def _type_ok(value: Any, annotation: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if base == "float":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base == "list[float]":
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, "float") for v in value)
     return isinstance(value, str)
 
 
@@ -139,11 +200,13 @@ def validate(cfg: PretrainConfig) -> list[str]:
         if not _type_ok(value, str(f.type)):
             problems.append(f"{f.name}: expected {str(f.type).replace(' | None', '')}, got {value!r}")
             continue
-        choices = f.metadata.get("choices")
+        choices, nargs = f.metadata.get("choices"), f.metadata.get("nargs")
         if choices and value is not None and value not in choices:
-            problems.append(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
-        elif isinstance(value, float) and not math.isfinite(value):
-            problems.append(f"{f.name}: must be a finite number, got {value}")
+            problems.append(f"{f.name}: {value!r} is not one of {', '.join(map(str, choices))}")
+        elif nargs and value is not None and len(value) != nargs:
+            problems.append(f"{f.name}: expected {nargs} numbers, got {len(value)}")
+        elif any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, (list, tuple)) else [value])):
+            problems.append(f"{f.name}: must be finite, got {value}")
     if problems:
         return problems
 
@@ -158,9 +221,11 @@ def validate(cfg: PretrainConfig) -> list[str]:
     for name in ("tau", "lr", "knn_temperature", "gate_lr_scale"):
         value = getattr(cfg, name)
         check(value is None or value > 0, f"{name}: must be > 0, got {value}")
-    for name in ("budget_weight", "bound_weight", "anneal", "gate_warmup_epochs", "weight_decay", "warmup_epochs", "lars_eta", "skip_nonfinite", "data_workers"):
+    for name in ("budget_weight", "bound_weight", "anneal", "gate_warmup_epochs", "weight_decay", "warmup_epochs", "lars_eta", "skip_nonfinite", "data_workers", "eval_every"):
         value = getattr(cfg, name)
         check(value is None or value >= 0, f"{name}: must be >= 0, got {value}")
+    check(cfg.vicreg_weights is None or min(cfg.vicreg_weights) >= 0, f"vicreg_weights: must be >= 0, got {cfg.vicreg_weights}")
+    check(cfg.blur_p is None or all(0 <= p <= 1 for p in cfg.blur_p), f"blur_p: probabilities must be in [0, 1], got {cfg.blur_p}")
     check(0 <= cfg.momentum < 1, f"momentum: must be in [0, 1), got {cfg.momentum}")
     check(0 <= cfg.ema_momentum <= 1, f"ema_momentum: must be in [0, 1], got {cfg.ema_momentum}")
     if cfg.epochs is not None and cfg.epochs >= 1:
@@ -207,6 +272,27 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if unknown:
         raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}; see `gatedssl pretrain --help` for the settings")
     return data
+
+
+def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored settings with what older gatedssl did for every key it did not write yet.
+
+    Weight shapes do not change with most of these choices (a CIFAR stem padded by 2 has the
+    same kernel), so a missing key must read as the old behaviour, never as today's default."""
+    values = {"recipe": LEGACY_RECIPE, **RECIPES[LEGACY_RECIPE], "vicreg_weights": [25.0, 25.0, 1.0], **values}
+    if "blur_p" not in values:
+        values["blur_p"] = size_blur(values.get("crop_size") or CROP_SIZES.get(values.get("dataset"), 224))
+    return values
+
+
+def load_stored(run_folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings a run folder's config.yaml holds (upgraded), or None if it has none readable."""
+    try:
+        with open(Path(run_folder) / "config.yaml") as fh:
+            values = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return None
+    return upgrade_stored(values) if isinstance(values, dict) else None
 
 
 def save_yaml(cfg: PretrainConfig, path: str | os.PathLike) -> None:

@@ -9,7 +9,9 @@ The recipe is the reference code's (torchvision semantics): RandomResizedCrop, h
 flip, ColorJitter applied with probability ``jitter_p``, RandomGrayscale, Gaussian blur,
 solarization, normalisation. Each random draw is independent per sample, with one exception:
 the order of the four colour-jitter ops is drawn once per batch (see
-``BatchAugment._jitter_params``).
+``BatchAugment._jitter_params``). The crop is bilinear by default (one grid_sample);
+``interpolation="bicubic"`` is the reference's PIL bicubic, bit for bit (``_bicubic_crop``), from
+the same random draws.
 
 torchvision's functional colour ops take one factor per call, not one per sample, so the
 colour ops below are hand-written batched versions of the same formulas
@@ -25,10 +27,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "BatchAugment", "center_crop", "normalize", "recipe"]
+__all__ = ["INTERPOLATIONS", "AugmentConfig", "BatchAugment", "center_crop", "normalize", "recipe"]
 
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,14 @@ class AugmentConfig:
     solarize_p: float = 0.1
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+    interpolation: str = "bilinear"  # of the crop: "bicubic" is the reference's (PIL's, antialiased)
 
     def __post_init__(self):
         # Fail at construction, not in the middle of a training step.
         if self.crop_size < 1:
             raise ValueError(f"crop_size must be positive, got {self.crop_size}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"scale must satisfy 0 < min <= max, got {self.scale}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
@@ -74,14 +81,19 @@ class AugmentConfig:
             raise ValueError(f"mean/std must be 3 values with std > 0, got {self.mean}, {self.std}")
 
 
-def recipe(crop_size: int, mean, std) -> AugmentConfig:
-    """The reference recipe at this resolution: no blur at CIFAR scale (<= 64 px), as the reference
-    CIFAR code; p=0.5 above, the single-view form of the ImageNet recipes' 1.0 / 0.1 pair."""
+def recipe(crop_size: int, mean, std, *, interpolation: str = "bilinear", blur_p: float | None = None) -> AugmentConfig:
+    """The reference recipe at this resolution.
+
+    blur_p None: no blur at CIFAR scale (<= 64 px), as the reference CIFAR-10 code; p=0.5 above,
+    the single-view form of the ImageNet recipes' 1.0 / 0.1 pair. An explicit value is for the
+    per-view recipes (the reference blurs only the second CIFAR-100 view, p=0.2).
+    """
     return AugmentConfig(
         crop_size=int(crop_size),
-        blur_p=0.0 if crop_size <= 64 else 0.5,
+        blur_p=(0.0 if crop_size <= 64 else 0.5) if blur_p is None else float(blur_p),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+        interpolation=interpolation,
     )
 
 
@@ -99,6 +111,14 @@ def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
     if images.is_floating_point():
         return images.float()
     raise TypeError(f"expected uint8 (or float in [0, 1]) images, got {images.dtype}")
+
+
+def _to_levels(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, 3, W) float on the 0..255 grid PIL works on, as _bicubic_crop wants it; uint8 exactly
+    (x / 255 * 255 is not always x in float32), in one copy."""
+    if images.dtype == torch.uint8:
+        return images.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    return _to_unit_float(images).mul(255.0).transpose(1, 2).contiguous()
 
 
 def _check_batch(images: torch.Tensor) -> None:
@@ -232,6 +252,88 @@ def _resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor | Non
     gy = ys.mul_(2.0 / height).add_(1.0 / height - 1.0)
     grid = torch.stack((gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)), dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _cubic(t: torch.Tensor) -> torch.Tensor:
+    """PIL's bicubic kernel (a = -0.5), in PIL's operation order."""
+    t = t.abs()
+    near = (1.5 * t - 2.5) * t * t + 1.0
+    far = (((t - 5.0) * t + 8.0) * t - 4.0) * -0.5
+    return torch.where(t < 1.0, near, torch.where(t < 2.0, far, 0.0))
+
+
+def _pil_taps(start: torch.Tensor, length: torch.Tensor, size: int, extent: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL's bicubic resize of [start, start + length) to `size` pixels: (n, size, K) tap indices and weights.
+
+    PIL's precompute_coeffs and its 22-bit rounding, in float64 and in PIL's operation order, so
+    the weights are PIL's to the bit: the kernel is stretched by the reduction factor when
+    down-sampling (PIL's antialiasing), taps outside the crop are dropped and each output
+    pixel's weights renormalised. K, PIL's tap count for the whole image, is fixed by the
+    shapes: each output pixel reads K consecutive pixels, a window moved inside the image where
+    needed; taps outside PIL's own window weigh exactly 0.
+    """
+    dev, f64 = start.device, torch.float64
+    taps = min(extent, 2 * math.ceil(2.0 * max(1.0, extent / size)) + 1)
+    start, length = start.to(f64)[:, None, None], length.to(f64)[:, None, None]
+    scale = length / size
+    filterscale = scale.clamp(min=1.0)
+    center = torch.arange(size, device=dev, dtype=f64).add_(0.5)[None, :, None] * scale  # in the crop
+    first = (center - 2.0 * filterscale + 0.5).floor_().clamp_(min=0.0).add_(start).clamp_(max=extent - taps)
+    pos = first + torch.arange(taps, device=dev, dtype=f64)  # in the image
+    w = torch.where((pos >= start) & (pos < start + length), _cubic((pos - start - center + 0.5) * (1.0 / filterscale)), 0.0)
+    total = w[..., 0]
+    for k in range(1, taps):  # PIL's summation order (leading zeros leave it unchanged)
+        total = total + w[..., k]
+    w = w / total[..., None]
+    # normalize_coeffs_8bpc: round half away from zero to 22 fractional bits.
+    return pos.long(), w.abs().mul_(2.0**22).add_(0.5).floor_().div_(2.0**22).mul_(w.sign())
+
+
+def _pil_matrix(start: torch.Tensor, length: torch.Tensor, size: int, extent: int, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, 2 size, extent) resampling matrix, zero outside the box: PIL's weights as hi (rows < size) + lo halves.
+
+    A weight has up to 23 significant bits and a pixel 8, so one float32 matmul would round the
+    sums (about 1e-4 of the pixels then land one level off). Split at 2^-11, each half's
+    products and sums are exact in float32, in any summation order: hi sums are multiples of
+    2^-11 below 2^9; lo terms are multiples of 2^-22 below 2^-4, exact (with _pil_round) up to
+    48 taps, a 12x reduction. The flip reverses the output columns.
+    """
+    index, w = _pil_taps(start, length, size, extent)
+    if flip is not None:
+        index = torch.where(flip[:, None, None], index.flip(1), index)
+        w = torch.where(flip[:, None, None], w.flip(1), w)
+    hi = torch.round(w * 2.0**11).div_(2.0**11)
+    band = torch.cat((hi, w - hi), dim=1).float()
+    return torch.zeros(len(start), 2 * size, extent, device=start.device).scatter_(2, index.repeat(1, 2, 1), band)
+
+
+def _pil_round(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """PIL's clip8: round half up and clip to [0, 255], from the exact sums of the two halves.
+
+    hi + lo would round in float32; instead floor(hi + 0.5) + floor(frac + lo), each step exact.
+    """
+    u = hi + 0.5
+    q = u.floor()
+    return q.add_(u.sub_(q).add_(lo).floor_()).clamp_(0.0, 255.0)
+
+
+def _bicubic_crop(levels: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor | None, size: int) -> torch.Tensor:
+    """The reference's crop: PIL's antialiased bicubic resize of each box, then flip; on the 0..255 grid.
+
+    PIL's arithmetic as two batched matmuls with per-sample resampling matrices: horizontal pass
+    first, each pass rounded to uint8, as Pillow <= 12 (the reference's). Pillow 13 starts with
+    the vertical pass when h > size and h - size > 2 (w - size); in those tall down-sampled
+    boxes up to ~10% of a smooth image's pixels then differ by a level or two (more on noise).
+    Never at CIFAR scale (h <= size). The matrices span the whole image, so the cost grows with
+    the image, not the box. `levels` is (N, H, 3, W): both passes are then plain bmms on views,
+    with no transposing copy.
+    """
+    n, height, c, width = levels.shape
+    top, left, h, w = boxes.unbind(1)
+    rows = torch.bmm(levels.view(n, height * c, width), _pil_matrix(left, w, size, width, flip).transpose(1, 2))
+    rows = _pil_round(rows[..., :size], rows[..., size:]).view(n, height, c * size)
+    out = torch.bmm(_pil_matrix(top, h, size, height), rows).view(n, 2 * size, c, size)
+    return _pil_round(out[:, :size], out[:, size:]).transpose(1, 2).contiguous()
 
 
 # ----------------------------------------------------------------------------- colour ops
@@ -387,7 +489,11 @@ class BatchAugment:
         )
 
         boxes = _sample_boxes(n, height, width, cfg.scale, cfg.ratio, device, generator)
-        x = _resized_crop(_to_unit_float(images), boxes, flip if cfg.flip_p > 0 else None, cfg.crop_size)
+        flip = flip if cfg.flip_p > 0 else None
+        if cfg.interpolation == "bicubic":
+            x = _bicubic_crop(_to_levels(images), boxes, flip, cfg.crop_size).mul_(1.0 / 255.0)
+        else:
+            x = _resized_crop(_to_unit_float(images), boxes, flip, cfg.crop_size)
         if cfg.jitter_p > 0 and self.jitter_ranges:
             order, factors = self._jitter_params(n, device, generator)
             x = torch.where(jitter.view(-1, 1, 1, 1), _apply_jitter(x, order, factors), x)

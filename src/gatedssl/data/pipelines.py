@@ -7,8 +7,9 @@ with the saved order, so the resumed run sees exactly the batches the uninterrup
 benchmark take either one, so a speed comparison is between data paths only.
 
 - `DeviceViews` (default): the dataset sits on the device as uint8; each step indexes a batch
-  and `BatchAugment` makes both views there. No decoding, no CPU worker, no host sync. A
-  streamed folder dataset (`ImageFiles`) comes instead a batch at a time from DataLoader
+  and `BatchAugment` makes both views there (one recipe for both, or one per view: the
+  reference's CIFAR-100 recipe blurs only the second). No decoding, no CPU worker, no host
+  sync. A streamed folder dataset (`ImageFiles`) comes instead a batch at a time from DataLoader
   workers (pinned memory, non-blocking copy) and meets the same augmentation.
 - `LoaderViews` (`--data-pipeline loader`): torchvision.transforms.v2 applied image by image
   in DataLoader workers, the way most SSL code does it. Kept as the measured baseline.
@@ -29,10 +30,16 @@ from .streaming import ImageFiles, read_batches
 PIPELINES = ("device", "loader")
 
 
+def _per_view(cfg):
+    """(view 1, view 2) from one item for both views or a pair."""
+    return cfg if isinstance(cfg, tuple) else (cfg, cfg)
+
+
 class DeviceViews:
-    def __init__(self, images: torch.Tensor | ImageFiles, augment: BatchAugment, batch_size: int, device: torch.device):
+    def __init__(self, images: torch.Tensor | ImageFiles, augment: BatchAugment | tuple[BatchAugment, BatchAugment],
+                 batch_size: int, device: torch.device):
         self.images = images if isinstance(images, ImageFiles) else images.to(device)
-        self.augment, self.batch_size, self.device = augment, batch_size, device
+        self.augments, self.batch_size, self.device = _per_view(augment), batch_size, device
 
     def __len__(self) -> int:
         return len(self.images) // self.batch_size
@@ -44,9 +51,13 @@ class DeviceViews:
         """The epoch's uint8 batches from step `start` on, before augmentation."""
         return read_batches(self.images, order[start * self.batch_size : len(self) * self.batch_size], self.batch_size, self.device)
 
+    def pair(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """View 1, then view 2: with one recipe, the random stream of calling it twice."""
+        return self.augments[0](batch), self.augments[1](batch)
+
     def epoch(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.batches(order, start):
-            yield self.augment(batch), self.augment(batch)
+            yield self.pair(batch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(self.new_order())
@@ -54,8 +65,9 @@ class DeviceViews:
 
 def torchvision_transform(cfg: AugmentConfig) -> v2.Compose:
     """The same recipe as `BatchAugment`, as per-image torchvision.transforms.v2 ops."""
+    interpolation = v2.InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
     ops = [
-        v2.RandomResizedCrop(cfg.crop_size, scale=cfg.scale, ratio=cfg.ratio, antialias=True),
+        v2.RandomResizedCrop(cfg.crop_size, scale=cfg.scale, ratio=cfg.ratio, interpolation=interpolation, antialias=True),
         v2.RandomHorizontalFlip(cfg.flip_p),
         v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
         v2.RandomGrayscale(cfg.gray_p),
@@ -68,24 +80,26 @@ def torchvision_transform(cfg: AugmentConfig) -> v2.Compose:
 
 
 class _TwoViews(Dataset):
-    def __init__(self, images: torch.Tensor | ImageFiles, transform):
-        self.images, self.transform = images, transform
+    def __init__(self, images: torch.Tensor | ImageFiles, transforms: tuple):
+        self.images, self.transforms = images, transforms
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i):
         image = self.images[i]
-        return self.transform(image), self.transform(image)
+        return self.transforms[0](image), self.transforms[1](image)
 
 
 class LoaderViews:
-    def __init__(self, images: torch.Tensor | ImageFiles, cfg: AugmentConfig, batch_size: int, device: torch.device, workers: int | None = None):
+    def __init__(self, images: torch.Tensor | ImageFiles, cfg: AugmentConfig | tuple[AugmentConfig, AugmentConfig],
+                 batch_size: int, device: torch.device, workers: int | None = None):
         if workers is None:
             workers = os.cpu_count() or 1
         self.device = device
+        transforms = tuple(torchvision_transform(c) for c in _per_view(cfg))
         self.loader = DataLoader(
-            _TwoViews(images if isinstance(images, ImageFiles) else images.cpu(), torchvision_transform(cfg)), batch_size=batch_size, shuffle=True, drop_last=True,
+            _TwoViews(images if isinstance(images, ImageFiles) else images.cpu(), transforms), batch_size=batch_size, shuffle=True, drop_last=True,
             num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         )
 
@@ -105,9 +119,11 @@ class LoaderViews:
         return self.epoch()
 
 
-def make_views(pipeline: str, images: torch.Tensor | ImageFiles, cfg: AugmentConfig, batch_size: int, device: torch.device):
+def make_views(pipeline: str, images: torch.Tensor | ImageFiles, cfg: AugmentConfig | tuple[AugmentConfig, AugmentConfig],
+               batch_size: int, device: torch.device):
+    """`cfg`: one recipe for both views, or (view 1's, view 2's)."""
     if pipeline == "device":
-        return DeviceViews(images, BatchAugment(cfg), batch_size, device)
+        return DeviceViews(images, tuple(BatchAugment(c) for c in _per_view(cfg)), batch_size, device)
     if pipeline == "loader":
         return LoaderViews(images, cfg, batch_size, device)
     raise ValueError(f"unknown data pipeline {pipeline!r}; choose from {PIPELINES}")

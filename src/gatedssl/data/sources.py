@@ -57,13 +57,23 @@ class ImageSet:
 
 @dataclass
 class DatasetSplits:
+    """A dataset's splits. train and test are None for unlabeled data (a folder of images without
+    class folders, see `load_dataset`): None means unlabeled data, no kNN or probe; `pretrain` is
+    then every image, labelled -1, and `unlabeled_reason` says in one line why."""
+
     name: str
     pretrain: ImageSet  # images for self-supervised training (STL-10: train + unlabeled; others: train)
-    train: ImageSet  # labelled train split (kNN bank / linear probe)
-    test: ImageSet  # labelled test/val split
+    train: ImageSet | None  # labelled train split (kNN bank / linear probe); None: unlabeled data, no kNN or probe
+    test: ImageSet | None  # labelled test/val split; None: unlabeled data, no kNN or probe
     crop_size: int  # training crop and evaluation size; stored images may be larger (imagefolder)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    unlabeled_reason: str | None = None  # unlabeled data: one line saying why (e.g. "DIR has no val/ or test/ folder"); None when labelled
+
+    @property
+    def labeled(self) -> bool:
+        """True when there are labelled train and test splits (kNN and linear probe can run)."""
+        return self.train is not None and self.test is not None
 
 
 def load_run_data(cfg, device: torch.device | str = "cpu", warn=None, data_dir: str | None = None) -> DatasetSplits:
@@ -89,11 +99,21 @@ def load_dataset(
 
     cifar10/cifar100/stl10 read torchvision's files from data_dir (default ./.data), or,
     when data_dir has train/ and test/ (or val/) class folders, those folders (e.g. the
-    JPEG copy of CIFAR-10). imagefolder needs data_dir/train/<class>/ and
-    data_dir/val/<class>/ (or test/); its images are stored at round(crop*256/224),
-    center-cropped, so evaluation can take the usual center crop. image_size sets the
-    imagefolder crop (default 224). limit_per_class keeps the first N images of every
-    class in each split, for quick trials; STL-10's unlabeled images count as one class.
+    JPEG copy of CIFAR-10). imagefolder reads data_dir/train/; its images are stored at
+    round(crop*256/224), center-cropped, so evaluation can take the usual center crop.
+    image_size sets the imagefolder crop (default 224).
+
+    Labelled or unlabeled (whenever folders are read): the data is unlabeled when train/ holds
+    image files directly at its top level, or when data_dir has no val/ and no test/ folder
+    (imagefolder only: the other names read folders only when one of them exists); then every
+    image under train/, at any depth, is a pretraining image (label -1, classes []), val/ or
+    test/ is not read, and `train`/`test` are None (no kNN or probe; `unlabeled_reason` says
+    which case). Otherwise it is labelled, as before: train/<class>/ and val/<class>/ (or
+    test/) with the same class folders, each with images at any depth. data_dir itself is
+    never read as the image folder: images go in data_dir/train/.
+
+    limit_per_class keeps the first N images of every class in each split, for quick trials;
+    STL-10's unlabeled images, and an unlabeled folder, count as one class.
     Unreadable image files are skipped with a count and the first few paths named (via `warn`),
     or, with strict=True, end the load with one line naming the first.
 
@@ -116,18 +136,27 @@ def load_dataset(
         pretrain = train
     elif name == "imagefolder" or _has_split_folders(data_dir):
         root = _folder_root(name, data_dir)
-        listed = [_list_images(folder, limit_per_class, warn) for folder in (root / "train", _eval_folder(root))]
+        unlabeled_reason = _unlabeled_reason(root)
+        if unlabeled_reason is None:
+            folders = (root / "train", _eval_folder(root))
+            listed = [_list_images(folder, limit_per_class, warn) for folder in folders]
+        else:
+            folders = (root / "train",)
+            listed = [_list_unlabeled(folders[0], limit_per_class, unlabeled_reason, warn)]
         _warn_if_upsampled(listed[0][0], crop_size, stored, warn)
-        if listed[0][2] != listed[1][2]:  # checked before the (long) decode
-            raise UserError(f"{root}: train/ and {_eval_folder(root).name}/ have different class folders; both need the same <class>/ subfolders")
+        if unlabeled_reason is None and listed[0][2] != listed[1][2]:  # checked before the (long) decode
+            raise UserError(f"{root}: train/ and {folders[1].name}/ have different class folders; both need the same <class>/ subfolders")
         if storage == "auto":
             storage = _choose_storage(sum(len(paths) for paths, _, _ in listed), len(listed[0][0]), stored, torch.device(device), root, warn)
         if storage == "stream":
-            train, test = (ImageSet(ImageFiles(paths, stored, strict=strict, warn=warn, workers=workers), labels, classes)
-                           for paths, labels, classes in listed)
+            sets = [ImageSet(ImageFiles(paths, stored, strict=strict, warn=warn, workers=workers), labels, classes)
+                    for paths, labels, classes in listed]
         else:
-            train, test = (_decode_set(paths, labels, classes, stored, strict, warn) for paths, labels, classes in listed)
-        pretrain = train
+            sets = [_decode_set(paths, labels, classes, stored, strict, warn, folder) for (paths, labels, classes), folder in zip(listed, folders)]
+        pretrain = sets[0]
+        if unlabeled_reason is not None:
+            return DatasetSplits(name, pretrain, None, None, crop_size, mean, std, unlabeled_reason)
+        train, test = sets
     elif storage == "stream":
         raise UserError(f"storage stream reads image folders; {name} comes as torchvision's files and is always held in memory "
                         f"(give data_dir with train/ and val/ class folders to stream it)")
@@ -213,7 +242,7 @@ def _has_split_folders(data_dir: str | None) -> bool:
 
 
 def _folder_root(name: str, data_dir: str | None) -> Path:
-    layout = "DIR/train/<class>/<images> and DIR/val/<class>/<images>"
+    layout = "DIR/train/<class>/<images> and DIR/val/<class>/<images> (labelled), or DIR/train/<images> (unlabeled)"
     if data_dir is None:
         raise UserError(f"the {name} dataset needs a data folder: give data_dir DIR with {layout}")
     root = Path(data_dir)
@@ -221,8 +250,26 @@ def _folder_root(name: str, data_dir: str | None) -> Path:
         raise UserError(f"{root} is not a folder; give a folder with {layout.replace('DIR', str(root))}")
     if not (root / "train").is_dir():
         raise UserError(f"{root} has no train/ folder; expected {layout.replace('DIR', str(root))}")
-    _eval_folder(root)
     return root
+
+
+def _unlabeled_reason(root: Path) -> str | None:
+    """Why root/train/ is read as unlabeled pretraining images (one line), or None for labelled class folders.
+
+    Unlabeled: train/ holds image files directly at its top level, or root has no val/ and no test/ folder.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    train = root / "train"
+    with os.scandir(train) as entries:
+        direct = any(has_file_allowed_extension(e.name, IMG_EXTENSIONS) and e.is_file() for e in entries)
+    evaluation = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if direct:
+        unused = "" if evaluation is None else f", so {evaluation}/ is not used"
+        return f"{train}/ has image files directly inside, not in <class>/ folders{unused}"
+    if evaluation is None:
+        return f"{root} has no val/ or test/ folder"
+    return None
 
 
 def _eval_folder(root: Path) -> Path:
@@ -246,13 +293,52 @@ def _warn_if_upsampled(paths: list[str], crop_size: int, stored: int, warn) -> N
              f"Pass --crop-size {side} to train at their size")
 
 
+def _walk_images(top: Path, seen_dirs: set[str], seen_files: set[str], other_roots: frozenset[str] | set[str] = frozenset()
+                 ) -> tuple[list[str], int]:
+    """Image files under `top` at any depth, symlinks followed, sorted by folder then name; and how many
+    folders were not entered.
+
+    A folder reached twice through symlinks (a loop such as `train/a/loop -> ..`, or two links to one
+    folder) is read once, and so is each file: `seen_dirs` and `seen_files` (real paths) are updated,
+    and can be shared by several walks. A folder whose real path is in `other_roots` is not entered.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    walked, skipped = [], 0
+    for root, dirs, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen_dirs or real in other_roots:
+            dirs[:] = []
+            skipped += 1
+            continue
+        seen_dirs.add(real)
+        dirs.sort()  # visited in name order, so which of two paths to one folder is kept does not depend on the file system
+        walked.append((root, files))
+    paths = []
+    for root, files in sorted(walked):
+        for file in sorted(files):
+            if not has_file_allowed_extension(file, IMG_EXTENSIONS):
+                continue
+            path = os.path.join(root, file)
+            real = os.path.realpath(path)
+            if real not in seen_files:
+                seen_files.add(real)
+                paths.append(path)
+    return paths, skipped
+
+
+def _warn_revisited(folder: Path, skipped: int, warn) -> None:
+    if skipped and warn is not None:
+        warn(f"warning: {folder}: {skipped} folder(s) reached again through symlinks (a loop or a second link) were read once")
+
+
 def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str], torch.Tensor, list[str]]:
     """Files, labels and classes in torchvision ImageFolder's order (sorted classes, then sorted paths).
 
     Unlike ImageFolder's walk, a folder reached twice through symlinks (a loop such as
     `train/a/loop -> ..`, or two links to one folder) is read once, and so is each file.
     """
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
     try:
         classes, class_to_idx = find_classes(str(folder))
@@ -261,27 +347,11 @@ def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str],
     class_roots = {os.path.realpath(folder / name) for name in classes}  # a link into another class is that class's
     paths, targets, seen_dirs, seen_files, skipped = [], [], set(), set(), 0
     for name in classes:
-        walked, own_root = [], os.path.realpath(folder / name)
-        for root, dirs, files in os.walk(folder / name, followlinks=True):
-            real = os.path.realpath(root)
-            if real in seen_dirs or (real in class_roots and real != own_root):
-                dirs[:] = []
-                skipped += 1
-                continue
-            seen_dirs.add(real)
-            walked.append((root, files))
-        for root, files in sorted(walked):
-            for file in sorted(files):
-                if not has_file_allowed_extension(file, IMG_EXTENSIONS):
-                    continue
-                path = os.path.join(root, file)
-                real = os.path.realpath(path)
-                if real not in seen_files:
-                    seen_files.add(real)
-                    paths.append(path)
-                    targets.append(class_to_idx[name])
-    if skipped and warn is not None:
-        warn(f"warning: {folder}: {skipped} folder(s) reached again through symlinks (a loop or a second link) were read once")
+        found, revisited = _walk_images(folder / name, seen_dirs, seen_files, class_roots - {os.path.realpath(folder / name)})
+        paths += found
+        targets += [class_to_idx[name]] * len(found)
+        skipped += revisited
+    _warn_revisited(folder, skipped, warn)
     present = set(targets)
     empty = [name for name in classes if class_to_idx[name] not in present]
     if empty:
@@ -292,6 +362,19 @@ def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str],
     if keep is None:
         return paths, labels, classes
     return [paths[i] for i in keep.tolist()], labels[keep], classes
+
+
+def _list_unlabeled(folder: Path, limit: int | None, reason: str, warn=None) -> tuple[list[str], torch.Tensor, list[str]]:
+    """Every image under `folder` at any depth (the first `limit`), labelled -1, no classes; walked as `_list_images` walks a class."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    paths, skipped = _walk_images(folder, set(), set())
+    _warn_revisited(folder, skipped, warn)
+    if not paths:
+        raise UserError(f"no image file under {folder} (read as unlabeled: {reason}); put the pretraining images there "
+                        f"({', '.join(IMG_EXTENSIONS)}), or {folder.parent}/train/<class>/ and {folder.parent}/val/<class>/ for labelled data")
+    paths = paths[:limit]
+    return paths, torch.full((len(paths),), -1, dtype=torch.int64), []
 
 
 def _decode_files(paths: list[str], size: int) -> tuple[torch.Tensor, list[str]]:
@@ -306,7 +389,7 @@ def _decode_files(paths: list[str], size: int) -> tuple[torch.Tensor, list[str]]
     return images, failures
 
 
-def _decode_set(paths: list[str], labels: torch.Tensor, classes: list[str], size: int, strict: bool, warn) -> ImageSet:
+def _decode_set(paths: list[str], labels: torch.Tensor, classes: list[str], size: int, strict: bool, warn, folder: Path) -> ImageSet:
     images, failures = _decode_files(paths, size)
     if not failures:
         return ImageSet(images, labels, classes)
@@ -317,7 +400,9 @@ def _decode_set(paths: list[str], labels: torch.Tensor, classes: list[str], size
     keep[bad] = False
     named = ", ".join(paths[i] for i, _ in failures[:3])
     warn(f"warning: skipped {len(failures)} unreadable image(s) of {len(paths)}, e.g. {named}; --strict makes this an error")
+    if not classes and not keep.any():
+        raise UserError(f"no readable image left in {folder} ({len(paths)} unreadable)")
     empty = [classes[c] for c in range(len(classes)) if not (labels[keep] == c).any()]
     if empty:
-        raise UserError(f"no readable image left in class folder(s) {', '.join(empty)} of {Path(paths[0]).parent.parent}")
+        raise UserError(f"no readable image left in class folder(s) {', '.join(empty)} of {folder}")
     return ImageSet(images[keep], labels[keep], classes)

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..config import PretrainConfig, validate
+from ..config import PretrainConfig, upgrade_stored, validate
 from ..data.sources import load_run_data
 from ..errors import UserError
 from ..methods import JointObjective
@@ -19,7 +19,7 @@ from .probe import linear_probe
 def restore_objective(state: dict, path) -> tuple[JointObjective, PretrainConfig]:
     """The run's network and heads as its checkpoint's own settings describe them, weights loaded."""
     try:
-        cfg = PretrainConfig(**state["config"])
+        cfg = PretrainConfig(**upgrade_stored(state["config"]))
     except TypeError as exc:
         raise UserError(f"checkpoint {path} holds settings this gatedssl does not know ({exc}); use the version that wrote it")
     objective = build_objective(cfg)
@@ -47,6 +47,9 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
     dev = select_device(cfg.device)
     objective.to(dev)
     splits = load_run_data(cfg, dev)
+    if probe is not None and not splits.labeled:
+        raise UserError(f"--probe {probe}: the run's data is unlabeled ({splits.unlabeled_reason}); a linear probe needs labelled "
+                        f"train/<class>/ and val/<class>/ folders")
     result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
     summary = make_summary(cfg, splits, result, state.get("init_eval"), state.get("train_seconds"), dev)
     summary["epochs_trained"] = state["epoch"]

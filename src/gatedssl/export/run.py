@@ -100,13 +100,13 @@ def export(checkpoint: str, out: str, subnet: str = "dense", fmt: str = "pt", ke
         result.update(macs=net.macs(size), macs_ratio=1.0)
     else:
         splits = load_run_data(cfg, dev, warn=log, data_dir=data_dir)
-        frequency = extract(backbone, splits.train, splits, True, dev, precision=cfg.precision).channel_frequency
+        frequency = extract(backbone, splits.train if splits.labeled else splits.pretrain, splits, True, dev, precision=cfg.precision).channel_frequency
         if keep_rate is None:
             keep_rate = keep_rate_for(backbone, frequency, macs_ratio if macs_ratio is not None else cfg.budget, size, channel_multiple)
         net = PlainResNet.from_gated(backbone, "gated", keep=kept_channels(frequency, keep_rate, channel_multiple))
         dense_macs = spec_macs(plain_spec(backbone, backbone.gated_channels), size)
         result.update(keep_rate=keep_rate, channel_multiple=channel_multiple, macs=net.macs(size), macs_ratio=net.macs(size) / dense_macs,
-                      channels=net.mid_channels, **measure(net, splits, dev, cfg, probe))
+                      channels=net.mid_channels, **(measure(net, splits, dev, cfg, probe) if splits.labeled else {"knn_top1": None}))
     if fmt == "pt":
         write_pt(net, subnet, transform, cfg.to_dict(), Path(out))
     elif fmt == "torchscript":

@@ -30,7 +30,10 @@ def _as_linear(conv: nn.Conv2d) -> nn.Linear:
     """A 1x1 convolution (with a bias) as the matrix product it is on a pooled vector."""
     linear = nn.Linear(conv.in_channels, conv.out_channels)
     linear.weight.data.copy_(conv.weight.detach().flatten(1))
-    linear.bias.data.copy_(conv.bias.detach())
+    if conv.bias is None:  # the reference gate's last conv
+        linear.bias.data.zero_()
+    else:
+        linear.bias.data.copy_(conv.bias.detach())
     return linear
 
 

@@ -8,8 +8,21 @@ import torch
 import torch.nn.functional as F
 
 
-def block_densities(masks: list[torch.Tensor]) -> torch.Tensor:
-    """(L,) share of active channels per gated block, averaged over the batch."""
+DENSITY_FORMS = ("mean", "l1")
+
+
+def block_densities(masks: list[torch.Tensor], form: str = "mean") -> torch.Tensor:
+    """(L,) share of active channels per gated block, averaged over the batch.
+
+    The value is the same in both forms; the gradient is not. "l1" is the reference's
+    torch.norm(mask, p=1) / numel: |x| has zero gradient at 0, so a switched-off channel gets
+    none from the bound loss and the lower bound can only hold on to open channels. "mean"
+    passes gradient to every gate.
+    """
+    if form not in DENSITY_FORMS:
+        raise ValueError(f"density form must be one of {DENSITY_FORMS}, got {form!r}")
+    if form == "l1":
+        return torch.stack([m.float().abs().sum() / m.numel() for m in masks])
     return torch.stack([m.float().mean() for m in masks])
 
 

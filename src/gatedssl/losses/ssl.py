@@ -33,28 +33,38 @@ def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
     return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
 
 
+VARIANCE_FORMS = ("mean", "sum")
+
+
 @_float32
-def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, variance_form: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unweighted (invariance, variance, covariance) terms of VICReg (Bardes et al. 2022).
 
     As facebookresearch/vicreg main_vicreg.py: invariance = MSE; std = sqrt(unbiased var + 1e-4),
     variance = mean(relu(1 - std)) / 2 per branch; covariance = off-diagonal squares of
     x.T @ x / (N - 1), summed and divided by D, per branch. (The reference takes the MSE on the
     local batch and the other two on the gathered one; here all three see what is passed.)
+    variance_form "sum" adds the two branches' hinges instead of averaging them: solo-learn's
+    form, which the paper's reference code trains with; the same weight then counts twice.
     """
+    if variance_form not in VARIANCE_FORMS:
+        raise ValueError(f"variance_form must be one of {VARIANCE_FORMS}, got {variance_form!r}")
     n, d = z1.shape
     invariance = F.mse_loss(z1, z2)
     x, y = z1 - z1.mean(0), z2 - z2.mean(0)
     std_x, std_y = torch.sqrt(x.var(0) + 1e-4), torch.sqrt(y.var(0) + 1e-4)
-    variance = F.relu(1 - std_x).mean() / 2 + F.relu(1 - std_y).mean() / 2
+    variance = F.relu(1 - std_x).mean() + F.relu(1 - std_y).mean()
+    if variance_form == "mean":
+        variance = variance / 2
     cov_x, cov_y = x.T @ x / (n - 1), y.T @ y / (n - 1)
     covariance = _off_diagonal(cov_x).pow(2).sum() / d + _off_diagonal(cov_y).pow(2).sum() / d
     return invariance, variance, covariance
 
 
-def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0) -> torch.Tensor:
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0,
+                variance_form: str = "mean") -> torch.Tensor:
     """VICReg: sim_weight * invariance + var_weight * variance + cov_weight * covariance (reference 25/25/1)."""
-    invariance, variance, covariance = vicreg_terms(z1, z2)
+    invariance, variance, covariance = vicreg_terms(z1, z2, variance_form)
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance
 
 

@@ -37,7 +37,9 @@ class JointObjective(nn.Module):
         budget_weight: float = 5.0,
         bound_weight: float = 1.0,
         bound_target: str = "sqrt",
+        bound_density: str = "mean",
         anneal: float = 10.0,
+        anneal_offset: float = 0.0,
         ema_momentum: float = 0.99,
     ):
         super().__init__()
@@ -46,7 +48,8 @@ class JointObjective(nn.Module):
         proj_dim = proj_dim or method.default_proj_dim
         self.method, self.mode, self.pairing = method, mode, pairing
         self.budget, self.budget_weight, self.bound_weight = budget, budget_weight, bound_weight
-        self.bound_target, self.anneal, self.ema_momentum = bound_target, anneal, ema_momentum
+        self.bound_target, self.bound_density, self.ema_momentum = bound_target, bound_density, ema_momentum
+        self.anneal, self.anneal_offset = anneal, anneal_offset  # the bounds' clock starts at progress anneal_offset
         self.backbone = backbone
         self.projector = method.projector(backbone.feature_dim, proj_dim)
         self.predictor = method.predictor(proj_dim) if method.predictor else None
@@ -84,16 +87,16 @@ class JointObjective(nn.Module):
         views = (x1, x2)
         pairs = self.pairs(gates_on)
         sides = {side: self.embed(views[side[0]], side[1]) for pair in pairs for side in pair}
-        ssl = sum(self.method.loss(sides[a][0], sides[b][0]) for a, b in pairs) / len(pairs)
+        ssl = sum(self.method(sides[a][0], sides[b][0]) for a, b in pairs) / len(pairs)
         gated_outs = [out for (view, gated), (_, out) in sides.items() if gated]
         zero = ssl.new_zeros(())
         budget_term, bound_term = zero, zero
         if gated_outs:
             dense_macs = float(gated_outs[0].dense_macs)
             macs = torch.cat([o.macs for o in gated_outs])
-            density = torch.stack([losses.block_densities(o.masks) for o in gated_outs]).mean(0)
+            density = torch.stack([losses.block_densities(o.masks, self.bound_density) for o in gated_outs]).mean(0)
             budget_term = losses.budget_loss(macs, dense_macs, self.budget, self.budget_weight)
-            p = losses.anneal_p(progress, self.anneal)
+            p = losses.anneal_p(max(progress - self.anneal_offset, 0.0), self.anneal)
             bound_term = losses.bound_loss(density, self.budget, p, self.bound_weight, mode=self.bound_target)
             macs_ratio = macs.mean().detach() / dense_macs
         else:

@@ -14,7 +14,8 @@ side, gated target for the gated side).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -38,10 +39,14 @@ class Method:
     name: str
     default_proj_dim: int
     projector: Callable[[int, int], nn.Module]  # (feature_dim, proj_dim) -> module
-    loss: Callable[[Embeddings, Embeddings], torch.Tensor]
+    loss: Callable[..., torch.Tensor]  # (a: Embeddings, b: Embeddings, **options) -> loss
     predictor: Callable[[int], nn.Module] | None = None  # proj_dim -> module
     ema_teacher: bool = False
     summary: str = ""
+    options: dict = field(default_factory=dict)  # the method's settings, passed to `loss` (e.g. VICReg's weights)
+
+    def __call__(self, a: Embeddings, b: Embeddings) -> torch.Tensor:
+        return self.loss(a, b, **self.options)
 
 
 def _byol_out(p: int) -> int:
@@ -54,8 +59,9 @@ METHODS: dict[str, Method] = {
         Method(
             "vicreg", 2048,
             projector=lambda d, p: mlp([d, p, p, p]),
-            loss=lambda a, b: losses.vicreg_loss(a.z, b.z),
-            summary="VICReg (the paper's method): invariance + variance + covariance, weights 25/25/1",
+            loss=lambda a, b, weights=(25.0, 25.0, 1.0), variance_form="mean": losses.vicreg_loss(a.z, b.z, *weights, variance_form=variance_form),
+            summary="VICReg (the paper's method): invariance + variance + covariance, weights 25/25/1; "
+                    "options: weights, variance_form (mean: the original code's; sum: solo-learn's, the reference)",
         ),
         Method(
             "barlow", 2048,
@@ -88,7 +94,9 @@ METHODS: dict[str, Method] = {
 }
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str, **options) -> Method:
+    """The table entry, with `options` for its loss (options the loss does not take are an error)."""
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return METHODS[name]
+    method = METHODS[name]
+    return dataclasses.replace(method, options={**method.options, **options}) if options else method

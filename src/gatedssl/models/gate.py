@@ -43,15 +43,17 @@ def straight_through_mask(logits: torch.Tensor, tau: float, noise: torch.Tensor 
 
 
 class ChannelGate(nn.Module):
-    """avg-pool -> 1x1 conv (C_in -> C_in/4, no bias) -> BN -> ReLU -> 1x1 conv -> C_out logits."""
+    """avg-pool -> 1x1 conv (C_in -> C_in/4, no bias) -> BN -> ReLU -> 1x1 conv -> C_out logits.
 
-    def __init__(self, in_channels: int, out_channels: int, tau: float = 2 / 3, reduction: int = 4):
+    The reference's last conv has no bias (`bias=False`); 0.1.0 had one (`bias=True`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, tau: float = 2 / 3, reduction: int = 4, bias: bool = True):
         super().__init__()
         self.hidden = max(in_channels // reduction, 1)
         self.in_channels, self.out_channels, self.tau = in_channels, out_channels, tau
         self.reduce = nn.Conv2d(in_channels, self.hidden, 1, bias=False)
         self.bn = nn.BatchNorm2d(self.hidden)
-        self.expand = nn.Conv2d(self.hidden, out_channels, 1, bias=True)
+        self.expand = nn.Conv2d(self.hidden, out_channels, 1, bias=bias)
 
     @property
     def macs(self) -> int:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gate import ChannelGate
+from .onednn import avoid_onednn_1x1_crash
 
 STEMS = ("cifar", "imagenet")
 
@@ -59,7 +60,7 @@ class GatedBasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int, separate_bn: bool, tau: float):
+    def __init__(self, in_channels: int, planes: int, stride: int, separate_bn: bool, tau: float, gate_bias: bool = True):
         super().__init__()
         self.in_channels, self.mid_channels, self.out_channels = in_channels, planes, planes
         self.conv1 = _conv(in_channels, planes, 3, stride)
@@ -67,7 +68,7 @@ class GatedBasicBlock(nn.Module):
         self.conv2 = _conv(planes, planes, 3)
         self.bn2 = PassBatchNorm(planes, separate_bn)
         self.shortcut = _shortcut(in_channels, planes, stride)
-        self.gate = ChannelGate(in_channels, planes, tau)
+        self.gate = ChannelGate(in_channels, planes, tau, bias=gate_bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, gated: bool) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x), gated))
@@ -94,7 +95,7 @@ class GatedBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int, separate_bn: bool, tau: float):
+    def __init__(self, in_channels: int, planes: int, stride: int, separate_bn: bool, tau: float, gate_bias: bool = True):
         super().__init__()
         out_channels = planes * self.expansion
         self.in_channels, self.mid_channels, self.out_channels = in_channels, planes, out_channels
@@ -105,7 +106,7 @@ class GatedBottleneck(nn.Module):
         self.conv3 = _conv(planes, out_channels, 1)
         self.bn3 = PassBatchNorm(out_channels, separate_bn)
         self.shortcut = _shortcut(in_channels, out_channels, stride)
-        self.gate = ChannelGate(in_channels, planes, tau)
+        self.gate = ChannelGate(in_channels, planes, tau, bias=gate_bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, gated: bool) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x), gated))
@@ -135,13 +136,15 @@ class GatedResNet(nn.Module):
         width: int = 64,
         separate_bn: bool = True,
         tau: float = 2 / 3,
+        stem_padding: int = 1,
+        gate_bias: bool = True,
     ):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         self.stem_kind, self.width, self.separate_bn = stem, width, separate_bn
-        if stem == "cifar":  # 3x3 stride 1, no max-pool: keeps 32x32 maps
-            self.stem_conv = _conv(3, width, 3)
+        if stem == "cifar":  # 3x3 stride 1, no max-pool: 32x32 maps at padding 1, 34x34 at the reference's 2
+            self.stem_conv = nn.Conv2d(3, width, 3, padding=stem_padding, bias=False)
             self.stem_pool = None
         else:
             self.stem_conv = _conv(3, width, 7, stride=2)
@@ -152,13 +155,14 @@ class GatedResNet(nn.Module):
             planes = width * 2**stage
             for i in range(depth):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(block(channels, planes, stride, separate_bn, tau))
+                blocks.append(block(channels, planes, stride, separate_bn, tau, gate_bias))
                 channels = planes * block.expansion
         self.blocks = nn.ModuleList(blocks)
         self.feature_dim = channels
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        avoid_onednn_1x1_crash(self)  # narrow strided shortcuts (width < 16) crash oneDNN's weight gradient on AVX512 CPUs
 
     @property
     def gated_channels(self) -> list[int]:
@@ -201,8 +205,9 @@ ARCHS: dict[str, Callable[..., GatedResNet]] = {}
 
 
 def _register(name: str, block, layers):
-    def factory(stem: str = "cifar", width: int = 64, separate_bn: bool = True, tau: float = 2 / 3) -> GatedResNet:
-        return GatedResNet(block, layers, stem=stem, width=width, separate_bn=separate_bn, tau=tau)
+    def factory(stem: str = "cifar", width: int = 64, separate_bn: bool = True, tau: float = 2 / 3, stem_padding: int = 1,
+                gate_bias: bool = True) -> GatedResNet:
+        return GatedResNet(block, layers, stem=stem, width=width, separate_bn=separate_bn, tau=tau, stem_padding=stem_padding, gate_bias=gate_bias)
 
     factory.__name__ = f"gated_{name}"
     factory.__doc__ = f"Gated {name} ({block.__name__}, stages {layers}); width 64 is the standard network."

@@ -1,4 +1,4 @@
-"""Training curves of one run from its metrics.jsonl: losses, gated MACs vs budget, block density."""
+"""Training curves of one run from its metrics.jsonl: losses, gated MACs vs budget, block density, online kNN."""
 
 from __future__ import annotations
 
@@ -17,12 +17,21 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_training_curves(metrics_path: Path, out_png: Path, budget: float | None = None, title: str = "") -> Path:
-    """Three panels over epochs; returns the PNG path."""
+    """Panels over epochs (losses; gated MACs and block density unless dense-only; kNN with --eval-every); returns the PNG path."""
     records = read_metrics(metrics_path)
     epochs = [r["epoch"] for r in records]
     gated = any(r["macs_ratio"] != 1.0 for r in records)  # a dense-only run has no gated panels to show
-    fig, axes = plt.subplots(1, 3 if gated else 1, figsize=(15, 4.2) if gated else (6, 4.2), constrained_layout=True, squeeze=False)
+    evaluated = [r for r in records if "knn_dense" in r]
+    panels = (3 if gated else 1) + bool(evaluated)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2) if panels > 1 else (6, 4.2), constrained_layout=True, squeeze=False)
     axes = axes[0]
+    if evaluated:
+        ax = axes[-1]
+        for key, label in (("knn_dense", "dense"), ("knn_gated", "gated")):
+            if any(key in r for r in evaluated):
+                ax.plot([r["epoch"] for r in evaluated if key in r], [r[key] for r in evaluated if key in r], marker="o", label=label)
+        ax.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN during training (subset)")
+        ax.legend()
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(0.5, max(epochs) + 0.5)

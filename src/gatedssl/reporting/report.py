@@ -139,11 +139,15 @@ def find_runs(paths: Iterable[str | Path]) -> FoundRuns:
         key = folder.resolve()
         if key not in seen:
             seen.add(key)
-            runs.append(Run(folder, _load_summary(folder)))
+            summary = _load_summary(folder)
+            if summary.get("data", {}).get("labeled", True):
+                runs.append(Run(folder, summary))
+            else:  # pretrained on unlabeled images: no accuracy to put in a trade-off
+                skipped.append(folder)
     skipped = list(dict.fromkeys(skipped))
     if not runs:
         where = ", ".join(str(p) for p in paths)
-        extra = f" ({len(skipped)} unfinished run folder(s) without summary.json skipped)" if skipped else ""
+        extra = f" ({len(skipped)} unfinished or unlabeled run folder(s) skipped)" if skipped else ""
         raise UserError(f"no finished runs (folders with summary.json) found in {where}{extra}")
     _name_runs(runs)
     return FoundRuns(runs, skipped)
@@ -266,7 +270,8 @@ class Section:
     @property
     def title(self) -> str:
         s = self.setting
-        return f"{s['dataset']} · {s['method']} · {s['arch']} w{s['width']} · {_epochs(s['epochs'])}"
+        title = f"{s['dataset']} · {s['method']} · {s['arch']} w{s['width']} · {_epochs(s['epochs'])} · recipe {s['recipe'] or 'of 0.1.0'}"
+        return title + (f" (CIFAR stem padding {s['stem_padding']})" if s["stem_padding"] in (1, 2) else "")
 
     @property
     def pairings(self) -> list[str]:
@@ -298,10 +303,12 @@ def build_sections(runs: list[Run]) -> list[Section]:
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         s = run.summary
-        groups[(s["dataset"], s["method"], s["arch"], s["width"], run.epochs)].append(run)
+        # runs of another recipe or stem are other networks: never averaged as seeds of one cell
+        padding = s.get("stem_padding", 1 if s["dataset"] in ("embedded", "cifar10", "cifar100") else None)  # 0.1.0 wrote none
+        groups[(s["dataset"], s["method"], s["arch"], s["width"], run.epochs, s.get("recipe"), padding)].append(run)
     sections = []
-    for (dataset, method, arch, width, epochs), members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
-        setting = {"dataset": dataset, "method": method, "arch": arch, "width": width, "epochs": epochs}
+    for (dataset, method, arch, width, epochs, recipe, padding), members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        setting = {"dataset": dataset, "method": method, "arch": arch, "width": width, "epochs": epochs, "recipe": recipe, "stem_padding": padding}
         probe, note = _probe_accuracy(members)
         if probe is not None:
             sections.append(Section(setting, members, probe))
@@ -410,7 +417,7 @@ def display_rows(table: dict, show_pairing: bool) -> tuple[list[str], list[list[
     return header, out
 
 
-CSV_FIELDS = ["dataset", "method", "arch", "width", "epochs", "accuracy", "model", "budget", "pairing", "n", "seeds",
+CSV_FIELDS = ["dataset", "method", "arch", "width", "epochs", "recipe", "stem_padding", "accuracy", "model", "budget", "pairing", "n", "seeds",
               "dense_top1_mean", "dense_top1_std", "gated_top1_mean", "gated_top1_std",
               "dense_top1_delta_b1", "gated_top1_delta_b1", "gated_macs_ratio_mean", "gated_macs_ratio_std",
               "gated_macs_reduction_pct_mean", "gated_macs_reduction_pct_std", "dense_macs_mean", "gated_macs_mean", "runs"]

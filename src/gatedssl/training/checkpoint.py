@@ -17,7 +17,8 @@ import torch
 
 from ..errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: settings gained the recipe's choices (config.upgrade_stored reads 1's as what 0.1.0 did)
+READABLE_VERSIONS = (1, 2)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -133,8 +134,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def check_checkpoint(state: Any, path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"checkpoint {path} is not a gatedssl checkpoint (no model/config inside)")
-    if state.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"checkpoint {path} has format version {state.get('format_version')}, this gatedssl reads {FORMAT_VERSION}")
+    if state.get("format_version") not in READABLE_VERSIONS:
+        raise UserError(f"checkpoint {path} has format version {state.get('format_version')}, this gatedssl reads "
+                        f"{', '.join(map(str, READABLE_VERSIONS))}; use the gatedssl version that wrote it ({state.get('gatedssl_version', 'unknown')})")
     return state
 
 

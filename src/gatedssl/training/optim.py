@@ -54,33 +54,37 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float, gate_lr_scale: float = 1.0) -> list[dict]:
-    """Three groups: weights (decay, LARS), gates (plain SGD, no decay), other biases and norms (neither).
+def param_groups(model: nn.Module, weight_decay: float, gate_lr_scale: float = 1.0, gate_lars: bool = False) -> list[dict]:
+    """Weights (decay, LARS), gates (no decay), other biases and norms (neither).
 
     Gates get no weight decay (as in the paper): decay pulls their logits toward 0, the
     threshold, and keeps the masks noisy. They are few and their gradient is mostly the budget
     loss's, so they may take a larger step (gate_lr_scale) where a short run must converge.
+    gate_lars: the reference's form, the gates' conv weights adapted by LARS in a group of their
+    own (their BN and bias excluded, as everywhere); otherwise all gate parameters get plain SGD.
     """
-    weights, gates, flat = [], [], []
+    weights, gates, gate_flat, flat = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if ".gate." in f".{name}":
-            gates.append(p)
+            (gate_flat if gate_lars and p.ndim <= 1 else gates).append(p)
         elif p.ndim <= 1:
             flat.append(p)
         else:
             weights.append(p)
     groups = [
         dict(params=weights, weight_decay=weight_decay, lars=True, lr_scale=1.0, name="weights"),
-        dict(params=gates, weight_decay=0.0, lars=False, lr_scale=gate_lr_scale, name="gates"),
+        dict(params=gates, weight_decay=0.0, lars=gate_lars, lr_scale=gate_lr_scale, name="gates"),
+        dict(params=gate_flat, weight_decay=0.0, lars=False, lr_scale=gate_lr_scale, name="gate_biases_and_norms"),
         dict(params=flat, weight_decay=0.0, lars=False, lr_scale=1.0, name="biases_and_norms"),
     ]
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9, eta: float = 0.02, gate_lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay, gate_lr_scale)
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9, eta: float = 0.02, gate_lr_scale: float = 1.0,
+                    gate_lars: bool = False) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay, gate_lr_scale, gate_lars)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     if name == "lars":

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,18 +24,22 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import PretrainConfig, resolve, save_yaml, validate
+from ..config import PretrainConfig, load_stored, resolve, save_yaml, upgrade_stored, validate, warmup_steps
 from ..data.augment import recipe
 from ..data.pipelines import make_views
 from ..data.sources import DatasetSplits, load_run_data
 from ..errors import UserError
-from ..evaluation.evaluate import evaluate
+from ..evaluation.evaluate import evaluate, online_knn
 from ..methods import JointObjective, get_method
 from ..models.resnet import create_backbone
-from ..precision import autocast, uses_bf16
+from ..precision import autocast, grad_scaler, resolve_precision
 from ..reporting.curves import plot_training_curves
 from .checkpoint import atomic_write, first_mismatch, load_latest, rng_state, save_run_checkpoint, set_rng_state
 from .optim import build_optimizer, warmup_cosine
+
+
+# fp16: GradScaler skips the optimizer step whose gradients overflowed while the schedule moves on, as intended
+warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step..` before `optimizer.step..`")
 
 
 @dataclass
@@ -64,13 +69,22 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def method_options(cfg: PretrainConfig) -> dict:
+    """The loss settings the config holds for its method."""
+    if cfg.method == "vicreg":
+        return {"weights": tuple(cfg.vicreg_weights), "variance_form": cfg.vicreg_variance}
+    return {}
+
+
 def build_objective(cfg: PretrainConfig) -> JointObjective:
     """The backbone and its heads, as the config describes them (also used to rebuild for eval)."""
-    backbone = create_backbone(cfg.arch, stem=cfg.stem, width=cfg.width, separate_bn=cfg.separate_bn, tau=cfg.tau)
+    backbone = create_backbone(cfg.arch, stem=cfg.stem, width=cfg.width, separate_bn=cfg.separate_bn, tau=cfg.tau,
+                               stem_padding=cfg.stem_padding, gate_bias=cfg.gate_bias)
+    anneal_offset = cfg.gate_warmup_epochs / cfg.epochs if cfg.anneal_from == "gates" else 0.0
     return JointObjective(
-        backbone, get_method(cfg.method), cfg.proj_dim, mode=cfg.mode, pairing=cfg.pairing, budget=cfg.budget,
-        budget_weight=cfg.budget_weight, bound_weight=cfg.bound_weight, bound_target=cfg.bound_target,
-        anneal=cfg.anneal, ema_momentum=cfg.ema_momentum,
+        backbone, get_method(cfg.method, **method_options(cfg)), cfg.proj_dim, mode=cfg.mode, pairing=cfg.pairing, budget=cfg.budget,
+        budget_weight=cfg.budget_weight, bound_weight=cfg.bound_weight, bound_target=cfg.bound_target, bound_density=cfg.bound_density,
+        anneal=cfg.anneal, anneal_offset=anneal_offset, ema_momentum=cfg.ema_momentum,
     )
 
 
@@ -102,8 +116,20 @@ def storage_problems(cfg: PretrainConfig) -> list[str]:
     return []
 
 
+def with_run_settings(cfg: PretrainConfig) -> PretrainConfig:
+    """On --resume, settings left unset take the run's own values, not today's defaults: a run written
+    before a default changed (gatedssl 0.1.0's runs have no recipe) continues as it began."""
+    stored = load_stored(resolve(cfg).out)
+    if stored is None:
+        return cfg
+    values = cfg.to_dict()
+    return PretrainConfig(**{k: stored[k] if v is None and k in stored else v for k, v in values.items()})
+
+
 def preflight(cfg: PretrainConfig, resume: bool, overwrite: bool) -> PretrainConfig:
     """Every check that needs no data or compute, all problems reported at once."""
+    if resume:
+        cfg = with_run_settings(cfg)
     cfg = resolve(cfg)
     problems = validate(cfg)
     if not problems:
@@ -121,7 +147,7 @@ class RunStopped(Exception):
         self.exit_code = exit_code
 
 
-_MAY_CHANGE_ON_RESUME = {"storage", "data_workers"}  # how the same images are read, not which
+_MAY_CHANGE_ON_RESUME = {"storage", "data_workers", "eval_every"}  # how the same images are read, not which; what is watched
 EXIT_SIGNAL = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGINT with a checkpoint written; --resume continues
 EXIT_NONFINITE = 3
 
@@ -171,7 +197,11 @@ def pretrain(
     torch.manual_seed(cfg.seed)
 
     splits = load_run_data(cfg, device, warn=log)
-    views = make_views(cfg.data_pipeline, splits.pretrain.images, recipe(splits.crop_size, splits.mean, splits.std), cfg.batch_size, device)
+    if not splits.labeled:
+        log(f"kNN{' (--eval-every)' if cfg.eval_every else ''} and linear probe skipped: {splits.unlabeled_reason} "
+            f"(pretraining only; MACs are measured on the pretraining images)")
+    augments = tuple(recipe(splits.crop_size, splits.mean, splits.std, interpolation=cfg.crop_interpolation, blur_p=p) for p in cfg.blur_p)
+    views = make_views(cfg.data_pipeline, splits.pretrain.images, augments, cfg.batch_size, device)
     steps_per_epoch = len(views)
     if steps_per_epoch == 0:
         raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(splits.pretrain.labels)} pretraining images; use a smaller --batch-size")
@@ -180,16 +210,18 @@ def pretrain(
     if cfg.compile:
         objective.backbone.compile()
     lr = cfg.lr * cfg.batch_size / 256
-    optimizer = build_optimizer(objective, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum, cfg.lars_eta, cfg.gate_lr_scale)
+    optimizer = build_optimizer(objective, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum, cfg.lars_eta, cfg.gate_lr_scale, cfg.gate_lars)
     total_steps = cfg.epochs * steps_per_epoch
-    scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), total_steps)
+    scheduler = warmup_cosine(optimizer, warmup_steps(cfg, steps_per_epoch), total_steps)
+    scaler = grad_scaler(device, cfg.precision)
 
     start_epoch, start_step, order, sums, init_eval, train_seconds = 0, 0, None, {}, None, 0.0
     if resume:
         for stale in paths.checkpoints.glob(".*.tmp-*"):  # left by a process killed while writing
             stale.unlink()
         state, path = load_latest(paths.checkpoints, report=log)
-        changed = sorted(k for k in cfg.to_dict() if k not in _MAY_CHANGE_ON_RESUME and state["config"].get(k) != cfg.to_dict()[k])
+        stored = upgrade_stored(state["config"])
+        changed = sorted(k for k in cfg.to_dict() if k not in _MAY_CHANGE_ON_RESUME and stored.get(k) != cfg.to_dict()[k])
         if changed:
             raise UserError(f"--resume: the settings differ from the checkpoint's ({', '.join(changed)}); resume with the run's own settings")
         try:
@@ -198,6 +230,8 @@ def pretrain(
             raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, start_step, init_eval, train_seconds = state["epoch"], state["step"], state["init_eval"], state["train_seconds"]
         order = None if state["order"] is None else state["order"].to(device)
         sums = {k: v.to(device) for k, v in state["sums"].items()}
@@ -218,7 +252,7 @@ def pretrain(
         """State after `epoch` whole epochs and `step` steps of the next one."""
         return save_run_checkpoint(paths.checkpoints, epoch * steps_per_epoch + step, {
             "config": cfg.to_dict(), "model": objective.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+            "scheduler": scheduler.state_dict(), "scaler": None if scaler is None else scaler.state_dict(), "epoch": epoch, "step": step,
             "order": None if order is None else order.cpu(), "sums": {k: v.cpu() for k, v in sums.items()},
             "init_eval": init_eval, "train_seconds": train_seconds, "rng": rng_state(), "gatedssl_version": __version__,
         }, keep=cfg.keep_checkpoints)
@@ -239,7 +273,7 @@ def pretrain(
             begin = start_step if epoch == start_epoch else 0
             for step, (x1, x2) in enumerate(views.epoch(order, begin), start=begin):
                 progress_now = (epoch + step / steps_per_epoch) / cfg.epochs
-                terms = train_step(objective, optimizer, scheduler, x1, x2, progress_now, gates_on, guard=cfg.skip_nonfinite > 0, precision=cfg.precision)
+                terms = train_step(objective, optimizer, scheduler, x1, x2, progress_now, gates_on, guard=cfg.skip_nonfinite > 0, precision=cfg.precision, scaler=scaler)
                 if terms is None:
                     skipped += 1
                     log(f"warning: non-finite loss at epoch {epoch + 1}, step {step + 1}: batch skipped ({skipped} of {cfg.skip_nonfinite} allowed)")
@@ -265,6 +299,11 @@ def pretrain(
             seconds = time.perf_counter() - t0
             train_seconds += seconds
             record = _epoch_record(epoch, sums, steps_per_epoch - skipped, seconds, cfg.batch_size, scheduler.get_last_lr()[0])
+            if cfg.eval_every and splits.labeled and (epoch + 1) % cfg.eval_every == 0:
+                t_eval = time.perf_counter()
+                passes = ("dense",) if cfg.mode == "dense" else ("dense", "gated")
+                record.update(online_knn(objective.backbone, splits, device, passes, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision))
+                record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
             _log(paths, writer, record)
             bar.set_postfix(loss=f"{record['loss']:.3g}", macs=f"{record['macs_ratio']:.2f}", refresh=False)
             if stop.received or (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
@@ -279,6 +318,7 @@ def pretrain(
 
     final = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
     summary = make_summary(cfg, splits, final, init_eval, train_seconds, device)
+    summary["warmup_steps"] = warmup_steps(cfg, steps_per_epoch)
     plot_training_curves(paths.metrics, paths.root / "curves.png", cfg.budget if cfg.mode != "dense" else None,
                          f"{cfg.dataset} | {cfg.arch} w{cfg.width} | {cfg.method} {cfg.mode} | budget {cfg.budget:g}")
     write_summary(paths.summary, summary)
@@ -296,14 +336,16 @@ def _check_finite(first_bad: torch.Tensor, bad_terms: torch.Tensor, epoch: int, 
 
 
 def train_step(objective: JointObjective, optimizer, scheduler, x1: torch.Tensor, x2: torch.Tensor, progress: float,
-               gates_on: bool = True, fast: bool = True, guard: bool = False, precision: str = "auto") -> dict[str, torch.Tensor] | None:
+               gates_on: bool = True, fast: bool = True, guard: bool = False, precision: str = "auto",
+               scaler: torch.amp.GradScaler | None = None) -> dict[str, torch.Tensor] | None:
     """One optimisation step on a pair of views; returns the detached loss terms (no host sync).
 
     guard: check the loss on the host first and skip the update (None) if it is not finite;
     that costs a sync per step, so it is only on with --skip-nonfinite.
 
     fast: channels_last (10% faster on CPU too, BENCHMARKS.md) and autocast in `precision`
-    (see gatedssl.precision); off only for the eager fp32 baseline.
+    (see gatedssl.precision); off only for the eager fp32 baseline. scaler: fp16's loss scaling
+    (a step whose gradients overflow is skipped by the scaler, and the scale lowered).
     """
     if fast:
         x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
@@ -314,8 +356,13 @@ def train_step(objective: JointObjective, optimizer, scheduler, x1: torch.Tensor
         scheduler.step()  # the schedule stays on the run's step count
         return None
     optimizer.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    optimizer.step()
+    if scaler is None:
+        terms["loss"].backward()
+        optimizer.step()
+    else:
+        scaler.scale(terms["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
     scheduler.step()
     objective.update_teacher(progress)
     return {key: value.detach().float() for key, value in terms.items()}
@@ -323,11 +370,12 @@ def train_step(objective: JointObjective, optimizer, scheduler, x1: torch.Tensor
 
 def make_summary(cfg: PretrainConfig, splits: DatasetSplits, final: dict, init_eval: dict | None, train_seconds: float | None, device: torch.device) -> dict:
     summary = {
-        "dataset": cfg.dataset, "method": cfg.method, "mode": cfg.mode, "pairing": cfg.pairing, "arch": cfg.arch,
-        "width": cfg.width, "budget": cfg.budget, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "dataset": cfg.dataset, "recipe": cfg.recipe, "method": cfg.method, "mode": cfg.mode, "pairing": cfg.pairing, "arch": cfg.arch,
+        "width": cfg.width, "stem": cfg.stem, "stem_padding": cfg.stem_padding if cfg.stem == "cifar" else 3, "budget": cfg.budget, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "dense": final["dense"], "gated": final["gated"], "knn": final["knn"],
-        "data": {"pretrain_images": len(splits.pretrain.labels), "train_images": len(splits.train.labels), "test_images": len(splits.test.labels)},
-        "device": str(device), "precision": "bf16" if uses_bf16(device, cfg.precision) else "fp32", "gatedssl_version": __version__, "torch_version": torch.__version__,
+        "data": {"pretrain_images": len(splits.pretrain.labels), "train_images": len(splits.train.labels) if splits.labeled else 0,
+                 "test_images": len(splits.test.labels) if splits.labeled else 0, "labeled": splits.labeled},
+        "device": str(device), "precision": resolve_precision(device, cfg.precision), "gatedssl_version": __version__, "torch_version": torch.__version__,
     }
     if init_eval is not None:
         summary["init"] = {"dense": init_eval["dense"], "gated": init_eval["gated"]}
@@ -354,7 +402,7 @@ def format_summary(summary: dict) -> str:
     for name in passes:
         res = summary[name]
         at_init = init.get(name, {}).get("knn_top1")
-        row = [name, f"{res['knn_top1']:.2f} %", "-" if at_init is None else f"{at_init:.2f} %"]
+        row = [name, "-" if res["knn_top1"] is None else f"{res['knn_top1']:.2f} %", "-" if at_init is None else f"{at_init:.2f} %"]
         if probe:
             p = res.get("probe")
             row.append("-" if p is None else f"{p['top1']:.2f} %" + (f" +- {p['top1_std']:.2f}" if p["seeds"] > 1 else ""))
@@ -404,5 +452,7 @@ def _log(paths: RunPaths, writer, record: dict) -> None:
         if key == "density":
             for i, d in enumerate(value):
                 writer.add_scalar(f"density/block{i}", d, step)
+        elif key.startswith("knn_"):
+            writer.add_scalar(f"knn/{key[4:]}", value, step)
         elif key != "epoch":
             writer.add_scalar(f"train/{key}", value, step)
