@@ -23,7 +23,6 @@ import contextlib
 import io
 import os
 import statistics
-import sys
 import time
 import warnings
 
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from gatedssl.data.sources import load_dataset
 from gatedssl.export.plain import PlainResNet
 from gatedssl.export.skipping import SkippingResNet
-from gatedssl.export.static import kept_channels, keep_rate_for
+from gatedssl.export.static import keep_rate_for, kept_channels
 from gatedssl.models import create_backbone
 
 
@@ -70,9 +69,13 @@ def timed(fn, reps: int, budget_s: float) -> list[float]:
 
 
 STAGES = {  # profiler op -> stage of the breakdown
-    "aten::mkldnn_convolution": "convolutions", "aten::_slow_conv2d_forward": "convolutions",
-    "aten::index_select": "weight gathering", "aten::addmm": "gates", "aten::max_pool2d_with_indices": "max-pool",
-    "aten::native_batch_norm": "BN (masked pass only)", "aten::mul": "masking",
+    "aten::mkldnn_convolution": "convolutions",
+    "aten::_slow_conv2d_forward": "convolutions",
+    "aten::index_select": "weight gathering",
+    "aten::addmm": "gates",
+    "aten::max_pool2d_with_indices": "max-pool",
+    "aten::native_batch_norm": "BN (masked pass only)",
+    "aten::mul": "masking",
 }
 
 
@@ -114,14 +117,20 @@ def main() -> None:
     parser.add_argument("--group", action="store_true", help="also time the 'group' batch strategy of the real-skipping pass")
     parser.add_argument("--no-onnx", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--breakdown", action="store_true", help="also print where the time goes (profiler, batch 1) for each torch variant")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also print where the time goes (profiler, batch 1) for each torch variant"
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="also draw latency ratio against MACs ratio for every cell")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, device {device}, {os.cpu_count()} CPUs; ResNet-18 width {args.width}; gate biases set to reach "
-          f"each density with per-input variation (random weights; latency depends on channel counts, not on weights)")
+    print(
+        f"torch {torch.__version__}, device {device}, {os.cpu_count()} CPUs; ResNet-18 width {args.width}; gate biases set to reach "
+        f"each density with per-input variation (random weights; latency depends on channel counts, not on weights)"
+    )
     table = []
-    print(f"{'size':>4} {'batch':>5} {'thr':>3} {'dens':>4}  {'variant':<24} {'median ms':>10} {'p90 ms':>8}  {'lat/dense':>9}  {'MACs/dense':>10}")
+    print(
+        f"{'size':>4} {'batch':>5} {'thr':>3} {'dens':>4}  {'variant':<24} {'median ms':>10} {'p90 ms':>8}  {'lat/dense':>9}  {'MACs/dense':>10}"
+    )
     for size in args.sizes:
         stem = "cifar" if size <= 64 else "imagenet"
         for density in args.densities:
@@ -133,6 +142,7 @@ def main() -> None:
                 out = net(calibration, gated=True)
             gated_ratio = (out.macs.mean() / out.dense_macs).item()
             frequency = [m.mean(0) for m in out.masks]
+
             def static_net(multiple: int) -> PlainResNet:  # the largest static network within the gated pass's MACs
                 q = keep_rate_for(net, frequency, gated_ratio, size, multiple)
                 return PlainResNet.from_gated(net, "gated", keep=kept_channels(frequency, q, multiple))
@@ -155,9 +165,14 @@ def main() -> None:
                     module.to(device)
             for threads in args.threads:
                 torch.set_num_threads(threads)
-                sessions = {} if args.no_onnx or device.type != "cpu" else {
-                    "dense (onnxruntime)": (ort_session(dense, size, threads), 1.0),
-                    "static (onnxruntime)": (ort_session(static, size, threads), static_ratio)}
+                sessions = (
+                    {}
+                    if args.no_onnx or device.type != "cpu"
+                    else {
+                        "dense (onnxruntime)": (ort_session(dense, size, threads), 1.0),
+                        "static (onnxruntime)": (ort_session(static, size, threads), static_ratio),
+                    }
+                )
                 for batch in args.batches:
                     x = images(size, batch).to(device)
                     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -179,9 +194,14 @@ def main() -> None:
                     for name, (times, ratio) in results.items():
                         median = statistics.median(times)
                         p90 = sorted(times)[max(0, int(round(0.9 * len(times))) - 1)]
-                        print(f"{size:>4} {batch:>5} {threads:>3} {density:>4.1f}  {name:<24} {median * 1e3:>10.2f} {p90 * 1e3:>8.2f}  "
-                              f"{median / base:>9.3f}  {ratio:>10.3f}", flush=True)
-                        table.append(dict(size=size, batch=batch, threads=threads, density=density, variant=name, latency=median / base, macs=ratio))
+                        print(
+                            f"{size:>4} {batch:>5} {threads:>3} {density:>4.1f}  {name:<24} {median * 1e3:>10.2f} {p90 * 1e3:>8.2f}  "
+                            f"{median / base:>9.3f}  {ratio:>10.3f}",
+                            flush=True,
+                        )
+                        table.append(
+                            dict(size=size, batch=batch, threads=threads, density=density, variant=name, latency=median / base, macs=ratio)
+                        )
     if args.plot:
         plot(table, args.plot)
 
@@ -205,15 +225,28 @@ def plot(table: list[dict], path: str) -> None:
             counts = sorted({r["threads"] for r in rows})
             for threads, fill in zip(counts, (True, False)):  # filled: fewest threads; hollow: most
                 pts = [r for r in rows if r["threads"] == threads]
-                ax.scatter([r["macs"] for r in pts], [r["latency"] for r in pts], marker=markers[variant], s=46,
-                           facecolors=f"C{variants.index(variant)}" if fill else "none", edgecolors=f"C{variants.index(variant)}",
-                           label=f"{variant} ({threads} thread{'s' if threads > 1 else ''})")
-        ax.set(xlim=(0, 1.1), ylim=(0, 1.35), xlabel="MACs / dense MACs", ylabel="latency / dense latency (torch, BN folded)",
-               title=f"{size} px, batch {batch}")
+                ax.scatter(
+                    [r["macs"] for r in pts],
+                    [r["latency"] for r in pts],
+                    marker=markers[variant],
+                    s=46,
+                    facecolors=f"C{variants.index(variant)}" if fill else "none",
+                    edgecolors=f"C{variants.index(variant)}",
+                    label=f"{variant} ({threads} thread{'s' if threads > 1 else ''})",
+                )
+        ax.set(
+            xlim=(0, 1.1),
+            ylim=(0, 1.35),
+            xlabel="MACs / dense MACs",
+            ylabel="latency / dense latency (torch, BN folded)",
+            title=f"{size} px, batch {batch}",
+        )
         ax.grid(True, alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, 2 * len(panels)), fontsize="small", frameon=False)
+    fig.legend(
+        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, 2 * len(panels)), fontsize="small", frameon=False
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     print(f"plot written to {path}")
 

@@ -36,7 +36,11 @@ def sync(device):
 
 def setup(args, device):
     torch.manual_seed(0)
-    cfg = resolve(PretrainConfig(dataset=args.dataset, arch=args.arch, width=args.width, proj_dim=args.proj_dim, batch_size=args.batch_size, budget=0.5))
+    cfg = resolve(
+        PretrainConfig(
+            dataset=args.dataset, arch=args.arch, width=args.width, proj_dim=args.proj_dim, batch_size=args.batch_size, budget=0.5
+        )
+    )
     objective = build_objective(cfg).to(device)
     optimizer = build_optimizer(objective, "lars", 0.3 * args.batch_size / 256, 1e-4)
     scheduler = warmup_cosine(optimizer, 10, 10_000)
@@ -106,7 +110,9 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--dataset", default="embedded")
     p.add_argument("--data-dir", default=None, help="dataset folder (e.g. the CIFAR-10 JPEG copy: DIR/train/<class>/, DIR/test/<class>/)")
-    p.add_argument("--storage", default="memory", choices=("memory", "stream"), help="stream: image folders read from the files every epoch")
+    p.add_argument(
+        "--storage", default="memory", choices=("memory", "stream"), help="stream: image folders read from the files every epoch"
+    )
     p.add_argument("--data-workers", type=int, default=None, help="workers that read streamed files (default: all cores, at most 16)")
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--width", type=int, default=64)
@@ -116,7 +122,12 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: all cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile our backbone")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="ours: bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on the CPU; the baseline is fp32)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="ours: bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on the CPU; the baseline is fp32)",
+    )
     p.add_argument("--epoch-images", type=int, default=50_000, help="images per epoch for the projection (CIFAR-10: 50,000)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)")
     p.add_argument("--skip-baseline", action="store_true")
@@ -124,9 +135,11 @@ def main():
     device = select_device(args.device)
     splits = load_dataset(args.dataset, args.data_dir, storage=args.storage, device=device, workers=args.data_workers)
     aug_cfg = recipe(splits.crop_size, splits.mean, splits.std)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"torch {torch.__version__}, {args.arch} width {args.width}, batch {args.batch_size}, {args.steps} timed steps, "
-          f"{args.dataset} {args.storage} ({splits.crop_size} px), ours in {'bf16' if uses_bf16(device, args.precision) else 'fp32'}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+        f"torch {torch.__version__}, {args.arch} width {args.width}, batch {args.batch_size}, {args.steps} timed steps, "
+        f"{args.dataset} {args.storage} ({splits.crop_size} px), ours in {'bf16' if uses_bf16(device, args.precision) else 'fp32'}"
+    )
 
     _, objective, optimizer, scheduler = setup(args, device)
     objective.to(memory_format=torch.channels_last)
@@ -138,7 +151,9 @@ def main():
     flops = step_flops(objective, ours_views, device)
     del objective, optimizer
 
-    print(f"ours      {ours:10.1f} img/s   {args.epoch_images / ours:8.2f} s/epoch   500 epochs: {500 * args.epoch_images / ours / 60:7.1f} min")
+    print(
+        f"ours      {ours:10.1f} img/s   {args.epoch_images / ours:8.2f} s/epoch   500 epochs: {500 * args.epoch_images / ours / 60:7.1f} min"
+    )
     tflops = flops * ours / args.batch_size / 1e12
     line = f"step FLOPs {flops / 1e9:.1f} G per batch -> {tflops:.2f} TFLOP/s"
     if device.type == "cuda":
@@ -150,7 +165,9 @@ def main():
     _, objective, optimizer, scheduler = setup(args, device)
     base_views = LoaderViews(splits.pretrain.images, aug_cfg, args.batch_size, device, workers=args.workers)
     base = measure(base_views, objective, optimizer, scheduler, args.steps, args.warmup, device, fast=False)
-    print(f"baseline  {base:10.1f} img/s   {args.epoch_images / base:8.2f} s/epoch   500 epochs: {500 * args.epoch_images / base / 60:7.1f} min")
+    print(
+        f"baseline  {base:10.1f} img/s   {args.epoch_images / base:8.2f} s/epoch   500 epochs: {500 * args.epoch_images / base / 60:7.1f} min"
+    )
     print(f"ratio ours/baseline: {ours / base:.2f}x")
 
 

@@ -13,7 +13,11 @@ def learning_signals():
         ssl = [json.loads(line)["ssl"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         init = summary["init"]
         gains = [summary[p]["knn_top1"] - init[p]["knn_top1"] for p in ("dense", "gated")]
-        return {"ssl_drop": 1 - ssl[-1] / ssl[0], "mean_knn_gain": sum(gains) / 2,
-                "ratio": summary["gated"]["macs_ratio"], "ratio_at_init": init["gated"]["macs_ratio"]}
+        return {
+            "ssl_drop": 1 - ssl[-1] / ssl[0],
+            "mean_knn_gain": sum(gains) / 2,
+            "ratio": summary["gated"]["macs_ratio"],
+            "ratio_at_init": init["gated"]["macs_ratio"],
+        }
 
     return signals

@@ -102,7 +102,9 @@ def test_hue_is_not_identity_and_wraps():
     shifted = A._adjust_hue(x, torch.full((x.shape[0],), 0.25))
     assert (shifted[4:] - x[4:]).abs().max() > 0.1
     # A full turn is the identity, whichever way it wraps.
-    torch.testing.assert_close(A._adjust_hue(x, torch.full((x.shape[0],), 0.5)), A._adjust_hue(x, torch.full((x.shape[0],), -0.5)), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        A._adjust_hue(x, torch.full((x.shape[0],), 0.5)), A._adjust_hue(x, torch.full((x.shape[0],), -0.5)), atol=ATOL, rtol=0
+    )
 
 
 def test_grayscale_matches_torchvision():
@@ -128,9 +130,7 @@ def test_gaussian_blur_matches_torchvision(kernel_size):
     sigma = torch.linspace(0.1, 2.0, 8)
     apply = torch.tensor([True, False] * 4)
     got = A._gaussian_blur(x, sigma, kernel_size, apply)
-    want = torch.stack(
-        [TF.gaussian_blur(x[i], [kernel_size, kernel_size], [float(sigma[i])] * 2) if apply[i] else x[i] for i in range(8)]
-    )
+    want = torch.stack([TF.gaussian_blur(x[i], [kernel_size, kernel_size], [float(sigma[i])] * 2) if apply[i] else x[i] for i in range(8)])
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
     assert torch.equal(got[~apply], x[~apply])  # the delta kernel is exactly the identity
 
@@ -153,7 +153,9 @@ def test_resized_crop_and_flip_match_torchvision(height, width, size):
     g = torch.Generator().manual_seed(3)
     boxes = A._sample_boxes(12, height, width, (0.05, 1.0), (0.5, 2.0), x.device, g)
     # Boxes on the image border and the whole image too.
-    extra = torch.tensor([[0, 0, height, width], [height - 5, width - 7, 5, 7], [0, width - 3, height, 3], [2, 0, 4, width]], dtype=torch.float32)
+    extra = torch.tensor(
+        [[0, 0, height, width], [height - 5, width - 7, 5, 7], [0, width - 3, height, 3], [2, 0, 4, width]], dtype=torch.float32
+    )
     boxes = torch.cat([boxes, extra])
     flip = torch.arange(16) % 2 == 0
     got = A._resized_crop(x, boxes, flip, size)
@@ -200,7 +202,9 @@ def _crop_cases(x, seed):
     """Random boxes (non-square, 5% to 100% of the image), the image border, 1-pixel strips; every other flipped."""
     n, _, height, width = x.shape
     boxes = A._sample_boxes(n - 4, height, width, (0.05, 1.0), (0.5, 2.0), x.device, torch.Generator().manual_seed(seed))
-    extra = torch.tensor([[0, 0, height, width], [height - 5, width - 7, 5, 7], [0, width - 1, height, 1], [2, 0, 1, width]], dtype=torch.float32)
+    extra = torch.tensor(
+        [[0, 0, height, width], [height - 5, width - 7, 5, 7], [0, width - 1, height, 1], [2, 0, 1, width]], dtype=torch.float32
+    )
     return torch.cat([boxes, extra]), torch.arange(n) % 2 == 0
 
 
@@ -317,7 +321,9 @@ def test_bilinear_is_the_default_and_the_old_code_path():
 
     g = torch.Generator().manual_seed(7)
     coin = torch.rand(5, 32, generator=g)
-    flip, jitter, gray, blur, solarize = (coin[i] < p for i, p in enumerate((cfg.flip_p, cfg.jitter_p, cfg.gray_p, cfg.blur_p, cfg.solarize_p)))
+    flip, jitter, gray, blur, solarize = (
+        coin[i] < p for i, p in enumerate((cfg.flip_p, cfg.jitter_p, cfg.gray_p, cfg.blur_p, cfg.solarize_p))
+    )
     boxes = A._sample_boxes(32, 40, 48, cfg.scale, cfg.ratio, x.device, g)
     y = A._resized_crop(A._to_unit_float(x), boxes, flip, cfg.crop_size)
     aug = BatchAugment(cfg)
@@ -581,7 +587,9 @@ def test_zero_strength_jitter_ops_are_skipped():
 def test_recipe():
     cifar = recipe(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert cifar.interpolation == "bilinear"
-    assert recipe(32, (0.5,) * 3, (0.25,) * 3, interpolation="bicubic", blur_p=0.2) == dataclasses.replace(cifar, interpolation="bicubic", blur_p=0.2)
+    assert recipe(32, (0.5,) * 3, (0.25,) * 3, interpolation="bicubic", blur_p=0.2) == dataclasses.replace(
+        cifar, interpolation="bicubic", blur_p=0.2
+    )
     assert recipe(224, (0.5,) * 3, (0.25,) * 3, blur_p=0.0).blur_p == 0.0
     assert cifar.blur_p == 0.0 and cifar.crop_size == 32 and cifar.mean == (0.5, 0.5, 0.5)
     assert cifar.scale == (0.2, 1.0) and cifar.jitter_p == 0.8 and cifar.gray_p == 0.2 and cifar.solarize_p == 0.1
@@ -593,8 +601,16 @@ def test_recipe():
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(flip_p=1.5), dict(scale=(0.5, 0.2)), dict(hue=0.6), dict(brightness=-0.1), dict(std=(0.2, 0.0, 0.2)), dict(crop_size=0),
-           dict(interpolation="nearest")]
+    "kw",
+    [
+        dict(flip_p=1.5),
+        dict(scale=(0.5, 0.2)),
+        dict(hue=0.6),
+        dict(brightness=-0.1),
+        dict(std=(0.2, 0.0, 0.2)),
+        dict(crop_size=0),
+        dict(interpolation="nearest"),
+    ],
 )
 def test_config_rejects_bad_values(kw):
     with pytest.raises(ValueError):

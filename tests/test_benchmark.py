@@ -10,10 +10,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_throughput_benchmark_prints_ours_baseline_ratio_and_stages():
-    args = ["--device", "cpu", "--width", "8", "--proj-dim", "64", "--batch-size", "16", "--steps", "2", "--warmup", "1",
-            "--epoch-images", "160", "--workers", "1"]
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/throughput.py"), *args], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    args = [
+        "--device",
+        "cpu",
+        "--width",
+        "8",
+        "--proj-dim",
+        "64",
+        "--batch-size",
+        "16",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--epoch-images",
+        "160",
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/throughput.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     ours = float(re.search(r"^ours\s+([\d.]+) img/s", out, re.M).group(1))
@@ -27,20 +48,51 @@ def test_throughput_benchmark_prints_ours_baseline_ratio_and_stages():
 
 def test_latency_benchmark_prints_every_variant_with_its_ratios(tmp_path):
     """Tiny settings: the table's shape and its arithmetic, the gate biases reaching the density asked for, the plot."""
-    args = ["--sizes", "32", "--batches", "1", "2", "--threads", "1", "--densities", "0.3", "--width", "8", "--reps", "1",
-            "--budget-s", "0", "--group", "--plot", str(tmp_path / "latency.png")]
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/latency.py"), *args], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    args = [
+        "--sizes",
+        "32",
+        "--batches",
+        "1",
+        "2",
+        "--threads",
+        "1",
+        "--densities",
+        "0.3",
+        "--width",
+        "8",
+        "--reps",
+        "1",
+        "--budget-s",
+        "0",
+        "--group",
+        "--plot",
+        str(tmp_path / "latency.png"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/latency.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "SETS THE GATE BIASES".lower() in (ROOT / "benchmarks/latency.py").read_text().lower() and "gate biases set" in proc.stdout
     rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^\s+32\s+[12]\s", line)]
     variants = {" ".join(r[4:-4]) for r in rows}
-    assert variants == {"dense", "masked gated", "skipping gated", "skipping gated (group)", "static", "static (x16 channels)",
-                        "dense (onnxruntime)", "static (onnxruntime)"}
+    assert variants == {
+        "dense",
+        "masked gated",
+        "skipping gated",
+        "skipping gated (group)",
+        "static",
+        "static (x16 channels)",
+        "dense (onnxruntime)",
+        "static (onnxruntime)",
+    }
     for batch in ("1", "2"):
         cell = {" ".join(r[4:-4]): [float(v) for v in r[-4:]] for r in rows if r[1] == batch}
         dense_ms = cell["dense"][0]
-        for name, (median, p90, latency_ratio, macs_ratio) in cell.items():
+        for median, p90, latency_ratio, _ in cell.values():
             rounding = 0.0006 + latency_ratio * (0.006 / median + 0.006 / dense_ms)  # ms printed to 2 decimals, ratios to 3
             assert p90 >= median > 0 and abs(latency_ratio - median / dense_ms) < rounding
         assert cell["dense"][3] == 1.0 and 0.2 < cell["skipping gated"][3] < 0.45  # density 0.3 reached (gates add a little)

@@ -27,7 +27,14 @@ def test_recipe_defaults_depend_on_dataset():
     demo = resolve(PretrainConfig())
     assert (demo.width, demo.epochs, demo.batch_size, demo.stem) == (8, 16, 128, "cifar")
     paper = resolve(PretrainConfig(dataset="cifar10"))
-    assert (paper.width, paper.epochs, paper.batch_size, paper.lr, paper.weight_decay, paper.warmup_epochs) == (64, 500, 512, 0.3, 1e-4, None)  # None: warmup_steps' rule
+    assert (paper.width, paper.epochs, paper.batch_size, paper.lr, paper.weight_decay, paper.warmup_epochs) == (
+        64,
+        500,
+        512,
+        0.3,
+        1e-4,
+        None,
+    )  # None: warmup_steps' rule
     assert resolve(PretrainConfig(dataset="imagefolder")).stem == "imagenet"
     assert resolve(PretrainConfig(width=32)).width == 32, "explicit settings win over the recipe"
 
@@ -82,6 +89,9 @@ def test_help_documents_every_setting(capsys):
         (["pretrain", "--dataset", "cifar10", "--data-dir", "/nonexistent/folder"], ["/nonexistent/folder"]),
         (["pretrain", "--dataset", "imagefolder"], ["--data-dir"]),
         (["pretrain", "--arch", "vgg16"], ["arch", "vgg16"]),
+        (["pretrain", "--dataset", "imagefolder", "--data-dir", ".", "--crop-size", "0"], ["crop_size", "positive"]),
+        (["pretrain", "--recipe", "paper"], ["recipe", "paper"]),
+        (["pretrain", "--vicreg-weights", "25", "25"], ["--vicreg-weights", "3"]),
         (["eval", "--checkpoint", "/nonexistent/last.pt"], ["/nonexistent/last.pt", "not found"]),
     ],
 )

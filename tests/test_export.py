@@ -131,7 +131,9 @@ def test_torchvision_state_dict_loads_strictly_and_gives_the_same_features(arch,
 def test_static_export_is_measured_recorded_and_kept_by_eval(run, tmp_path, capsys):
     checkpoint = str(run / "checkpoints" / "last.pt")
     out = tmp_path / "static.pt"
-    assert main(["export", "--checkpoint", checkpoint, "--subnet", "static", "--keep-rate", "0.5", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(["export", "--checkpoint", checkpoint, "--subnet", "static", "--keep-rate", "0.5", "--out", str(out), "--device", "cpu"]) == 0
+    )
     printed = capsys.readouterr().out
     assert "kNN top-1" in printed and "linear probe" in printed and "MACs" in printed
     static = json.loads((run / "summary.json").read_text())["static"]
@@ -158,8 +160,23 @@ def test_macs_ratio_picks_the_smallest_keep_rate_that_meets_it():
     assert keep_rate_for(net, frequency, 1.0, 32) == 0.0
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "keep_rate", "unreachable", "both", "torchvision_static",
-                                  "torchvision_width", "onnx_missing", "out_unwritable", "out_folder", "bad_format", "static_of_dense_run"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "corrupt",
+        "keep_rate",
+        "unreachable",
+        "both",
+        "torchvision_static",
+        "torchvision_width",
+        "onnx_missing",
+        "out_unwritable",
+        "out_folder",
+        "bad_format",
+        "static_of_dense_run",
+    ],
+)
 def test_bad_export_requests_are_one_line(run, tmp_path, capsys, monkeypatch, case):
     checkpoint = str(run / "checkpoints" / "last.pt")
     out = tmp_path / "out.pt"
@@ -187,9 +204,19 @@ def test_bad_export_requests_are_one_line(run, tmp_path, capsys, monkeypatch, ca
         monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the extra were not installed
     argv = ["export", "--checkpoint", checkpoint, "--out", str(out), "--device", "cpu"]
     line = one_line_error(capsys, main(argv + args))
-    expected = {"missing": "not found", "corrupt": "cannot be read", "keep_rate": "[0, 1]", "unreachable": "cannot be reached",
-                "both": "not both", "torchvision_static": "dense", "torchvision_width": "width 8", "onnx_missing": "gatedssl[export]",
-                "out_unwritable": "cannot write", "out_folder": "is a folder", "bad_format": "--format",
-                "static_of_dense_run": "dense-only run"}[case]
+    expected = {
+        "missing": "not found",
+        "corrupt": "cannot be read",
+        "keep_rate": "[0, 1]",
+        "unreachable": "cannot be reached",
+        "both": "not both",
+        "torchvision_static": "dense",
+        "torchvision_width": "width 8",
+        "onnx_missing": "gatedssl[export]",
+        "out_unwritable": "cannot write",
+        "out_folder": "is a folder",
+        "bad_format": "--format",
+        "static_of_dense_run": "dense-only run",
+    }[case]
     assert expected in line, line
     assert not out.exists()

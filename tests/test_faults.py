@@ -19,8 +19,23 @@ from gatedssl.training import pretrain
 from gatedssl.training.trainer import EXIT_NONFINITE, EXIT_SIGNAL, RunStopped
 
 TINY = dict(width=8, proj_dim=64, epochs=4, batch_size=50, limit_per_class=20, checkpoint_every=1, device="cpu")
-CLI_TINY = ["--width", "8", "--proj-dim", "64", "--epochs", "4", "--batch-size", "50", "--limit-per-class", "20",
-            "--checkpoint-every", "1", "--device", "cpu", "--quiet"]
+CLI_TINY = [
+    "--width",
+    "8",
+    "--proj-dim",
+    "64",
+    "--epochs",
+    "4",
+    "--batch-size",
+    "50",
+    "--limit-per-class",
+    "20",
+    "--checkpoint-every",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -70,8 +85,13 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(tmp_path, reference):
 
 def _cli(out: Path, *extra) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-m", "gatedssl", "pretrain", "--out", str(out), *CLI_TINY, *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gatedssl", "pretrain", "--out", str(out), *CLI_TINY, *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _epochs_logged(out: Path) -> int:
@@ -192,8 +212,19 @@ def test_skip_nonfinite_skips_a_bounded_number_of_batches(tmp_path, monkeypatch)
         pretrain(tiny(tmp_path, "too_many", skip_nonfinite=1), progress=False, log=messages.append)
 
 
-NEW_IN_FORMAT_2 = ("recipe", "stem_padding", "gate_bias", "gate_lars", "vicreg_variance", "vicreg_weights", "bound_density", "anneal_from",
-                   "crop_interpolation", "blur_p", "eval_every")
+NEW_IN_FORMAT_2 = (
+    "recipe",
+    "stem_padding",
+    "gate_bias",
+    "gate_lars",
+    "vicreg_variance",
+    "vicreg_weights",
+    "bound_density",
+    "anneal_from",
+    "crop_interpolation",
+    "blur_p",
+    "eval_every",
+)
 
 
 def test_resume_of_a_format_1_run_continues_as_0_1_0_after_the_defaults_changed(tmp_path, reference, monkeypatch):

@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from gatedssl.losses import (
-    anneal_p, barlow_twins_loss, block_densities, bound_loss, budget_loss, byol_loss, nt_xent_loss, simsiam_loss,
-    vicreg_loss, vicreg_terms,
+    anneal_p,
+    barlow_twins_loss,
+    block_densities,
+    bound_loss,
+    budget_loss,
+    byol_loss,
+    nt_xent_loss,
+    simsiam_loss,
+    vicreg_loss,
+    vicreg_terms,
 )
 
 

@@ -59,9 +59,9 @@ y.square().sum().backward()
 ref(x.double()).square().sum().backward()
 if not torch.allclose(conv[0].weight.grad.double(), ref.weight.grad, rtol=1e-4, atol=1e-4):
     print("wrong weight gradient")
-    sys.exit(%d)
+    sys.exit(WRONG_GRADIENT)
 print("OK")
-""" % WRONG_GRADIENT
+""".replace("WRONG_GRADIENT", str(WRONG_GRADIENT))
 
 # name: (script, environment). conv: the shortcut of NETWORK, batch 2. conv-avx2: oneDNN's
 # AVX2 kernel, whose block is 8 channels, with 4 input channels; unpatched it returned wrong
@@ -69,8 +69,10 @@ print("OK")
 SCRIPTS = {
     "network": (NETWORK, {}),
     "conv": (textwrap.dedent(CONV).replace("{cin}", "8").replace("{cout}", "16").replace("{batch}", "2").replace("{size}", "56"), {}),
-    "conv-avx2": (textwrap.dedent(CONV).replace("{cin}", "4").replace("{cout}", "8").replace("{batch}", "32").replace("{size}", "32"),
-                  {"ONEDNN_MAX_CPU_ISA": "AVX2"}),
+    "conv-avx2": (
+        textwrap.dedent(CONV).replace("{cin}", "4").replace("{cout}", "8").replace("{batch}", "32").replace("{size}", "32"),
+        {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    ),
 }
 
 
@@ -99,8 +101,9 @@ def test_without_workaround_crashes_here(case):
         return  # hung: the overflow reached oneDNN's spin barrier
     if proc.returncode == 0:
         pytest.skip(f"no oneDNN 1x1 crash here (torch {torch.__version__})")
-    assert proc.returncode < 0 or proc.returncode == WRONG_GRADIENT, \
+    assert proc.returncode < 0 or proc.returncode == WRONG_GRADIENT, (
         f"expected a crash by signal, got exit {proc.returncode}:\n{proc.stderr[-2000:]}"
+    )
 
 
 def test_only_the_narrow_strided_shortcut_is_affected():

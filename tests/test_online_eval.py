@@ -10,7 +10,9 @@ from gatedssl.training import pretrain
 
 
 def test_eval_every_logs_knn_of_both_passes_and_draws_them(tmp_path):
-    cfg = PretrainConfig(width=8, proj_dim=64, epochs=4, batch_size=50, limit_per_class=20, eval_every=2, device="cpu", out=str(tmp_path / "run"))
+    cfg = PretrainConfig(
+        width=8, proj_dim=64, epochs=4, batch_size=50, limit_per_class=20, eval_every=2, device="cpu", out=str(tmp_path / "run")
+    )
     summary = pretrain(cfg, progress=False)
     records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     evaluated = [r["epoch"] for r in records if "knn_dense" in r]

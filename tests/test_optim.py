@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from gatedssl.training.optim import LARS, build_optimizer, param_groups, warmup_cosine
 from gatedssl.models import gated_resnet18
+from gatedssl.training.optim import LARS, build_optimizer, param_groups, warmup_cosine
 
 
 def test_lars_step_matches_hand_computation():

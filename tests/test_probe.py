@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gatedssl.data.sources import load_dataset
-from gatedssl.evaluation.evaluate import extract
 from gatedssl.evaluation import probe
+from gatedssl.evaluation.evaluate import extract
 from gatedssl.evaluation.probe import FAST, PROTOCOLS, ProbeResult, linear_probe, topk_accuracy, train_linear_head
 from gatedssl.models import gated_resnet18
 
@@ -34,11 +34,13 @@ def tiny_net():
 
 
 def test_topk_accuracy_on_hand_made_logits():
-    logits = torch.tensor([
-        [0.1, 0.9, 0.0, 0.5],  # ranking 1, 3, 0, 2
-        [0.8, 0.1, 0.3, 0.2],  # ranking 0, 2, 3, 1
-        [0.2, 0.3, 0.4, 0.1],  # ranking 2, 1, 0, 3
-    ])
+    logits = torch.tensor(
+        [
+            [0.1, 0.9, 0.0, 0.5],  # ranking 1, 3, 0, 2
+            [0.8, 0.1, 0.3, 0.2],  # ranking 0, 2, 3, 1
+            [0.2, 0.3, 0.4, 0.1],  # ranking 2, 1, 0, 3
+        ]
+    )
     labels = torch.tensor([1, 2, 3])
     assert topk_accuracy(logits, labels, 1) == pytest.approx(100 / 3)  # only row 0
     assert topk_accuracy(logits, labels, 2) == pytest.approx(200 / 3)  # rows 0, 1
@@ -79,7 +81,10 @@ def test_linear_head_on_symmetric_1d_toy_matches_hand_computation():
 def test_linear_head_is_reproducible_per_seed():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(200, 8, generator=g), torch.randint(0, 5, (200,), generator=g)  # noise: the result depends on the run
-    run = lambda seed: train_linear_head(x[:150], y[:150], x[150:], y[150:], 5, epochs=5, lr=0.1, weight_decay=0.0, batch_size=32, seed=seed)
+
+    def run(seed):
+        return train_linear_head(x[:150], y[:150], x[150:], y[150:], 5, epochs=5, lr=0.1, weight_decay=0.0, batch_size=32, seed=seed)
+
     assert run(3) == run(3)
     assert len({run(s) for s in range(4)}) > 1
 
@@ -102,13 +107,22 @@ def test_fast_probe_beats_chance_on_random_backbone_and_aggregates_seeds(splits5
         # mean and sample std over the runs with seeds 0, 1, 2 on the same cached features
         test, train = extracted  # test split first
         assert train.shape == (len(splits50.train.labels), tiny_net.feature_dim) and test.shape[0] == len(splits50.test.labels)
-        runs = [train_linear_head(train, splits50.train.labels, test, splits50.test.labels, 10, batch_size=256, seed=s, **FAST) for s in range(3)]
+        runs = [
+            train_linear_head(train, splits50.train.labels, test, splits50.test.labels, 10, batch_size=256, seed=s, **FAST)
+            for s in range(3)
+        ]
         top1, top5 = zip(*runs)
         assert result.top1 == pytest.approx(statistics.fmean(top1)) and result.top5 == pytest.approx(statistics.fmean(top5))
         assert result.top1_std == pytest.approx(statistics.stdev(top1)) and result.top5_std == pytest.approx(statistics.stdev(top5))
         assert (result.top1_std > 0) == (len(set(top1)) > 1)
-        assert result.to_dict() == {"top1": result.top1, "top1_std": result.top1_std, "top5": result.top5,
-                                    "top5_std": result.top5_std, "seeds": 3, "protocol": "fast"}
+        assert result.to_dict() == {
+            "top1": result.top1,
+            "top1_std": result.top1_std,
+            "top5": result.top5,
+            "top5_std": result.top5_std,
+            "seeds": 3,
+            "protocol": "fast",
+        }
     assert all(torch.equal(a, b) for a, b in zip(was, tiny_net.state_dict().values()))
     one = linear_probe(tiny_net, splits50, True, CPU, seeds=1, epochs=5)
     assert one.seeds == 1 and one.top1_std == 0.0 and one.top5_std == 0.0

@@ -27,7 +27,17 @@ DENSE = [(0, 45.5, None, None), (1, 44.0, None, None)]
 B2_03 = [(0, None, 36.25, 0.29)]
 
 
-def _synthetic(template: dict, folder: Path, mode: str, budget: float, seed: int, dense: float | None, gated: float | None, ratio: float | None, **extra) -> dict:
+def _synthetic(
+    template: dict,
+    folder: Path,
+    mode: str,
+    budget: float,
+    seed: int,
+    dense: float | None,
+    gated: float | None,
+    ratio: float | None,
+    **extra,
+) -> dict:
     s = copy.deepcopy(template)
     s.update(mode=mode, budget=budget, seed=seed, **extra)
     if dense is not None:
@@ -81,12 +91,22 @@ def test_report_files_exist_and_pictures_are_valid_and_embedded(report):
     assert html_path == out / "report.html"
     for name in ("report.md", "report.html", "table.json", "table.csv", "tradeoff.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    expected = {"tradeoff.png", "curves_real-dual.png", "curves_real-dense.png", "channels_real-dual.png", "per_class_real-dual.png",
-                "channels_dual-b0.3-s0.png", "channels_dual-b0.3-s1.png", "channels_b2-b0.3-s0.png", "per_class_b2-b0.3-s0.png"}
+    expected = {
+        "tradeoff.png",
+        "curves_real-dual.png",
+        "curves_real-dense.png",
+        "channels_real-dual.png",
+        "per_class_real-dual.png",
+        "channels_dual-b0.3-s0.png",
+        "channels_dual-b0.3-s1.png",
+        "channels_b2-b0.3-s0.png",
+        "per_class_b2-b0.3-s0.png",
+    }
     pngs = {p.name for p in out.glob("*.png")}
     assert expected <= pngs
-    assert not any(name.startswith(("channels_dense", "channels_real-dense", "per_class_real-dense")) for name in pngs), \
+    assert not any(name.startswith(("channels_dense", "channels_real-dense", "per_class_real-dense")) for name in pngs), (
         "dense-mode runs have no trained gates: no gate pictures"
+    )
     page = html_path.read_text()
     md = (out / "report.md").read_text()
     for name in pngs:
@@ -150,8 +170,10 @@ def test_table_numbers_equal_the_summaries(report, sweep):
     # the displayed table shows the same numbers, rounded to 2 decimals
     md = (out / "report.md").read_text()
     std = statistics.stdev([41.25, 43.75])
-    expected_row = (f"| 0.3 | 36.25 | -8.50 | 71.00 | 0 | {42.5:.2f} ± {std:.2f} | -2.25 | 37.75 ± "
-                    f"{statistics.stdev([38.5, 37.0]):.2f} | -7.00 | {100 * (1 - 0.325):.2f} ± {100 * statistics.stdev([0.3125, 0.3375]):.2f} | 0, 1 |")
+    expected_row = (
+        f"| 0.3 | 36.25 | -8.50 | 71.00 | 0 | {42.5:.2f} ± {std:.2f} | -2.25 | 37.75 ± "
+        f"{statistics.stdev([38.5, 37.0]):.2f} | -7.00 | {100 * (1 - 0.325):.2f} ± {100 * statistics.stdev([0.3125, 0.3375]):.2f} | 0, 1 |"
+    )
     assert expected_row in md
     assert f"| {dense_s['dense']['knn_top1']:.2f} | {dense_s['dense']['macs'] / 1e6:.2f} | 0 | 0.5 |" in md
     assert f"{dual_s['gated']['knn_top1']:.2f}" in md

@@ -257,11 +257,34 @@ def test_small_pictures_warn_before_upsampling_and_train_at_crop_size(tmp_path, 
     load_dataset("imagefolder", str(root), warn=said.append)  # the default 224 px crop
     assert any("upsamples" in m and "--crop-size 32" in m for m in said), said
     said.clear()
+    load_dataset("imagefolder", str(root), image_size=40, warn=said.append)  # a crop just larger than the images: still said
+    assert len(said) == 1 and "upsamples them 1.2x" in said[0], said
+    said.clear()
     splits = load_dataset("imagefolder", str(root), image_size=32, warn=said.append)
     assert not said and splits.crop_size == 32 and splits.train.images.shape[-1] == 37  # stored at round(32 x 256 / 224)
     out = tmp_path / "run"
-    args = ["pretrain", "--dataset", "imagefolder", "--data-dir", str(root), "--crop-size", "32", "--width", "8", "--proj-dim", "16",
-            "--epochs", "1", "--batch-size", "6", "--device", "cpu", "--quiet", "--out", str(out)]
+    args = [
+        "pretrain",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(root),
+        "--crop-size",
+        "32",
+        "--width",
+        "8",
+        "--proj-dim",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "6",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     config = (out / "config.yaml").read_text()
     assert "crop_size: 32" in config and "stem: cifar" in config

@@ -70,8 +70,18 @@ def test_features_of_a_streamed_split_equal_held_ones(photo_folders):
 
 
 def _config(folders, out, storage):
-    return PretrainConfig(dataset="cifar10", data_dir=str(folders), storage=storage, data_workers=1, out=str(out),
-                          width=8, proj_dim=64, epochs=2, batch_size=32, device="cpu")
+    return PretrainConfig(
+        dataset="cifar10",
+        data_dir=str(folders),
+        storage=storage,
+        data_workers=1,
+        out=str(out),
+        width=8,
+        proj_dim=64,
+        epochs=2,
+        batch_size=32,
+        device="cpu",
+    )
 
 
 def _weights(run):

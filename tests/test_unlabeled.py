@@ -19,8 +19,32 @@ def _unlabeled_folder(root, n=40):
 def test_unlabeled_folder_pretrains_without_knn_and_a_probe_is_one_clear_line(tmp_path, capsys):
     data = _unlabeled_folder(tmp_path / "photos")
     out = tmp_path / "run"
-    code = main(["pretrain", "--dataset", "imagefolder", "--data-dir", str(data), "--crop-size", "32", "--width", "8", "--proj-dim", "64",
-                 "--epochs", "2", "--batch-size", "20", "--eval-every", "1", "--device", "cpu", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "pretrain",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            str(data),
+            "--crop-size",
+            "32",
+            "--width",
+            "8",
+            "--proj-dim",
+            "64",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "20",
+            "--eval-every",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "kNN (--eval-every) and linear probe skipped" in captured.err and "directly inside" in captured.err

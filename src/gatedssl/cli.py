@@ -54,30 +54,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gatedssl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("pretrain", help="pretrain a dense encoder and its gated sub-network",
-                       description="Pretrain a dense encoder and its gated sub-network in one run. Settings not given "
-                                   "come from the dataset's recipe (a CPU demo on 'embedded', the paper's recipe otherwise).")
-    p.add_argument("--config", metavar="FILE|NAME", help="read settings from a YAML file, or a shipped config by name (cifar10, cifar100, stl10, imagenet100: the paper's runs); flags given here override it")
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a dense encoder and its gated sub-network",
+        description="Pretrain a dense encoder and its gated sub-network in one run. Settings not given "
+        "come from the dataset's recipe (a CPU demo on 'embedded', the paper's recipe otherwise).",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE|NAME",
+        help="read settings from a YAML file, or a shipped config by name (cifar10, cifar100, stl10, imagenet100: the paper's runs); flags given here override it",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(p)
 
-    w = sub.add_parser("sweep", help="pretrain one run per budget plus the dense baseline (B1), then summarise",
-                       description="One pretraining per budget plus the vanilla dense baseline (--mode dense, the paper's B1), "
-                                   "each in its own folder under --out. Finished runs are skipped and unfinished ones resumed, "
-                                   "so a sweep can be re-run after an interruption. Any pretrain setting applies to every run.")
+    w = sub.add_parser(
+        "sweep",
+        help="pretrain one run per budget plus the dense baseline (B1), then summarise",
+        description="One pretraining per budget plus the vanilla dense baseline (--mode dense, the paper's B1), "
+        "each in its own folder under --out. Finished runs are skipped and unfinished ones resumed, "
+        "so a sweep can be re-run after an interruption. Any pretrain setting applies to every run.",
+    )
     w.add_argument("--budgets", type=float, nargs="+", required=True, metavar="T", help="budgets t_d, e.g. 0.1 0.3 0.5")
     w.add_argument("--out", required=True, metavar="SWEEP", help="sweep folder (one run folder per budget inside)")
     w.add_argument("--no-baseline", action="store_true", help="skip the dense baseline run")
-    w.add_argument("--config", metavar="FILE|NAME", help="read settings from a YAML file, or a shipped config by name (cifar10, cifar100, stl10, imagenet100: the paper's runs); flags given here override it")
+    w.add_argument(
+        "--config",
+        metavar="FILE|NAME",
+        help="read settings from a YAML file, or a shipped config by name (cifar10, cifar100, stl10, imagenet100: the paper's runs); flags given here override it",
+    )
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_probe_flags(w, default="fast")
     _add_config_flags(w, skip=("budget", "out", "mode"))
 
-    e = sub.add_parser("eval", help="re-evaluate a saved run: kNN on both passes and MACs",
-                       description="Re-evaluate a checkpoint: kNN top-1 of the dense and the gated pass, and their MACs on the test set. "
-                                   "Writes the run's summary.json (or --out) and prints the table.")
+    e = sub.add_parser(
+        "eval",
+        help="re-evaluate a saved run: kNN on both passes and MACs",
+        description="Re-evaluate a checkpoint: kNN top-1 of the dense and the gated pass, and their MACs on the test set. "
+        "Writes the run's summary.json (or --out) and prints the table.",
+    )
     e.add_argument("--checkpoint", required=True, metavar="PATH", help="RUN/checkpoints/last.pt of a pretraining run")
     e.add_argument("--data-dir", metavar="DIR", help="dataset folder, if it moved since pretraining")
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
@@ -85,29 +102,55 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", metavar="FILE.json", help="where to write the summary (default: RUN/summary.json)")
     _add_probe_flags(e, default="none")
 
-    x = sub.add_parser("export", help="write the dense encoder or a static sub-network as .pt, TorchScript, ONNX or torchvision weights",
-                       description="Export a trained run. dense: the dense encoder with BN folded in. static: a plain ResNet "
-                                   "keeping, per block, the middle channels the gates open for at least a share Q of the training "
-                                   "images (the gated BN set folded in); its kNN, fast-probe accuracy and MACs are printed and "
-                                   "recorded in RUN/summary.json under 'static'. Load the file with gatedssl.load.")
+    x = sub.add_parser(
+        "export",
+        help="write the dense encoder or a static sub-network as .pt, TorchScript, ONNX or torchvision weights",
+        description="Export a trained run. dense: the dense encoder with BN folded in. static: a plain ResNet "
+        "keeping, per block, the middle channels the gates open for at least a share Q of the training "
+        "images (the gated BN set folded in); its kNN, fast-probe accuracy and MACs are printed and "
+        "recorded in RUN/summary.json under 'static'. Load the file with gatedssl.load.",
+    )
     x.add_argument("--checkpoint", required=True, metavar="PATH", help="RUN/checkpoints/last.pt of a pretraining run")
     x.add_argument("--subnet", default="dense", help="dense or static (default: dense)")
-    x.add_argument("--keep-rate", type=float, metavar="Q", help="static: keep the channels open for at least this share of the training images, in [0, 1]")
-    x.add_argument("--macs-ratio", type=float, metavar="R", help="static: the smallest Q whose network spends at most R of the dense MACs (default: the run's budget)")
-    x.add_argument("--channel-multiple", type=int, default=1, metavar="M",
-                   help="static: round each block's channel count up to a multiple of M with its next most frequent channels "
-                        "(16 suits AVX512 CPUs: more channels for about the same time) (default: 1)")
-    x.add_argument("--format", default="pt", dest="fmt", help="pt (state dict + architecture; gatedssl.load reads it), torchscript, onnx "
-                                                             "(verified with onnxruntime), torchvision (dense, width 64: a torchvision ResNet state dict) (default: pt)")
+    x.add_argument(
+        "--keep-rate",
+        type=float,
+        metavar="Q",
+        help="static: keep the channels open for at least this share of the training images, in [0, 1]",
+    )
+    x.add_argument(
+        "--macs-ratio",
+        type=float,
+        metavar="R",
+        help="static: the smallest Q whose network spends at most R of the dense MACs (default: the run's budget)",
+    )
+    x.add_argument(
+        "--channel-multiple",
+        type=int,
+        default=1,
+        metavar="M",
+        help="static: round each block's channel count up to a multiple of M with its next most frequent channels "
+        "(16 suits AVX512 CPUs: more channels for about the same time) (default: 1)",
+    )
+    x.add_argument(
+        "--format",
+        default="pt",
+        dest="fmt",
+        help="pt (state dict + architecture; gatedssl.load reads it), torchscript, onnx "
+        "(verified with onnxruntime), torchvision (dense, width 64: a torchvision ResNet state dict) (default: pt)",
+    )
     x.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     x.add_argument("--data-dir", metavar="DIR", help="static: dataset folder, if it moved since pretraining")
     x.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     x.add_argument("--no-probe", action="store_true", help="static: skip the linear probe (kNN and MACs only)")
 
-    r = sub.add_parser("report", help="the trade-off report of runs or sweeps: Table 1, plots, channel usage",
-                       description="Compare finished runs (run folders, or sweep folders holding them): writes report.md, a "
-                                   "self-contained report.html, table.json/csv and PNGs (accuracy vs MACs, channel usage, "
-                                   "MACs per class, training curves, static exports) into --out.")
+    r = sub.add_parser(
+        "report",
+        help="the trade-off report of runs or sweeps: Table 1, plots, channel usage",
+        description="Compare finished runs (run folders, or sweep folders holding them): writes report.md, a "
+        "self-contained report.html, table.json/csv and PNGs (accuracy vs MACs, channel usage, "
+        "MACs per class, training curves, static exports) into --out.",
+    )
     r.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP", help="run folders or sweep folders")
     r.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
     r.add_argument("--paper-overlay", action="store_true", help="draw the paper's Table 1 numbers on the trade-off plot")
@@ -115,9 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_probe_flags(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--probe", choices=("none", "fast", "paper"), default=default,
-                        help="linear probe on both passes: fast (cached features, seconds) or paper (augmented, 100 epochs) "
-                             f"(default: {default})")
+    parser.add_argument(
+        "--probe",
+        choices=("none", "fast", "paper"),
+        default=default,
+        help=f"linear probe on both passes: fast (cached features, seconds) or paper (augmented, 100 epochs) (default: {default})",
+    )
     parser.add_argument("--probe-seeds", type=int, default=1, metavar="N", help="linear heads per pass; mean and std reported (default: 1)")
 
 
@@ -181,8 +227,13 @@ def run_sweep(args: argparse.Namespace) -> int:
             if all({k: summary.get(p, {}).get("probe", {}).get(k) for k in wanted} == wanted for p in ("dense", "gated")):
                 continue
             print(f"[{i}/{len(plans)}] {name}: linear probe ({args.probe}, {args.probe_seeds} seed(s))", file=sys.stderr)
-            evaluate_checkpoint(str(Path(cfg.out) / "checkpoints" / "last.pt"), probe=args.probe, probe_seeds=args.probe_seeds,
-                                device=cfg.device, progress=not args.quiet)
+            evaluate_checkpoint(
+                str(Path(cfg.out) / "checkpoints" / "last.pt"),
+                probe=args.probe,
+                probe_seeds=args.probe_seeds,
+                device=cfg.device,
+                progress=not args.quiet,
+            )
     from .reporting.report import write_report
 
     if not all(json.loads((Path(cfg.out) / "summary.json").read_text()).get("data", {}).get("labeled", True) for _, cfg, _, _ in plans):
@@ -205,9 +256,15 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluation.runs import evaluate_checkpoint
     from .training.trainer import format_summary
 
-    summary, written = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
-                                           knn_protocol=args.knn_protocol, out=args.out,
-                                           probe=None if args.probe == "none" else args.probe, probe_seeds=args.probe_seeds)
+    summary, written = evaluate_checkpoint(
+        args.checkpoint,
+        data_dir=args.data_dir,
+        device=args.device,
+        knn_protocol=args.knn_protocol,
+        out=args.out,
+        probe=None if args.probe == "none" else args.probe,
+        probe_seeds=args.probe_seeds,
+    )
     print(format_summary(summary))
     print(f"summary written to {written}")
     return 0
@@ -216,8 +273,18 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from .export.run import export
 
-    result = export(args.checkpoint, args.out, subnet=args.subnet, fmt=args.fmt, keep_rate=args.keep_rate, macs_ratio=args.macs_ratio,
-                    channel_multiple=args.channel_multiple, data_dir=args.data_dir, device=args.device, probe=not args.no_probe)
+    result = export(
+        args.checkpoint,
+        args.out,
+        subnet=args.subnet,
+        fmt=args.fmt,
+        keep_rate=args.keep_rate,
+        macs_ratio=args.macs_ratio,
+        channel_multiple=args.channel_multiple,
+        data_dir=args.data_dir,
+        device=args.device,
+        probe=not args.no_probe,
+    )
     line = f"{result['subnet']} encoder written to {result['file']} ({result['format']}): {result['macs'] / 1e6:.1f} M MACs/image, {result['macs_ratio']:.3f} of dense"
     if result["subnet"] == "static":
         knn = "not measured (unlabeled data)" if result["knn_top1"] is None else f"{result['knn_top1']:.2f} %"
@@ -238,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return {"pretrain": run_pretrain, "sweep": run_sweep, "eval": run_eval, "export": run_export, "report": run_report}[args.command](args)
+        return {"pretrain": run_pretrain, "sweep": run_sweep, "eval": run_eval, "export": run_export, "report": run_report}[args.command](
+            args
+        )
     except UserError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)

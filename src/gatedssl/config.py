@@ -35,40 +35,75 @@ RECIPE_NAMES = ("reference", "embedded")
 @dataclass
 class PretrainConfig:
     # data
-    dataset: str = _opt("embedded", "dataset to pretrain on; 'embedded' is a 5,000-image CIFAR-10 subset shipped with the package", DATASETS)
+    dataset: str = _opt(
+        "embedded", "dataset to pretrain on; 'embedded' is a 5,000-image CIFAR-10 subset shipped with the package", DATASETS
+    )
     data_dir: str | None = _opt(None, "folder holding the dataset (torchvision's files, or train/ and val|test/ class folders)")
-    crop_size: int | None = _opt(None, "imagefolder: training crop and evaluation size in px, images stored at crop x 256/224 (default 224; "
-                                       "give the images' own size for small pictures, e.g. 32: the stem follows, cifar up to 64 px)")
-    recipe: str | None = _opt(None, "the method's choices on every point where the reference code differs from the papers: reference (its choices; "
-                                    "default for real datasets) or embedded (the CPU demo's, = gatedssl 0.1.0's; default on embedded). "
-                                    "Each choice below can also be set on its own", RECIPE_NAMES)
+    crop_size: int | None = _opt(
+        None,
+        "imagefolder: training crop and evaluation size in px, images stored at crop x 256/224 (default 224; "
+        "give the images' own size for small pictures, e.g. 32: the stem follows, cifar up to 64 px)",
+    )
+    recipe: str | None = _opt(
+        None,
+        "the method's choices on every point where the reference code differs from the papers: reference (its choices; "
+        "default for real datasets) or embedded (the CPU demo's, = gatedssl 0.1.0's; default on embedded). "
+        "Each choice below can also be set on its own",
+        RECIPE_NAMES,
+    )
     # network
     arch: str = _opt("resnet18", "backbone", ARCHS)
     width: int | None = _opt(None, "channels of the first stage (64 = standard ResNet); recipe: 8 on embedded, 64 otherwise")
-    stem: str | None = _opt(None, "stem: 'cifar' (3x3, no max-pool) or 'imagenet' (7x7/2 + max-pool); recipe: cifar up to 64 px", ("cifar", "imagenet"))
-    stem_padding: int | None = _opt(None, "padding of the CIFAR stem's 3x3 conv: 2 (reference: 34x34 maps, 703.6 M dense MACs at width 64) "
-                                          "or 1 (32x32, 555.4 M); recipe: reference 2, embedded 1", (1, 2))
+    stem: str | None = _opt(
+        None, "stem: 'cifar' (3x3, no max-pool) or 'imagenet' (7x7/2 + max-pool); recipe: cifar up to 64 px", ("cifar", "imagenet")
+    )
+    stem_padding: int | None = _opt(
+        None,
+        "padding of the CIFAR stem's 3x3 conv: 2 (reference: 34x34 maps, 703.6 M dense MACs at width 64) "
+        "or 1 (32x32, 555.4 M); recipe: reference 2, embedded 1",
+        (1, 2),
+    )
     separate_bn: bool = _opt(True, "one BN set per pass in each block (as in the reference runs)")
     tau: float = _opt(2 / 3, "gate temperature of the Gumbel-sigmoid")
     gate_bias: bool | None = _opt(None, "a bias on the gate's last 1x1 conv; recipe: reference no, embedded yes")
     # method
     method: str = _opt("vicreg", "self-supervised loss", METHOD_NAMES)
-    mode: str = _opt("dual", "dual: view 1 gated + view 2 dense (the paper); dense: no gates (baseline B1); gated: both views gated (B2)", ("dual", "dense", "gated"))
-    pairing: str = _opt("reference", "reference: (gated view 1, dense view 2) only; symmetric: also the swapped pair, averaged", ("reference", "symmetric"))
-    vicreg_variance: str | None = _opt(None, "VICReg's variance term: sum of the two branches' hinges (solo-learn's form, the reference) or their "
-                                             "mean (the original VICReg code: half the effective weight); recipe: reference sum, embedded mean", ("sum", "mean"))
-    vicreg_weights: list[float] | None = _opt(None, "VICReg's invariance, variance and covariance weights, meant in the chosen variance form (default 25 25 1)", nargs=3)
+    mode: str = _opt(
+        "dual",
+        "dual: view 1 gated + view 2 dense (the paper); dense: no gates (baseline B1); gated: both views gated (B2)",
+        ("dual", "dense", "gated"),
+    )
+    pairing: str = _opt(
+        "reference", "reference: (gated view 1, dense view 2) only; symmetric: also the swapped pair, averaged", ("reference", "symmetric")
+    )
+    vicreg_variance: str | None = _opt(
+        None,
+        "VICReg's variance term: sum of the two branches' hinges (solo-learn's form, the reference) or their "
+        "mean (the original VICReg code: half the effective weight); recipe: reference sum, embedded mean",
+        ("sum", "mean"),
+    )
+    vicreg_weights: list[float] | None = _opt(
+        None, "VICReg's invariance, variance and covariance weights, meant in the chosen variance form (default 25 25 1)", nargs=3
+    )
     proj_dim: int | None = _opt(None, "projector width; recipe: the method's paper value (2048; BYOL 4096), 512 on embedded")
     # budget
     budget: float = _opt(0.5, "target fraction t_d of the dense MACs for the gated pass, in (0, 1]")
     budget_weight: float = _opt(5.0, "lambda: weight of the budget loss")
     bound_weight: float = _opt(1.0, "gamma: weight of the per-block bound loss")
     bound_target: str = _opt("sqrt", "per-block density the bounds start at: sqrt(t_d) (reference) or t_d", ("sqrt", "linear"))
-    bound_density: str | None = _opt(None, "a block's density in the bound loss: l1 (the L1 norm of the hard mask, the reference: a closed channel gets "
-                                           "no gradient from the bounds) or mean (every gate gets gradient); recipe: reference l1, embedded mean", ("l1", "mean"))
+    bound_density: str | None = _opt(
+        None,
+        "a block's density in the bound loss: l1 (the L1 norm of the hard mask, the reference: a closed channel gets "
+        "no gradient from the bounds) or mean (every gate gets gradient); recipe: reference l1, embedded mean",
+        ("l1", "mean"),
+    )
     anneal: float = _opt(10.0, "alpha * epochs: the bounds open as p = exp(-anneal * epoch / epochs) (reference 0.02 * 500)")
-    anneal_from: str | None = _opt(None, "where the bounds' clock starts: gates (when the gates switch on after --gate-warmup-epochs, the reference) "
-                                         "or start (epoch 0); recipe: reference gates, embedded start", ("gates", "start"))
+    anneal_from: str | None = _opt(
+        None,
+        "where the bounds' clock starts: gates (when the gates switch on after --gate-warmup-epochs, the reference) "
+        "or start (epoch 0); recipe: reference gates, embedded start",
+        ("gates", "start"),
+    )
     gate_warmup_epochs: int = _opt(0, "first epochs dense only, without gates or budget losses")
     # optimisation
     epochs: int | None = _opt(None, "training epochs; recipe: 16 on embedded, 500 otherwise")
@@ -76,24 +111,45 @@ class PretrainConfig:
     optimizer: str = _opt("lars", "optimizer", ("lars", "sgd", "adamw"))
     lr: float | None = _opt(None, "base learning rate for batch 256, scaled by batch/256; default 0.3 (lars/sgd), 1e-3 (adamw)")
     weight_decay: float | None = _opt(None, "weight decay (not on gates, biases, norms); default 1e-4 (lars/sgd), 0.05 (adamw)")
-    gate_lr_scale: float | None = _opt(None, "learning-rate multiplier of the gate parameters; default: 1 (paper), 10 on embedded so a short run reaches its budget")
-    gate_lars: bool | None = _opt(None, "gate weights through LARS in their own group (no weight decay; the reference) rather than plain SGD; "
-                                        "recipe: reference yes, embedded no")
+    gate_lr_scale: float | None = _opt(
+        None, "learning-rate multiplier of the gate parameters; default: 1 (paper), 10 on embedded so a short run reaches its budget"
+    )
+    gate_lars: bool | None = _opt(
+        None,
+        "gate weights through LARS in their own group (no weight decay; the reference) rather than plain SGD; "
+        "recipe: reference yes, embedded no",
+    )
     momentum: float = _opt(0.9, "SGD momentum")
     lars_eta: float = _opt(0.02, "LARS trust coefficient")
-    warmup_epochs: float | None = _opt(None, "linear lr warm-up epochs before the cosine decay; default (reference recipe): 10 epochs, at least "
-                                             "500 steps, at most a quarter of the run (the paper's 500 epochs x 97 steps: 970 steps; 40 epochs x 15 "
-                                             "steps: 150; the embedded demo's 16 x 39: 156); embedded recipe: 2% of the epochs")
+    warmup_epochs: float | None = _opt(
+        None,
+        "linear lr warm-up epochs before the cosine decay; default: 10 epochs, at least 500 steps, at most "
+        "a quarter of the run (the paper's 500 epochs x 97 steps: 970 steps, its 10 epochs; 40 epochs x 15 "
+        "steps: 150; the embedded demo's 16 x 39: 156). gatedssl 0.1.0 used 2% of the epochs",
+    )
     ema_momentum: float = _opt(0.99, "BYOL teacher momentum at the start (rises to 1)")
     # augmentation
-    crop_interpolation: str | None = _opt(None, "RandomResizedCrop's resampling: bicubic (PIL's, as the reference computes it on PIL images) or "
-                                                "bilinear; recipe: reference bicubic, embedded bilinear", ("bicubic", "bilinear"))
-    blur_p: list[float] | None = _opt(None, "Gaussian blur probability of view 1 and view 2; recipe: reference per dataset (CIFAR-100: 0 0.2, "
-                                            "others none), embedded 0.5 0.5 above 64 px, none below", nargs=2)
+    crop_interpolation: str | None = _opt(
+        None,
+        "RandomResizedCrop's resampling: bicubic (PIL's, as the reference computes it on PIL images) or "
+        "bilinear; recipe: reference bicubic, embedded bilinear",
+        ("bicubic", "bilinear"),
+    )
+    blur_p: list[float] | None = _opt(
+        None,
+        "Gaussian blur probability of view 1 and view 2; recipe: reference per dataset (CIFAR-100: 0 0.2, "
+        "others none), embedded 0.5 0.5 above 64 px, none below",
+        nargs=2,
+    )
     # evaluation
-    eval_every: int = _opt(0, "every N epochs, kNN top-1 of the passes during training (at most 5,000 train and 1,000 test images; "
-                              "in metrics.jsonl and curves.png); 0: only at the end")
-    knn_protocol: str = _opt("weighted", "kNN: weighted cosine vote (solo-learn convention) or 1nn Euclidean (the reference scripts)", ("weighted", "1nn"))
+    eval_every: int = _opt(
+        0,
+        "every N epochs, kNN top-1 of the passes during training (at most 5,000 train and 1,000 test images; "
+        "in metrics.jsonl and curves.png); 0: only at the end",
+    )
+    knn_protocol: str = _opt(
+        "weighted", "kNN: weighted cosine vote (solo-learn convention) or 1nn Euclidean (the reference scripts)", ("weighted", "1nn")
+    )
     knn_k: int = _opt(200, "neighbours for the weighted kNN")
     knn_temperature: float = _opt(0.07, "temperature of the weighted kNN vote")
     # run
@@ -103,12 +159,26 @@ class PretrainConfig:
     checkpoint_every: int = _opt(10, "write a checkpoint every N epochs (and at the end, and on SIGTERM/SIGINT)")
     keep_checkpoints: int = _opt(2, "how many checkpoints to keep (--resume falls back to an older one if the newest is unreadable)")
     skip_nonfinite: int = _opt(0, "skip up to N batches whose loss is not finite instead of stopping (checks the loss every step)")
-    compile: bool = _opt(False, "torch.compile the backbone: the first steps wait for the compiler (about a minute on 2 CPU cores), then faster steps")
-    precision: str = _opt("auto", "forward pass in bf16 or fp16 autocast, or fp32; auto: bf16 on CUDA GPUs that have it, fp16 with a loss scaler on "
-                                  "those that do not (V100, T4), fp32 on the CPU (bf16 there: up to 1.9x faster on CPUs with AVX512-BF16/AMX, "
-                                  "a few kNN points lower on the CPU demo)", ("auto", "bf16", "fp16", "fp32"))
-    data_pipeline: str = _opt("device", "device: views made on the training device in whole batches; loader: torchvision transforms per image in DataLoader workers (the common baseline)", ("device", "loader"))
-    storage: str = _opt("auto", "folder datasets: memory decodes every image once and holds it (on the device for training); stream decodes from the files every epoch in DataLoader workers (on the GPU with nvJPEG under CUDA); auto holds what fits in half the free memory", ("auto", "memory", "stream"))
+    compile: bool = _opt(
+        False, "torch.compile the backbone: the first steps wait for the compiler (about a minute on 2 CPU cores), then faster steps"
+    )
+    precision: str = _opt(
+        "auto",
+        "forward pass in bf16 or fp16 autocast, or fp32; auto: bf16 on CUDA GPUs that have it, fp16 with a loss scaler on "
+        "those that do not (V100, T4), fp32 on the CPU (bf16 there: up to 1.9x faster on CPUs with AVX512-BF16/AMX, "
+        "a few kNN points lower on the CPU demo)",
+        ("auto", "bf16", "fp16", "fp32"),
+    )
+    data_pipeline: str = _opt(
+        "device",
+        "device: views made on the training device in whole batches; loader: torchvision transforms per image in DataLoader workers (the common baseline)",
+        ("device", "loader"),
+    )
+    storage: str = _opt(
+        "auto",
+        "folder datasets: memory decodes every image once and holds it (on the device for training); stream decodes from the files every epoch in DataLoader workers (on the GPU with nvJPEG under CUDA); auto holds what fits in half the free memory",
+        ("auto", "memory", "stream"),
+    )
     data_workers: int | None = _opt(None, "DataLoader workers that read streamed files (default: the CPU cores, at most 16)")
     limit_per_class: int | None = _opt(None, "use at most N images per class of each split (quick trials)")
     strict: bool = _opt(False, "an unreadable image file ends the run (default: skipped, counted and named)")
@@ -123,14 +193,33 @@ SIZES: dict[str, dict[str, Any]] = {
     "default": dict(width=64, epochs=500, batch_size=512, gate_lr_scale=1.0),
 }
 RECIPES: dict[str, dict[str, Any]] = {
-    "reference": dict(stem_padding=2, gate_bias=False, gate_lars=True, vicreg_variance="sum", bound_density="l1", anneal_from="gates",
-                      crop_interpolation="bicubic"),
-    "embedded": dict(stem_padding=1, gate_bias=True, gate_lars=False, vicreg_variance="mean", bound_density="mean", anneal_from="start",
-                     crop_interpolation="bilinear"),
+    "reference": dict(
+        stem_padding=2,
+        gate_bias=False,
+        gate_lars=True,
+        vicreg_variance="sum",
+        bound_density="l1",
+        anneal_from="gates",
+        crop_interpolation="bicubic",
+    ),
+    "embedded": dict(
+        stem_padding=1,
+        gate_bias=True,
+        gate_lars=False,
+        vicreg_variance="mean",
+        bound_density="mean",
+        anneal_from="start",
+        crop_interpolation="bilinear",
+    ),
 }
 REFERENCE_BLUR = {"cifar100": [0.0, 0.2]}  # the reference blurs CIFAR-100's second view only; CIFAR-10, STL-10, ImageNet-100 not at all
 LEGACY_RECIPE = "embedded"  # settings of runs written by gatedssl 0.1.0 (checkpoint format 1), which had no recipes: its choices
-OPTIMIZER_DEFAULTS = {"lars": dict(lr=0.3, weight_decay=1e-4), "sgd": dict(lr=0.3, weight_decay=1e-4), "adamw": dict(lr=1e-3, weight_decay=0.05)}
+# (0.1.0's warm-up, 2% of the epochs, is in those runs' settings as a number)
+OPTIMIZER_DEFAULTS = {
+    "lars": dict(lr=0.3, weight_decay=1e-4),
+    "sgd": dict(lr=0.3, weight_decay=1e-4),
+    "adamw": dict(lr=1e-3, weight_decay=0.05),
+}
 CROP_SIZES = {"embedded": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "imagefolder": 224}
 
 
@@ -149,14 +238,18 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     if values["recipe"] is None:
         values["recipe"] = default_recipe(cfg.dataset)
     crop_size = values["crop_size"] or CROP_SIZES.get(cfg.dataset, 224)
-    defaults = {**SIZES["default"], **SIZES.get(cfg.dataset, {}), **RECIPES.get(values["recipe"], {}), **OPTIMIZER_DEFAULTS.get(cfg.optimizer, {}),
-                "vicreg_weights": [25.0, 25.0, 1.0], "stem": "cifar" if crop_size <= 64 else "imagenet",
-                "blur_p": REFERENCE_BLUR.get(cfg.dataset, [0.0, 0.0]) if values["recipe"] == "reference" else size_blur(crop_size)}
+    defaults = {
+        **SIZES["default"],
+        **SIZES.get(cfg.dataset, {}),
+        **RECIPES.get(values["recipe"], {}),
+        **OPTIMIZER_DEFAULTS.get(cfg.optimizer, {}),
+        "vicreg_weights": [25.0, 25.0, 1.0],
+        "stem": "cifar" if crop_size <= 64 else "imagenet",
+        "blur_p": REFERENCE_BLUR.get(cfg.dataset, [0.0, 0.0]) if values["recipe"] == "reference" else size_blur(crop_size),
+    }
     for key, value in defaults.items():
         if values.get(key) is None:
             values[key] = value
-    if values["warmup_epochs"] is None and values["recipe"] == "embedded" and isinstance(values["epochs"], int) and values["epochs"] >= 1:
-        values["warmup_epochs"] = min(10.0, 0.02 * values["epochs"])  # the reference recipe's rule needs the steps per epoch: warmup_steps()
     if values["out"] is None:
         values["out"] = str(Path("runs") / default_run_name(values))
     return PretrainConfig(**values)
@@ -215,13 +308,34 @@ def validate(cfg: PretrainConfig) -> list[str]:
             problems.append(message)
 
     check(0 < cfg.budget <= 1, f"budget: {cfg.budget} is outside (0, 1]; give the gated pass's share of the dense MACs, e.g. 0.5")
-    for name in ("width", "epochs", "batch_size", "proj_dim", "checkpoint_every", "keep_checkpoints", "knn_k", "limit_per_class", "crop_size"):
+    for name in (
+        "width",
+        "epochs",
+        "batch_size",
+        "proj_dim",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "knn_k",
+        "limit_per_class",
+        "crop_size",
+    ):
         value = getattr(cfg, name)
         check(value is None or value >= 1, f"{name}: must be a positive integer, got {value}")
     for name in ("tau", "lr", "knn_temperature", "gate_lr_scale"):
         value = getattr(cfg, name)
         check(value is None or value > 0, f"{name}: must be > 0, got {value}")
-    for name in ("budget_weight", "bound_weight", "anneal", "gate_warmup_epochs", "weight_decay", "warmup_epochs", "lars_eta", "skip_nonfinite", "data_workers", "eval_every"):
+    for name in (
+        "budget_weight",
+        "bound_weight",
+        "anneal",
+        "gate_warmup_epochs",
+        "weight_decay",
+        "warmup_epochs",
+        "lars_eta",
+        "skip_nonfinite",
+        "data_workers",
+        "eval_every",
+    ):
         value = getattr(cfg, name)
         check(value is None or value >= 0, f"{name}: must be >= 0, got {value}")
     check(cfg.vicreg_weights is None or min(cfg.vicreg_weights) >= 0, f"vicreg_weights: must be >= 0, got {cfg.vicreg_weights}")
@@ -229,12 +343,24 @@ def validate(cfg: PretrainConfig) -> list[str]:
     check(0 <= cfg.momentum < 1, f"momentum: must be in [0, 1), got {cfg.momentum}")
     check(0 <= cfg.ema_momentum <= 1, f"ema_momentum: must be in [0, 1], got {cfg.ema_momentum}")
     if cfg.epochs is not None and cfg.epochs >= 1:
-        check(cfg.gate_warmup_epochs < cfg.epochs or cfg.mode == "dense", f"gate_warmup_epochs: {cfg.gate_warmup_epochs} leaves no gated epoch of {cfg.epochs}")
+        check(
+            cfg.gate_warmup_epochs < cfg.epochs or cfg.mode == "dense",
+            f"gate_warmup_epochs: {cfg.gate_warmup_epochs} leaves no gated epoch of {cfg.epochs}",
+        )
     if cfg.batch_size is not None:
         check(cfg.batch_size >= 2, "batch_size: SSL losses need at least 2 images per batch")
-    check(cfg.dataset == "embedded" or cfg.data_dir is not None or cfg.dataset != "imagefolder", "data_dir: --dataset imagefolder needs --data-dir DIR (with DIR/train/<class>/ and DIR/val/<class>/)")
-    check(cfg.crop_size is None or cfg.dataset == "imagefolder", f"crop_size: applies to --dataset imagefolder; {cfg.dataset} has a fixed size")
-    check(cfg.storage != "stream" or cfg.dataset != "embedded", "storage: the embedded dataset is held in memory; --storage stream reads image folders (--dataset imagefolder)")
+    check(
+        cfg.dataset == "embedded" or cfg.data_dir is not None or cfg.dataset != "imagefolder",
+        "data_dir: --dataset imagefolder needs --data-dir DIR (with DIR/train/<class>/ and DIR/val/<class>/)",
+    )
+    check(
+        cfg.crop_size is None or cfg.dataset == "imagefolder",
+        f"crop_size: applies to --dataset imagefolder; {cfg.dataset} has a fixed size",
+    )
+    check(
+        cfg.storage != "stream" or cfg.dataset != "embedded",
+        "storage: the embedded dataset is held in memory; --storage stream reads image folders (--dataset imagefolder)",
+    )
     if cfg.data_dir is not None and cfg.dataset != "embedded":
         check(os.path.isdir(cfg.data_dir), f"data_dir: {cfg.data_dir} is not a folder; give the folder that holds the {cfg.dataset} files")
     if cfg.device.startswith("cuda"):
@@ -261,9 +387,11 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
     except FileNotFoundError:
-        raise UserError(f"config file {path} not found; give a YAML file or one of the shipped configs: {', '.join(shipped_configs())}")
+        raise UserError(
+            f"config file {path} not found; give a YAML file or one of the shipped configs: {', '.join(shipped_configs())}"
+        ) from None
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}")
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of setting: value")
     known = {f.name for f in fields(PretrainConfig)}

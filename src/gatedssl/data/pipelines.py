@@ -18,7 +18,7 @@ benchmark take either one, so a speed comparison is between data paths only.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -36,8 +36,13 @@ def _per_view(cfg):
 
 
 class DeviceViews:
-    def __init__(self, images: torch.Tensor | ImageFiles, augment: BatchAugment | tuple[BatchAugment, BatchAugment],
-                 batch_size: int, device: torch.device):
+    def __init__(
+        self,
+        images: torch.Tensor | ImageFiles,
+        augment: BatchAugment | tuple[BatchAugment, BatchAugment],
+        batch_size: int,
+        device: torch.device,
+    ):
         self.images = images if isinstance(images, ImageFiles) else images.to(device)
         self.augments, self.batch_size, self.device = _per_view(augment), batch_size, device
 
@@ -92,15 +97,26 @@ class _TwoViews(Dataset):
 
 
 class LoaderViews:
-    def __init__(self, images: torch.Tensor | ImageFiles, cfg: AugmentConfig | tuple[AugmentConfig, AugmentConfig],
-                 batch_size: int, device: torch.device, workers: int | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor | ImageFiles,
+        cfg: AugmentConfig | tuple[AugmentConfig, AugmentConfig],
+        batch_size: int,
+        device: torch.device,
+        workers: int | None = None,
+    ):
         if workers is None:
             workers = os.cpu_count() or 1
         self.device = device
         transforms = tuple(torchvision_transform(c) for c in _per_view(cfg))
         self.loader = DataLoader(
-            _TwoViews(images if isinstance(images, ImageFiles) else images.cpu(), transforms), batch_size=batch_size, shuffle=True, drop_last=True,
-            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            _TwoViews(images if isinstance(images, ImageFiles) else images.cpu(), transforms),
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
         )
 
     def __len__(self) -> int:
@@ -119,8 +135,13 @@ class LoaderViews:
         return self.epoch()
 
 
-def make_views(pipeline: str, images: torch.Tensor | ImageFiles, cfg: AugmentConfig | tuple[AugmentConfig, AugmentConfig],
-               batch_size: int, device: torch.device):
+def make_views(
+    pipeline: str,
+    images: torch.Tensor | ImageFiles,
+    cfg: AugmentConfig | tuple[AugmentConfig, AugmentConfig],
+    batch_size: int,
+    device: torch.device,
+):
     """`cfg`: one recipe for both views, or (view 1's, view 2's)."""
     if pipeline == "device":
         return DeviceViews(images, tuple(BatchAugment(c) for c in _per_view(cfg)), batch_size, device)

@@ -78,8 +78,17 @@ class DatasetSplits:
 
 def load_run_data(cfg, device: torch.device | str = "cpu", warn=None, data_dir: str | None = None) -> DatasetSplits:
     """The splits a run's settings name (training, evaluation and export read the same data)."""
-    return load_dataset(cfg.dataset, data_dir or cfg.data_dir, image_size=cfg.crop_size, limit_per_class=cfg.limit_per_class,
-                        strict=cfg.strict, warn=warn, storage=cfg.storage, device=device, workers=cfg.data_workers)
+    return load_dataset(
+        cfg.dataset,
+        data_dir or cfg.data_dir,
+        image_size=cfg.crop_size,
+        limit_per_class=cfg.limit_per_class,
+        strict=cfg.strict,
+        warn=warn,
+        storage=cfg.storage,
+        device=device,
+        workers=cfg.data_workers,
+    )
 
 
 def eval_geometry(name: str, image_size: int | None = None) -> tuple[int, int, tuple, tuple]:
@@ -92,8 +101,16 @@ def eval_geometry(name: str, image_size: int | None = None) -> tuple[int, int, t
 
 
 def load_dataset(
-    name: str, data_dir: str | None = None, *, image_size: int | None = None, limit_per_class: int | None = None,
-    strict: bool = False, warn=None, storage: str = "memory", device: torch.device | str = "cpu", workers: int | None = None,
+    name: str,
+    data_dir: str | None = None,
+    *,
+    image_size: int | None = None,
+    limit_per_class: int | None = None,
+    strict: bool = False,
+    warn=None,
+    storage: str = "memory",
+    device: torch.device | str = "cpu",
+    workers: int | None = None,
 ) -> DatasetSplits:
     """Load every split of a dataset into memory.
 
@@ -147,19 +164,28 @@ def load_dataset(
         if unlabeled_reason is None and listed[0][2] != listed[1][2]:  # checked before the (long) decode
             raise UserError(f"{root}: train/ and {folders[1].name}/ have different class folders; both need the same <class>/ subfolders")
         if storage == "auto":
-            storage = _choose_storage(sum(len(paths) for paths, _, _ in listed), len(listed[0][0]), stored, torch.device(device), root, warn)
+            storage = _choose_storage(
+                sum(len(paths) for paths, _, _ in listed), len(listed[0][0]), stored, torch.device(device), root, warn
+            )
         if storage == "stream":
-            sets = [ImageSet(ImageFiles(paths, stored, strict=strict, warn=warn, workers=workers), labels, classes)
-                    for paths, labels, classes in listed]
+            sets = [
+                ImageSet(ImageFiles(paths, stored, strict=strict, warn=warn, workers=workers), labels, classes)
+                for paths, labels, classes in listed
+            ]
         else:
-            sets = [_decode_set(paths, labels, classes, stored, strict, warn, folder) for (paths, labels, classes), folder in zip(listed, folders)]
+            sets = [
+                _decode_set(paths, labels, classes, stored, strict, warn, folder)
+                for (paths, labels, classes), folder in zip(listed, folders)
+            ]
         pretrain = sets[0]
         if unlabeled_reason is not None:
             return DatasetSplits(name, pretrain, None, None, crop_size, mean, std, unlabeled_reason)
         train, test = sets
     elif storage == "stream":
-        raise UserError(f"storage stream reads image folders; {name} comes as torchvision's files and is always held in memory "
-                        f"(give data_dir with train/ and val/ class folders to stream it)")
+        raise UserError(
+            f"storage stream reads image folders; {name} comes as torchvision's files and is always held in memory "
+            f"(give data_dir with train/ and val/ class folders to stream it)"
+        )
     elif name == "stl10":
         root = data_dir or DEFAULT_ROOT
         train, unlabeled, test = (_torchvision(name, root, limit_per_class, split=s) for s in ("train", "unlabeled", "test"))
@@ -190,7 +216,9 @@ def _choose_storage(images: int, pretrain_images: int, size: int, device: torch.
     if fits:
         return "memory"
     where = f"{host / 2**30:.1f} GiB free in memory" + ("" if gpu is None else f", {gpu / 2**30:.1f} GiB on {device}")
-    warn(f"note: {root} decoded is {images * per_image / 2**30:.1f} GiB ({where}): streaming it from the files; --storage memory holds it anyway")
+    warn(
+        f"note: {root} decoded is {images * per_image / 2**30:.1f} GiB ({where}): streaming it from the files; --storage memory holds it anyway"
+    )
     return "stream"
 
 
@@ -226,7 +254,9 @@ def _torchvision(name: str, root: str, limit: int | None, **split) -> ImageSet:
         try:
             dataset = dataset_cls(root, download=True, **split)
         except Exception:
-            raise UserError(f"{title} not found in {root}: put {files} there, or run once with internet so torchvision downloads it") from None
+            raise UserError(
+                f"{title} not found in {root}: put {files} there, or run once with internet so torchvision downloads it"
+            ) from None
     images = torch.from_numpy(dataset.data)
     if images.shape[-1] == 3:  # CIFAR is NHWC, STL-10 already NCHW
         images = images.permute(0, 3, 1, 2)
@@ -288,13 +318,16 @@ def _warn_if_upsampled(paths: list[str], crop_size: int, stored: int, warn) -> N
             side = min(first.size)
     except (OSError, IndexError):
         return  # unreadable files are reported where they are decoded
-    if 2 * side < stored:
-        warn(f"warning: the images are about {side} px (first: {paths[0]}); a {crop_size} px crop upsamples them more than 2x. "
-             f"Pass --crop-size {side} to train at their size")
+    if side < crop_size:
+        warn(
+            f"warning: the images are about {side} px (first: {paths[0]}); a {crop_size} px crop upsamples them {crop_size / side:.1f}x "
+            f"(slower, and blurred views). Pass --crop-size {side} to train at their size"
+        )
 
 
-def _walk_images(top: Path, seen_dirs: set[str], seen_files: set[str], other_roots: frozenset[str] | set[str] = frozenset()
-                 ) -> tuple[list[str], int]:
+def _walk_images(
+    top: Path, seen_dirs: set[str], seen_files: set[str], other_roots: frozenset[str] | set[str] = frozenset()
+) -> tuple[list[str], int]:
     """Image files under `top` at any depth, symlinks followed, sorted by folder then name; and how many
     folders were not entered.
 
@@ -355,8 +388,10 @@ def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str],
     present = set(targets)
     empty = [name for name in classes if class_to_idx[name] not in present]
     if empty:
-        raise UserError(f"no image file in {', '.join(str(folder / name) for name in empty)}; every <class>/ folder needs images "
-                        f"({', '.join(IMG_EXTENSIONS)})")
+        raise UserError(
+            f"no image file in {', '.join(str(folder / name) for name in empty)}; every <class>/ folder needs images "
+            f"({', '.join(IMG_EXTENSIONS)})"
+        )
     labels = torch.tensor(targets, dtype=torch.int64)
     keep = _first_per_class(labels, limit)
     if keep is None:
@@ -371,8 +406,10 @@ def _list_unlabeled(folder: Path, limit: int | None, reason: str, warn=None) -> 
     paths, skipped = _walk_images(folder, set(), set())
     _warn_revisited(folder, skipped, warn)
     if not paths:
-        raise UserError(f"no image file under {folder} (read as unlabeled: {reason}); put the pretraining images there "
-                        f"({', '.join(IMG_EXTENSIONS)}), or {folder.parent}/train/<class>/ and {folder.parent}/val/<class>/ for labelled data")
+        raise UserError(
+            f"no image file under {folder} (read as unlabeled: {reason}); put the pretraining images there "
+            f"({', '.join(IMG_EXTENSIONS)}), or {folder.parent}/train/<class>/ and {folder.parent}/val/<class>/ for labelled data"
+        )
     paths = paths[:limit]
     return paths, torch.full((len(paths),), -1, dtype=torch.int64), []
 

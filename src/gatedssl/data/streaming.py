@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from PIL import Image, ImageOps
@@ -132,8 +132,13 @@ class ImageFiles:
                 self.failed.add(i)
                 self.warn(f"warning: {error}; its slot is left black ({len(self.failed)} unreadable so far; --strict makes this an error)")
 
-    def read(self, indices: torch.Tensor, batch_size: int, device: torch.device, decode_on: str | None = None,
-             ) -> Iterator[torch.Tensor]:
+    def read(
+        self,
+        indices: torch.Tensor,
+        batch_size: int,
+        device: torch.device,
+        decode_on: str | None = None,
+    ) -> Iterator[torch.Tensor]:
         """Batches of the images at `indices`, in that order, as uint8 on `device`."""
         device = torch.device(device)
         decode_on = decode_on or ("device" if device.type == "cuda" else "workers")
@@ -142,11 +147,15 @@ class ImageFiles:
         chunks = [c.tolist() for c in indices.cpu().split(batch_size)]
         dataset = self._decoded if decode_on == "workers" else _RawFiles(self.paths)
         workers = min(self.workers, len(chunks))
-        loader = DataLoader(dataset, batch_sampler=chunks, num_workers=workers,
-                            collate_fn=None if decode_on == "workers" else _pack,
-                            pin_memory=device.type == "cuda" and decode_on == "workers",
-                            prefetch_factor=4 if workers > 0 else None,
-                            generator=torch.Generator())  # worker seeds drawn from its own generator, not the global one training uses
+        loader = DataLoader(
+            dataset,
+            batch_sampler=chunks,
+            num_workers=workers,
+            collate_fn=None if decode_on == "workers" else _pack,
+            pin_memory=device.type == "cuda" and decode_on == "workers",
+            prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator(),
+        )  # worker seeds drawn from its own generator, not the global one training uses
         for chunk, (batch, errors) in zip(chunks, loader):
             if decode_on == "device":
                 packed, lengths = batch
@@ -175,8 +184,12 @@ class ImageFiles:
         return out, errors
 
 
-def read_batches(images: torch.Tensor | ImageFiles, indices: torch.Tensor, batch_size: int, device: torch.device,
-                 ) -> Iterator[torch.Tensor]:
+def read_batches(
+    images: torch.Tensor | ImageFiles,
+    indices: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
     """uint8 batches of `images` at `indices` (in order) on `device`, from a tensor or from files alike."""
     if isinstance(images, ImageFiles):
         yield from images.read(indices, batch_size, device)

@@ -28,8 +28,16 @@ class Features:
 
 
 @torch.no_grad()
-def extract(backbone: GatedResNet, images: ImageSet, splits: DatasetSplits, gated: bool, device: torch.device, batch_size: int = 500,
-            precision: str = "auto", indices: torch.Tensor | None = None) -> Features:
+def extract(
+    backbone: GatedResNet,
+    images: ImageSet,
+    splits: DatasetSplits,
+    gated: bool,
+    device: torch.device,
+    batch_size: int = 500,
+    precision: str = "auto",
+    indices: torch.Tensor | None = None,
+) -> Features:
     """Eval-mode features (deterministic gates) of the images at `indices` (default all); images are moved
     to (or decoded for) the device a batch at a time."""
     was_training = backbone.training
@@ -59,8 +67,15 @@ def spread(n: int, m: int) -> torch.Tensor:
     return torch.arange(n) if m >= n else torch.linspace(0, n - 1, m).round().long()
 
 
-def evaluate(backbone: GatedResNet, splits: DatasetSplits, device: torch.device, protocol: str = "weighted", k: int = 200, temperature: float = 0.07,
-             precision: str = "auto") -> dict:
+def evaluate(
+    backbone: GatedResNet,
+    splits: DatasetSplits,
+    device: torch.device,
+    protocol: str = "weighted",
+    k: int = 200,
+    temperature: float = 0.07,
+    precision: str = "auto",
+) -> dict:
     """kNN top-1 (percent) and test-set MACs for the dense and the gated pass.
 
     Unlabeled data (splits.labeled False) has no kNN (knn_top1 None); its MACs and channel usage
@@ -75,22 +90,39 @@ def evaluate(backbone: GatedResNet, splits: DatasetSplits, device: torch.device,
     for name, gated in (("dense", False), ("gated", True)):
         test = extract(backbone, measured, splits, gated, device, precision=precision, indices=indices)
         mean_macs = test.macs.mean().item()
-        result[name] = {"knn_top1": None, "macs": mean_macs, "macs_ratio": mean_macs / test.dense_macs,
-                        "density": [round(d, 4) for d in test.density.tolist()], "macs_ratio_per_class": {}}
+        result[name] = {
+            "knn_top1": None,
+            "macs": mean_macs,
+            "macs_ratio": mean_macs / test.dense_macs,
+            "density": [round(d, 4) for d in test.density.tolist()],
+            "macs_ratio_per_class": {},
+        }
         if splits.labeled:
             train = extract(backbone, splits.train, splits, gated, device, precision=precision)
-            result[name]["knn_top1"] = knn_top1(train.features, train_labels, test.features, test_labels, num_classes, protocol, k, temperature)
+            result[name]["knn_top1"] = knn_top1(
+                train.features, train_labels, test.features, test_labels, num_classes, protocol, k, temperature
+            )
             per_class = torch.zeros(num_classes, device=test.macs.device).index_add_(0, test_labels, test.macs)
             per_class /= torch.bincount(test_labels, minlength=num_classes).clamp(min=1)
-            result[name]["macs_ratio_per_class"] = dict(zip(splits.test.classes, [round(v / test.dense_macs, 5) for v in per_class.tolist()]))
+            result[name]["macs_ratio_per_class"] = dict(
+                zip(splits.test.classes, [round(v / test.dense_macs, 5) for v in per_class.tolist()])
+            )
         if gated:
             result[name]["channel_frequency"] = [[round(v, 4) for v in f.tolist()] for f in test.channel_frequency]
     result["knn"] = {"protocol": protocol, "k": k, "temperature": temperature}
     return result
 
 
-def online_knn(backbone: GatedResNet, splits: DatasetSplits, device: torch.device, passes: tuple[str, ...], protocol: str = "weighted",
-               k: int = 200, temperature: float = 0.07, precision: str = "auto") -> dict[str, float]:
+def online_knn(
+    backbone: GatedResNet,
+    splits: DatasetSplits,
+    device: torch.device,
+    passes: tuple[str, ...],
+    protocol: str = "weighted",
+    k: int = 200,
+    temperature: float = 0.07,
+    precision: str = "auto",
+) -> dict[str, float]:
     """kNN top-1 during training (--eval-every): a bank of at most ONLINE_BANK train images and at most
     ONLINE_QUERIES test images, so that it costs a small part of an epoch; the final evaluation uses all."""
     bank, queries = spread(len(splits.train.labels), ONLINE_BANK), spread(len(splits.test.labels), ONLINE_QUERIES)
@@ -100,5 +132,7 @@ def online_knn(backbone: GatedResNet, splits: DatasetSplits, device: torch.devic
         gated = name == "gated"
         train = extract(backbone, splits.train, splits, gated, device, precision=precision, indices=bank)
         test = extract(backbone, splits.test, splits, gated, device, precision=precision, indices=queries)
-        result[f"knn_{name}"] = knn_top1(train.features, bank_labels, test.features, query_labels, len(splits.train.classes), protocol, k, temperature)
+        result[f"knn_{name}"] = knn_top1(
+            train.features, bank_labels, test.features, query_labels, len(splits.train.classes), protocol, k, temperature
+        )
     return result

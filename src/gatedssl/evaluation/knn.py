@@ -30,7 +30,9 @@ def weighted_knn_predict(
 
 
 @torch.no_grad()
-def nearest_neighbour_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def nearest_neighbour_predict(
+    train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
     """1-NN with Euclidean distance on raw features (the reference repository's protocol)."""
     train = train_features.float()
     preds = []
@@ -40,7 +42,16 @@ def nearest_neighbour_predict(train_features: torch.Tensor, train_labels: torch.
     return torch.cat(preds)
 
 
-def knn_top1(train_features, train_labels, test_features, test_labels, num_classes: int, protocol: str = "weighted", k: int = 200, temperature: float = 0.07) -> float:
+def knn_top1(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    num_classes: int,
+    protocol: str = "weighted",
+    k: int = 200,
+    temperature: float = 0.07,
+) -> float:
     """Top-1 accuracy in percent."""
     if protocol == "weighted":
         pred = weighted_knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)

@@ -136,10 +136,18 @@ def _paper_run(backbone, splits, gated, device, test_features, epochs, batch_siz
     n, num_classes = len(labels), len(splits.train.classes)
     generator = torch.Generator().manual_seed(seed)  # head init and batch order
     aug_generator = torch.Generator(device=device).manual_seed(seed)  # crops and flips, drawn on the device
-    augment = BatchAugment(AugmentConfig(
-        crop_size=splits.crop_size, scale=(0.08, 1.0), jitter_p=0.0, gray_p=0.0, solarize_p=0.0, blur_p=0.0,
-        mean=tuple(splits.mean), std=tuple(splits.std),
-    ))
+    augment = BatchAugment(
+        AugmentConfig(
+            crop_size=splits.crop_size,
+            scale=(0.08, 1.0),
+            jitter_p=0.0,
+            gray_p=0.0,
+            solarize_p=0.0,
+            blur_p=0.0,
+            mean=tuple(splits.mean),
+            std=tuple(splits.std),
+        )
+    )
     head = _new_head(test_features.shape[1], num_classes, generator, device)
     optimizer, schedule = _sgd_cosine(head, PAPER["lr"], PAPER["weight_decay"], batch_size, epochs * math.ceil(n / batch_size))
     for _ in range(epochs):
@@ -161,8 +169,17 @@ def _paper_run(backbone, splits, gated, device, test_features, epochs, batch_siz
 
 
 def linear_probe(
-    backbone: GatedResNet, splits: DatasetSplits, gated: bool, device: torch.device, protocol: str = "fast",
-    seeds: int = 1, epochs: int | None = None, batch_size: int = 256, *, progress: bool = True, precision: str = "auto",
+    backbone: GatedResNet,
+    splits: DatasetSplits,
+    gated: bool,
+    device: torch.device,
+    protocol: str = "fast",
+    seeds: int = 1,
+    epochs: int | None = None,
+    batch_size: int = 256,
+    *,
+    progress: bool = True,
+    precision: str = "auto",
 ) -> ProbeResult:
     """Linear-probe accuracy of one pass (``gated``) of the frozen backbone; see the module doc.
 
@@ -182,14 +199,24 @@ def linear_probe(
         train = extract(backbone, splits.train, splits, gated, device, precision=precision).features
         settings = {**FAST, **({"epochs": epochs} if epochs is not None else {})}
         for seed in range(seeds):
-            runs.append(train_linear_head(train, splits.train.labels, test, splits.test.labels, num_classes,
-                                          batch_size=batch_size, seed=seed, **settings))
+            runs.append(
+                train_linear_head(
+                    train, splits.train.labels, test, splits.test.labels, num_classes, batch_size=batch_size, seed=seed, **settings
+                )
+            )
     else:
         epochs = epochs or PAPER["epochs"]
         was_training = backbone.training
         backbone.eval()
-        bar = tqdm(total=seeds * epochs * len(splits.train.labels), unit="img", unit_scale=True, dynamic_ncols=True,
-                   desc=f"linear probe ({'gated' if gated else 'dense'})", disable=not progress, mininterval=1.0)
+        bar = tqdm(
+            total=seeds * epochs * len(splits.train.labels),
+            unit="img",
+            unit_scale=True,
+            dynamic_ncols=True,
+            desc=f"linear probe ({'gated' if gated else 'dense'})",
+            disable=not progress,
+            mininterval=1.0,
+        )
         try:
             for seed in range(seeds):
                 runs.append(_paper_run(backbone, splits, gated, device, test, epochs, batch_size, seed, bar, precision))

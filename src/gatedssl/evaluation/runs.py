@@ -21,17 +21,26 @@ def restore_objective(state: dict, path) -> tuple[JointObjective, PretrainConfig
     try:
         cfg = PretrainConfig(**upgrade_stored(state["config"]))
     except TypeError as exc:
-        raise UserError(f"checkpoint {path} holds settings this gatedssl does not know ({exc}); use the version that wrote it")
+        raise UserError(f"checkpoint {path} holds settings this gatedssl does not know ({exc}); use the version that wrote it") from None
     objective = build_objective(cfg)
     try:
         objective.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})")
+        raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})") from None
     return objective, cfg
 
 
-def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str = "auto", knn_protocol: str | None = None,
-                        out: str | None = None, probe: str | None = None, probe_seeds: int = 1, progress: bool = True) -> tuple[dict, Path]:
+def evaluate_checkpoint(
+    path: str,
+    *,
+    data_dir: str | None = None,
+    device: str = "auto",
+    knn_protocol: str | None = None,
+    out: str | None = None,
+    probe: str | None = None,
+    probe_seeds: int = 1,
+    progress: bool = True,
+) -> tuple[dict, Path]:
     """Rebuild the run's network from the checkpoint's own config, evaluate it, write the summary.
 
     probe: also a linear probe ("fast" or "paper") of each pass, stored as dense.probe / gated.probe.
@@ -40,7 +49,9 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
         raise UserError(f"--probe-seeds must be at least 1, got {probe_seeds}")
     state = load_checkpoint(path)
     objective, cfg = restore_objective(state, path)
-    cfg = dataclasses.replace(cfg, device=device, **({"data_dir": data_dir} if data_dir else {}), **({"knn_protocol": knn_protocol} if knn_protocol else {}))
+    cfg = dataclasses.replace(
+        cfg, device=device, **({"data_dir": data_dir} if data_dir else {}), **({"knn_protocol": knn_protocol} if knn_protocol else {})
+    )
     problems = validate(cfg)
     if problems:
         raise UserError("\n".join(problems))
@@ -48,8 +59,10 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
     objective.to(dev)
     splits = load_run_data(cfg, dev)
     if probe is not None and not splits.labeled:
-        raise UserError(f"--probe {probe}: the run's data is unlabeled ({splits.unlabeled_reason}); a linear probe needs labelled "
-                        f"train/<class>/ and val/<class>/ folders")
+        raise UserError(
+            f"--probe {probe}: the run's data is unlabeled ({splits.unlabeled_reason}); a linear probe needs labelled "
+            f"train/<class>/ and val/<class>/ folders"
+        )
     result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
     summary = make_summary(cfg, splits, result, state.get("init_eval"), state.get("train_seconds"), dev)
     summary["epochs_trained"] = state["epoch"]
@@ -57,7 +70,9 @@ def evaluate_checkpoint(path: str, *, data_dir: str | None = None, device: str =
         for name, gated in (("dense", False), ("gated", True)):
             if name == "gated" and cfg.mode == "dense":
                 continue  # a dense-only baseline has untrained gates
-            result = linear_probe(objective.backbone, splits, gated, dev, protocol=probe, seeds=probe_seeds, progress=progress, precision=cfg.precision)
+            result = linear_probe(
+                objective.backbone, splits, gated, dev, protocol=probe, seeds=probe_seeds, progress=progress, precision=cfg.precision
+            )
             summary[name]["probe"] = result.to_dict()
     target = Path(out) if out else Path(path).resolve().parent.parent / "summary.json"
     previous = Path(path).resolve().parent.parent / "summary.json"

@@ -1,6 +1,6 @@
 """Deploying the light model: plain (BN-folded) networks, real channel skipping, export formats, loading."""
 
-from .encoder import EvalTransform, Encoder, load
+from .encoder import Encoder, EvalTransform, load
 from .plain import PlainResNet
 from .skipping import SkippingResNet
 

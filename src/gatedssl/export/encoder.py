@@ -18,7 +18,6 @@ from torch import nn
 from ..data.augment import center_crop, normalize
 from ..data.sources import eval_geometry
 from ..data.streaming import fit_square
-from ..errors import UserError
 from ..training.checkpoint import read_weights
 from .plain import PlainResNet
 from .skipping import SkippingResNet
@@ -41,7 +40,7 @@ class EvalTransform:
     std: tuple[float, float, float]
 
     @classmethod
-    def for_dataset(cls, name: str, crop_size: int | None = None) -> "EvalTransform":
+    def for_dataset(cls, name: str, crop_size: int | None = None) -> EvalTransform:
         crop, stored, mean, std = eval_geometry(name, crop_size)
         return cls(crop, stored, tuple(mean), tuple(std))
 
@@ -61,8 +60,10 @@ class EvalTransform:
         if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[1] != 3:
             raise TypeError(f"expected uint8 images of shape (N, 3, H, W), got {batch.dtype} {tuple(batch.shape)}")
         if min(batch.shape[-2:]) < self.crop_size:
-            raise ValueError(f"images of {batch.shape[-2]}x{batch.shape[-1]} are smaller than the {self.crop_size} px the "
-                             f"network was trained at; pass PIL images to have them resized")
+            raise ValueError(
+                f"images of {batch.shape[-2]}x{batch.shape[-1]} are smaller than the {self.crop_size} px the "
+                f"network was trained at; pass PIL images to have them resized"
+            )
         return normalize(center_crop(batch, self.crop_size), self.mean, self.std)
 
 

@@ -26,8 +26,14 @@ EXTRA = "pip install 'gatedssl[export]'"
 
 def write_pt(net: PlainResNet, subnet: str, transform: EvalTransform, config: dict, out: Path) -> None:
     """A state dict plus the architecture (each conv's channels): loads with weights_only=True."""
-    state = {"format": EXPORT_FORMAT, "subnet": subnet, "arch": net.spec, "state_dict": net.state_dict(),
-             "transform": dataclasses.asdict(transform), "config": config}
+    state = {
+        "format": EXPORT_FORMAT,
+        "subnet": subnet,
+        "arch": net.spec,
+        "state_dict": net.state_dict(),
+        "transform": dataclasses.asdict(transform),
+        "config": config,
+    }
     _write(out, lambda fh: torch.save(state, fh))
 
 
@@ -54,8 +60,16 @@ def onnx_bytes(net: PlainResNet, size: int) -> bytes:
     example = torch.zeros(2, 3, size, size)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.cpu().eval(), (example,), buffer, dynamo=True, input_names=["images"], output_names=["features"],
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
+        torch.onnx.export(
+            net.cpu().eval(),
+            (example,),
+            buffer,
+            dynamo=True,
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            verbose=False,
+        )
     return buffer.getvalue()
 
 
@@ -80,8 +94,10 @@ def torchvision_state_dict(backbone: GatedResNet) -> dict[str, torch.Tensor]:
     The dense BN set is kept as BatchNorm (not folded) so the network fine-tunes as usual.
     """
     if backbone.width != 64:
-        raise UserError(f"--format torchvision: torchvision's ResNets have width 64 and this run has width {backbone.width}; "
-                        f"export with --format pt, torchscript or onnx instead")
+        raise UserError(
+            f"--format torchvision: torchvision's ResNets have width 64 and this run has width {backbone.width}; "
+            f"export with --format pt, torchscript or onnx instead"
+        )
     state = {}
 
     def put(prefix: str, module: torch.nn.Module) -> None:

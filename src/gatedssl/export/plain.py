@@ -106,7 +106,7 @@ class PlainResNet(nn.Module):
         return spec_macs(self.spec, size)
 
     @classmethod
-    def from_gated(cls, backbone: GatedResNet, bn: str = "dense", keep: list[torch.Tensor] | None = None) -> "PlainResNet":
+    def from_gated(cls, backbone: GatedResNet, bn: str = "dense", keep: list[torch.Tensor] | None = None) -> PlainResNet:
         """Fold one BN set ("dense" or "gated") into the convs and keep, per block, the middle
         channels `keep[i]` (all when keep is None)."""
         if bn not in ("dense", "gated"):
@@ -152,6 +152,7 @@ def plain_spec(backbone: GatedResNet, mid: list[int]) -> dict:
 
 def spec_macs(spec: dict, size: int) -> int:
     """Multiply-accumulates of one size x size image, from the spec's convolution shapes."""
+
     def conv(c: list[int], hw: int) -> tuple[int, int]:
         cin, cout, k, stride, padding = c
         out = (hw + 2 * padding - k) // stride + 1
@@ -175,6 +176,7 @@ def spec_macs(spec: dict, size: int) -> int:
 
 def fold_block(block, bn: str) -> list[nn.Conv2d | None]:
     """The block's convolutions with its BN folded in: [conv1, conv2, (conv3,) shortcut or None]."""
+
     def norm(pass_bn):
         return pass_bn.gated if bn == "gated" and pass_bn.gated is not None else pass_bn.dense
 

@@ -24,9 +24,19 @@ from ..models.resnet import BackboneOutput
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import select_device, write_summary
 from .encoder import EvalTransform
-from .formats import FORMATS, onnx_bytes, require, torchvision_state_dict, verify_onnx, write_bytes, write_pt, write_state_dict, write_torchscript
+from .formats import (
+    FORMATS,
+    onnx_bytes,
+    require,
+    torchvision_state_dict,
+    verify_onnx,
+    write_bytes,
+    write_pt,
+    write_state_dict,
+    write_torchscript,
+)
 from .plain import PlainResNet, plain_spec, spec_macs
-from .static import kept_channels, keep_rate_for
+from .static import keep_rate_for, kept_channels
 
 SUBNETS = ("dense", "static")
 
@@ -43,7 +53,9 @@ class PlainAsBackbone(nn.Module):
         return BackboneOutput(features, [], torch.full((x.shape[0],), float(self.macs), device=x.device), self.macs)
 
 
-def check_request(subnet: str, fmt: str, out: str, keep_rate: float | None, macs_ratio: float | None, channel_multiple: int = 1) -> list[str]:
+def check_request(
+    subnet: str, fmt: str, out: str, keep_rate: float | None, macs_ratio: float | None, channel_multiple: int = 1
+) -> list[str]:
     """Every problem with the request that needs no checkpoint, all at once."""
     problems = []
     if subnet not in SUBNETS:
@@ -61,8 +73,10 @@ def check_request(subnet: str, fmt: str, out: str, keep_rate: float | None, macs
     if channel_multiple < 1:
         problems.append(f"--channel-multiple must be at least 1, got {channel_multiple}")
     if fmt == "torchvision" and subnet != "dense":
-        problems.append("--format torchvision writes the dense encoder (torchvision's ResNets have fixed channel counts); use --subnet dense, "
-                        "or --format pt, torchscript or onnx for the static sub-network")
+        problems.append(
+            "--format torchvision writes the dense encoder (torchvision's ResNets have fixed channel counts); use --subnet dense, "
+            "or --format pt, torchscript or onnx for the static sub-network"
+        )
     if fmt == "onnx":
         try:
             require("onnx", "onnxscript", "onnxruntime")
@@ -77,9 +91,19 @@ def check_request(subnet: str, fmt: str, out: str, keep_rate: float | None, macs
     return problems
 
 
-def export(checkpoint: str, out: str, subnet: str = "dense", fmt: str = "pt", keep_rate: float | None = None,
-           macs_ratio: float | None = None, channel_multiple: int = 1, data_dir: str | None = None, device: str = "auto",
-           probe: bool = True, log=None) -> dict:
+def export(
+    checkpoint: str,
+    out: str,
+    subnet: str = "dense",
+    fmt: str = "pt",
+    keep_rate: float | None = None,
+    macs_ratio: float | None = None,
+    channel_multiple: int = 1,
+    data_dir: str | None = None,
+    device: str = "auto",
+    probe: bool = True,
+    log=None,
+) -> dict:
     """Write the export; returns what was measured (and, for static, recorded in the run's summary)."""
     log = log or (lambda message: print(message, file=sys.stderr))
     problems = check_request(subnet, fmt, out, keep_rate, macs_ratio, channel_multiple)
@@ -88,8 +112,10 @@ def export(checkpoint: str, out: str, subnet: str = "dense", fmt: str = "pt", ke
     state = load_checkpoint(checkpoint)
     objective, cfg = restore_objective(state, checkpoint)
     if subnet == "static" and cfg.mode == "dense":
-        raise UserError(f"{checkpoint} is a dense-only run (mode dense): its gates never trained, so they choose no channels; "
-                        f"export --subnet dense, or a static sub-network of a dual or gated run")
+        raise UserError(
+            f"{checkpoint} is a dense-only run (mode dense): its gates never trained, so they choose no channels; "
+            f"export --subnet dense, or a static sub-network of a dual or gated run"
+        )
     dev = select_device(device)
     backbone = objective.backbone.to(dev).eval()
     transform = EvalTransform.for_dataset(cfg.dataset, cfg.crop_size)
@@ -100,13 +126,21 @@ def export(checkpoint: str, out: str, subnet: str = "dense", fmt: str = "pt", ke
         result.update(macs=net.macs(size), macs_ratio=1.0)
     else:
         splits = load_run_data(cfg, dev, warn=log, data_dir=data_dir)
-        frequency = extract(backbone, splits.train if splits.labeled else splits.pretrain, splits, True, dev, precision=cfg.precision).channel_frequency
+        frequency = extract(
+            backbone, splits.train if splits.labeled else splits.pretrain, splits, True, dev, precision=cfg.precision
+        ).channel_frequency
         if keep_rate is None:
             keep_rate = keep_rate_for(backbone, frequency, macs_ratio if macs_ratio is not None else cfg.budget, size, channel_multiple)
         net = PlainResNet.from_gated(backbone, "gated", keep=kept_channels(frequency, keep_rate, channel_multiple))
         dense_macs = spec_macs(plain_spec(backbone, backbone.gated_channels), size)
-        result.update(keep_rate=keep_rate, channel_multiple=channel_multiple, macs=net.macs(size), macs_ratio=net.macs(size) / dense_macs,
-                      channels=net.mid_channels, **(measure(net, splits, dev, cfg, probe) if splits.labeled else {"knn_top1": None}))
+        result.update(
+            keep_rate=keep_rate,
+            channel_multiple=channel_multiple,
+            macs=net.macs(size),
+            macs_ratio=net.macs(size) / dense_macs,
+            channels=net.mid_channels,
+            **(measure(net, splits, dev, cfg, probe) if splits.labeled else {"knn_top1": None}),
+        )
     if fmt == "pt":
         write_pt(net, subnet, transform, cfg.to_dict(), Path(out))
     elif fmt == "torchscript":
@@ -127,8 +161,16 @@ def measure(net: PlainResNet, splits, device: torch.device, cfg, probe: bool) ->
     adapter = PlainAsBackbone(net, splits.crop_size).to(device)
     train = extract(adapter, splits.train, splits, False, device, precision=cfg.precision)
     test = extract(adapter, splits.test, splits, False, device, precision=cfg.precision)
-    top1 = knn_top1(train.features, splits.train.labels.to(device), test.features, splits.test.labels.to(device),
-                    len(splits.train.classes), cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature)
+    top1 = knn_top1(
+        train.features,
+        splits.train.labels.to(device),
+        test.features,
+        splits.test.labels.to(device),
+        len(splits.train.classes),
+        cfg.knn_protocol,
+        cfg.knn_k,
+        cfg.knn_temperature,
+    )
     measured = {"knn_top1": top1}
     if probe:
         measured["probe"] = linear_probe(adapter, splits, False, device, precision=cfg.precision, progress=False).to_dict()

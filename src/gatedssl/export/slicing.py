@@ -23,7 +23,9 @@ def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return folded
 
 
-def take(conv: nn.Conv2d, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def take(
+    conv: nn.Conv2d, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight, bias) of `conv` restricted to output channels `out_idx` and input channels `in_idx`."""
     weight, bias = conv.weight, conv.bias
     if out_idx is not None:

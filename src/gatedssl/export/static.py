@@ -47,9 +47,11 @@ def keep_rate_for(backbone: GatedResNet, frequency: list[torch.Tensor], macs_rat
     lo, hi = 0, len(candidates) - 1
     if static_macs_ratio(backbone, frequency, candidates[hi], size, multiple) > macs_ratio:
         smallest = static_macs_ratio(backbone, frequency, candidates[hi], size, multiple)
-        raise UserError(f"--macs-ratio {macs_ratio:g} cannot be reached: keeping only the channels the gates open for every "
-                        f"training image (--keep-rate {candidates[hi]:g}{f', rounded up to multiples of {multiple}' if multiple > 1 else ''}) still "
-                        f"spends {smallest:.3f} of the dense MACs; ask for at least that")
+        raise UserError(
+            f"--macs-ratio {macs_ratio:g} cannot be reached: keeping only the channels the gates open for every "
+            f"training image (--keep-rate {candidates[hi]:g}{f', rounded up to multiples of {multiple}' if multiple > 1 else ''}) still "
+            f"spends {smallest:.3f} of the dense MACs; ask for at least that"
+        )
     while lo < hi:  # MACs fall as Q rises
         mid = (lo + hi) // 2
         if static_macs_ratio(backbone, frequency, candidates[mid], size, multiple) <= macs_ratio:

@@ -7,7 +7,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-
 DENSITY_FORMS = ("mean", "l1")
 
 

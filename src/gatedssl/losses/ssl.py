@@ -61,8 +61,14 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, variance_form: str = "mean"
     return invariance, variance, covariance
 
 
-def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0,
-                variance_form: str = "mean") -> torch.Tensor:
+def vicreg_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    variance_form: str = "mean",
+) -> torch.Tensor:
     """VICReg: sim_weight * invariance + var_weight * variance + cov_weight * covariance (reference 25/25/1)."""
     invariance, variance, covariance = vicreg_terms(z1, z2, variance_form)
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance

@@ -15,8 +15,8 @@ side, gated target for the gated side).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -57,33 +57,40 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method(
-            "vicreg", 2048,
+            "vicreg",
+            2048,
             projector=lambda d, p: mlp([d, p, p, p]),
-            loss=lambda a, b, weights=(25.0, 25.0, 1.0), variance_form="mean": losses.vicreg_loss(a.z, b.z, *weights, variance_form=variance_form),
+            loss=lambda a, b, weights=(25.0, 25.0, 1.0), variance_form="mean": losses.vicreg_loss(
+                a.z, b.z, *weights, variance_form=variance_form
+            ),
             summary="VICReg (the paper's method): invariance + variance + covariance, weights 25/25/1; "
-                    "options: weights, variance_form (mean: the original code's; sum: solo-learn's, the reference)",
+            "options: weights, variance_form (mean: the original code's; sum: solo-learn's, the reference)",
         ),
         Method(
-            "barlow", 2048,
+            "barlow",
+            2048,
             projector=lambda d, p: mlp([d, p, p, p], last_bias=False),
             loss=lambda a, b: losses.barlow_twins_loss(a.z, b.z),
             summary="Barlow Twins: cross-correlation to identity, lambda 0.0051",
         ),
         Method(
-            "simclr", 2048,
+            "simclr",
+            2048,
             projector=lambda d, p: mlp([d, p, 128]),
             loss=lambda a, b: losses.nt_xent_loss(a.z, b.z, temperature=0.1),
             summary="SimCLR: NT-Xent over 2N anchors, temperature 0.1",
         ),
         Method(
-            "simsiam", 2048,
+            "simsiam",
+            2048,
             projector=lambda d, p: mlp([d, p, p, p], last_bn=True),
             predictor=lambda p: mlp([p, p // 4, p]),
             loss=lambda a, b: 0.5 * (losses.simsiam_loss(a.p, b.z) + losses.simsiam_loss(b.p, a.z)),
             summary="SimSiam: predictor + stop-gradient, symmetrised between the two passes",
         ),
         Method(
-            "byol", 4096,
+            "byol",
+            4096,
             projector=lambda d, p: mlp([d, p, _byol_out(p)]),
             predictor=lambda p: mlp([_byol_out(p), p, _byol_out(p)]),
             loss=lambda a, b: 0.5 * (losses.byol_loss(a.p, b.target) + losses.byol_loss(b.p, a.target)),

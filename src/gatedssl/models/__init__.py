@@ -16,6 +16,16 @@ from .resnet import (
 )
 
 __all__ = [
-    "ARCHS", "STEMS", "BackboneOutput", "ChannelGate", "GatedBasicBlock", "GatedBottleneck",
-    "GatedResNet", "create_backbone", "gated_resnet18", "gated_resnet34", "gated_resnet50", "mlp",
+    "ARCHS",
+    "STEMS",
+    "BackboneOutput",
+    "ChannelGate",
+    "GatedBasicBlock",
+    "GatedBottleneck",
+    "GatedResNet",
+    "create_backbone",
+    "gated_resnet18",
+    "gated_resnet34",
+    "gated_resnet50",
+    "mlp",
 ]

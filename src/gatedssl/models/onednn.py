@@ -85,8 +85,19 @@ class _UnitStrideWeightGrad(torch.autograd.Function):
             grad_x = conv_backward(grad, x, weight, None, [sh, sw], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])[0]
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             bias_sizes = [weight.shape[0]] if ctx.has_bias else None
-            _, grad_w, grad_b = conv_backward(grad, x[:, :, ::sh, ::sw], weight, bias_sizes, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                                              [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+            _, grad_w, grad_b = conv_backward(
+                grad,
+                x[:, :, ::sh, ::sw],
+                weight,
+                bias_sizes,
+                [1, 1],
+                [0, 0],
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+            )
         return grad_x, grad_w, grad_b, None
 
 

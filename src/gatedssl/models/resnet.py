@@ -8,8 +8,8 @@ the budget loss and the reports never need a second bookkeeping of the architect
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -205,9 +205,12 @@ ARCHS: dict[str, Callable[..., GatedResNet]] = {}
 
 
 def _register(name: str, block, layers):
-    def factory(stem: str = "cifar", width: int = 64, separate_bn: bool = True, tau: float = 2 / 3, stem_padding: int = 1,
-                gate_bias: bool = True) -> GatedResNet:
-        return GatedResNet(block, layers, stem=stem, width=width, separate_bn=separate_bn, tau=tau, stem_padding=stem_padding, gate_bias=gate_bias)
+    def factory(
+        stem: str = "cifar", width: int = 64, separate_bn: bool = True, tau: float = 2 / 3, stem_padding: int = 1, gate_bias: bool = True
+    ) -> GatedResNet:
+        return GatedResNet(
+            block, layers, stem=stem, width=width, separate_bn=separate_bn, tau=tau, stem_padding=stem_padding, gate_bias=gate_bias
+        )
 
     factory.__name__ = f"gated_{name}"
     factory.__doc__ = f"Gated {name} ({block.__name__}, stages {layers}); width 64 is the standard network."

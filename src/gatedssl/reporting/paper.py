@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SOURCE = ("Krishna et al., \"Unifying Synergies between Self-supervised Learning and Dynamic Computation\", "
-          "BMVC 2023 (arXiv:2301.09164), Table 1: linear-probe top-1, mean of 5 runs")
+SOURCE = (
+    'Krishna et al., "Unifying Synergies between Self-supervised Learning and Dynamic Computation", '
+    "BMVC 2023 (arXiv:2301.09164), Table 1: linear-probe top-1, mean of 5 runs"
+)
 REFERENCE_SOURCE = "the paper's reference repository: 1-NN (Euclidean) top-1 on CIFAR-10 after 500 epochs"
 
 # gatedssl dataset name -> the paper's dataset. 'imagefolder' is whatever folder the user points at;

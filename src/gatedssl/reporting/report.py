@@ -17,9 +17,10 @@ import json
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import matplotlib
 
@@ -93,7 +94,9 @@ def _load_summary(folder: Path) -> dict:
     try:
         summary = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} cannot be read as JSON ({exc}); re-create it with `gatedssl eval --checkpoint {folder}/checkpoints/last.pt`")
+        raise UserError(
+            f"{path} cannot be read as JSON ({exc}); re-create it with `gatedssl eval --checkpoint {folder}/checkpoints/last.pt`"
+        ) from None
     required = ["dataset", "method", "mode", "arch", "width", "budget", "epochs", "dense", "knn"]
     missing = [k for k in required if k not in summary]
     if not missing:
@@ -201,8 +204,10 @@ def _knn_accuracy(knn: dict) -> Accuracy:
         desc = "1-NN (Euclidean) top-1 on the test split, the train split as the memory bank (no training of a classifier)"
     else:
         short = f"kNN top-1 (%), weighted, k={knn.get('k')}"
-        desc = (f"weighted cosine kNN top-1 on the test split (k={knn.get('k')}, temperature {knn.get('temperature')}), "
-                "the train split as the memory bank (no training of a classifier)")
+        desc = (
+            f"weighted cosine kNN top-1 on the test split (k={knn.get('k')}, temperature {knn.get('temperature')}), "
+            "the train split as the memory bank (no training of a classifier)"
+        )
     return Accuracy("knn", short, desc, knn=(knn.get("protocol"), knn.get("k"), knn.get("temperature")))
 
 
@@ -216,16 +221,24 @@ def _probe_accuracy(runs: list[Run]) -> tuple[Accuracy | None, str | None]:
     if not any(have):
         return None, None
     if not all(have):
-        return None, (f"{sum(have)} of {len(runs)} runs carry linear-probe results; kNN top-1 is shown for all "
-                      "so that every number of the table comes from one protocol")
+        return None, (
+            f"{sum(have)} of {len(runs)} runs carry linear-probe results; kNN top-1 is shown for all "
+            "so that every number of the table comes from one protocol"
+        )
     probes = [r.summary[p]["probe"] for r in runs for p in _passes(r)]
     protocols = {_describe(pr.get("protocol")) for pr in probes}
     if len(protocols) > 1:
         return None, "the runs' linear probes used different protocols; kNN top-1 is shown instead"
     protocol = protocols.pop()
     seeds = {_describe(pr.get("seeds")) for pr in probes}
-    seed_text = (f"; {', '.join(sorted(seeds))} probe seed(s) per network, the probe's top-1 being their mean "
-                 "(their spread is in table.json as *_probe_top1_std)") if seeds != {"null"} else ""
+    seed_text = (
+        (
+            f"; {', '.join(sorted(seeds))} probe seed(s) per network, the probe's top-1 being their mean "
+            "(their spread is in table.json as *_probe_top1_std)"
+        )
+        if seeds != {"null"}
+        else ""
+    )
     desc = f"linear-probe top-1 on the test split, protocol '{protocol}'"
     if protocol in PROBE_PROTOCOLS:
         desc += f" ({PROBE_PROTOCOLS[protocol]})"
@@ -244,8 +257,12 @@ class Cell:
         return {"B1": ("dense",), "B2": ("gated",), "Dual": ("dense", "gated")}[self.model]
 
     def stats(self) -> dict:
-        out = {"runs": [str(r.path) for r in self.runs], "names": [r.name for r in self.runs],
-               "seeds": [r.seed for r in self.runs], "n": len(self.runs)}
+        out = {
+            "runs": [str(r.path) for r in self.runs],
+            "names": [r.name for r in self.runs],
+            "seeds": [r.seed for r in self.runs],
+            "n": len(self.runs),
+        }
         for which in self.passes():
             out[f"{which}_top1"] = _stat([self.accuracy.value(r, which) for r in self.runs])
             out[f"{which}_macs"] = _stat([r.summary[which]["macs"] for r in self.runs])
@@ -288,8 +305,14 @@ class Section:
         keys = sorted({(round(r.budget, 6), r.summary.get("pairing", "reference")) for r in self.runs if r.mode != "dense"})
         rows = []
         for budget, pairing in keys:
+
             def pick(mode):
-                return [r for r in self.runs if r.mode == mode and round(r.budget, 6) == budget and r.summary.get("pairing", "reference") == pairing]
+                return [
+                    r
+                    for r in self.runs
+                    if r.mode == mode and round(r.budget, 6) == budget and r.summary.get("pairing", "reference") == pairing
+                ]
+
             rows.append((budget, pairing, self.cell("B2", pick("gated")), self.cell("Dual", pick("dual"))))
         return rows
 
@@ -307,8 +330,18 @@ def build_sections(runs: list[Run]) -> list[Section]:
         padding = s.get("stem_padding", 1 if s["dataset"] in ("embedded", "cifar10", "cifar100") else None)  # 0.1.0 wrote none
         groups[(s["dataset"], s["method"], s["arch"], s["width"], run.epochs, s.get("recipe"), padding)].append(run)
     sections = []
-    for (dataset, method, arch, width, epochs, recipe, padding), members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
-        setting = {"dataset": dataset, "method": method, "arch": arch, "width": width, "epochs": epochs, "recipe": recipe, "stem_padding": padding}
+    for (dataset, method, arch, width, epochs, recipe, padding), members in sorted(
+        groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])
+    ):
+        setting = {
+            "dataset": dataset,
+            "method": method,
+            "arch": arch,
+            "width": width,
+            "epochs": epochs,
+            "recipe": recipe,
+            "stem_padding": padding,
+        }
         probe, note = _probe_accuracy(members)
         if probe is not None:
             sections.append(Section(setting, members, probe))
@@ -341,7 +374,9 @@ def _check_section(section: Section) -> None:
         repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
         if repeated:
             names = ", ".join(r.name for r in cell.runs if r.seed in repeated)
-            section.notes.append(f"{cell.model}: runs {names} share seed(s) {', '.join(map(str, repeated))}; they are not independent repeats")
+            section.notes.append(
+                f"{cell.model}: runs {names} share seed(s) {', '.join(map(str, repeated))}; they are not independent repeats"
+            )
     if len({(r.summary.get("data", {}).get("train_images"), r.summary.get("data", {}).get("test_images")) for r in section.runs}) > 1:
         section.notes.append("the runs of this table used different numbers of images (see the runs table); compare with care")
 
@@ -366,9 +401,14 @@ def section_table(section: Section) -> dict:
             dual_stats["dense_top1_delta_b1"] = _delta(dual_stats, "dense_top1", b1_stats)
             dual_stats["gated_top1_delta_b1"] = _delta(dual_stats, "gated_top1", b1_stats)
         rows.append({"budget": budget, "pairing": pairing, "B2": b2_stats, "Dual": dual_stats})
-    return {"setting": section.setting, "title": section.title,
-            "accuracy": {"kind": section.accuracy.kind, "description": section.accuracy.description},
-            "B1": b1_stats, "rows": rows, "notes": section.notes}
+    return {
+        "setting": section.setting,
+        "title": section.title,
+        "accuracy": {"kind": section.accuracy.kind, "description": section.accuracy.description},
+        "B1": b1_stats,
+        "rows": rows,
+        "notes": section.notes,
+    }
 
 
 def _fmt(stat: dict | None, key: str, scale: float = 1.0, spread: bool = True) -> str:
@@ -401,9 +441,13 @@ def display_rows(table: dict, show_pairing: bool) -> tuple[list[str], list[list[
     rows = table["rows"] or [None]
     for i, row in enumerate(rows):
         first = i == 0
-        line = [table["setting"]["dataset"] if first else "",
-                _fmt(b1, "dense_top1") if first else "", _fmt(b1, "dense_macs", 1e-6, spread=False) if first else "", _seeds(b1) if first else "",
-                "–" if row is None else f"{row['budget']:g}"]
+        line = [
+            table["setting"]["dataset"] if first else "",
+            _fmt(b1, "dense_top1") if first else "",
+            _fmt(b1, "dense_macs", 1e-6, spread=False) if first else "",
+            _seeds(b1) if first else "",
+            "–" if row is None else f"{row['budget']:g}",
+        ]
         if show_pairing:
             line.append("–" if row is None else row["pairing"])
         b2 = row["B2"] if row else None
@@ -411,16 +455,46 @@ def display_rows(table: dict, show_pairing: bool) -> tuple[list[str], list[list[
         if has_b2:
             line += [_fmt(b2, "gated_top1"), _fmt_delta(b2 and b2["gated_top1_delta_b1"]), _fmt(b2, "gated_macs_reduction_pct"), _seeds(b2)]
         if has_dual:
-            line += [_fmt(dual, "dense_top1"), _fmt_delta(dual and dual["dense_top1_delta_b1"]), _fmt(dual, "gated_top1"),
-                     _fmt_delta(dual and dual["gated_top1_delta_b1"]), _fmt(dual, "gated_macs_reduction_pct"), _seeds(dual)]
+            line += [
+                _fmt(dual, "dense_top1"),
+                _fmt_delta(dual and dual["dense_top1_delta_b1"]),
+                _fmt(dual, "gated_top1"),
+                _fmt_delta(dual and dual["gated_top1_delta_b1"]),
+                _fmt(dual, "gated_macs_reduction_pct"),
+                _seeds(dual),
+            ]
         out.append(line)
     return header, out
 
 
-CSV_FIELDS = ["dataset", "method", "arch", "width", "epochs", "recipe", "stem_padding", "accuracy", "model", "budget", "pairing", "n", "seeds",
-              "dense_top1_mean", "dense_top1_std", "gated_top1_mean", "gated_top1_std",
-              "dense_top1_delta_b1", "gated_top1_delta_b1", "gated_macs_ratio_mean", "gated_macs_ratio_std",
-              "gated_macs_reduction_pct_mean", "gated_macs_reduction_pct_std", "dense_macs_mean", "gated_macs_mean", "runs"]
+CSV_FIELDS = [
+    "dataset",
+    "method",
+    "arch",
+    "width",
+    "epochs",
+    "recipe",
+    "stem_padding",
+    "accuracy",
+    "model",
+    "budget",
+    "pairing",
+    "n",
+    "seeds",
+    "dense_top1_mean",
+    "dense_top1_std",
+    "gated_top1_mean",
+    "gated_top1_std",
+    "dense_top1_delta_b1",
+    "gated_top1_delta_b1",
+    "gated_macs_ratio_mean",
+    "gated_macs_ratio_std",
+    "gated_macs_reduction_pct_mean",
+    "gated_macs_reduction_pct_std",
+    "dense_macs_mean",
+    "gated_macs_mean",
+    "runs",
+]
 
 
 def _csv_rows(tables: list[dict]) -> list[dict]:
@@ -430,8 +504,16 @@ def _csv_rows(tables: list[dict]) -> list[dict]:
         for row in table["rows"]:
             cells += [(m, row["budget"], row["pairing"], row[m]) for m in ("B2", "Dual") if row[m]]
         for model, budget, pairing, st in cells:
-            rec = {**table["setting"], "accuracy": table["accuracy"]["kind"], "model": model, "budget": budget, "pairing": pairing,
-                   "n": st["n"], "seeds": " ".join(map(str, st["seeds"])), "runs": " ".join(st["runs"])}
+            rec = {
+                **table["setting"],
+                "accuracy": table["accuracy"]["kind"],
+                "model": model,
+                "budget": budget,
+                "pairing": pairing,
+                "n": st["n"],
+                "seeds": " ".join(map(str, st["seeds"])),
+                "runs": " ".join(st["runs"]),
+            }
             for key in ("dense_top1", "gated_top1", "gated_macs_ratio", "gated_macs_reduction_pct"):
                 if key in st:
                     rec[f"{key}_mean"], rec[f"{key}_std"] = st[key]["mean"], st[key]["std"]
@@ -512,10 +594,21 @@ def _tradeoff_panels(left, right, section: Section, table: dict, paper_overlay: 
             for x, g, d in zip(xs, gy, dy):  # the two passes of one network
                 left.plot([x, 100], [g, d], color="0.6", linestyle=":", linewidth=1, zorder=1)
             _errorbar(left, xs, gy, xe, gye, color=COLORS["dual_gated"], marker="o", linestyle="-", label=f"Dual{tag}: gated pass")
-            _errorbar(left, [100] * len(dy), dy, None, dye, color=COLORS["dual_dense"], marker="D", linestyle="none",
-                      label=f"Dual{tag}: dense pass (100 % MACs; dotted line to its gated pass)")
+            _errorbar(
+                left,
+                [100] * len(dy),
+                dy,
+                None,
+                dye,
+                color=COLORS["dual_dense"],
+                marker="D",
+                linestyle="none",
+                label=f"Dual{tag}: dense pass (100 % MACs; dotted line to its gated pass)",
+            )
             for (budget, _), x, y in zip(dual, xs, gy):
-                left.annotate(f"t_d={budget:g}", (x, y), textcoords="offset points", xytext=(6, -12), fontsize="small", color=COLORS["dual_gated"])
+                left.annotate(
+                    f"t_d={budget:g}", (x, y), textcoords="offset points", xytext=(6, -12), fontsize="small", color=COLORS["dual_gated"]
+                )
             bx = [b for b, _ in dual]
             _errorbar(right, bx, dy, None, dye, color=COLORS["dual_dense"], marker="D", linestyle="-", label=f"Dual{tag}: dense pass")
             _errorbar(right, bx, gy, None, gye, color=COLORS["dual_gated"], marker="o", linestyle="-", label=f"Dual{tag}: gated pass")
@@ -527,26 +620,69 @@ def _tradeoff_panels(left, right, section: Section, table: dict, paper_overlay: 
             _errorbar(left, xs, ys, xe, ye, color=COLORS["b2"], marker="s", linestyle="-", label=f"B2{tag}: gated-only training")
             for (budget, _), x, y in zip(b2, xs, ys):
                 left.annotate(f"t_d={budget:g}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize="small", color=COLORS["b2"])
-            _errorbar(right, [b for b, _ in b2], ys, None, ye, color=COLORS["b2"], marker="s", linestyle="-", label=f"B2{tag}: gated-only training")
+            _errorbar(
+                right,
+                [b for b, _ in b2],
+                ys,
+                None,
+                ye,
+                color=COLORS["b2"],
+                marker="s",
+                linestyle="-",
+                label=f"B2{tag}: gated-only training",
+            )
     statics = [(r, static_accuracy(r, section.accuracy)) for r in section.runs]
     statics = [(r, y) for r, y in statics if y is not None]
     if statics:
         xs = [100 * float(r.summary["static"]["macs_ratio"]) for r, _ in statics]
-        _errorbar(left, xs, [y for _, y in statics], color=COLORS["static"], marker="^", linestyle="none",
-                  label="static sub-network (gatedssl export; channels kept for a share Q of images)")
+        _errorbar(
+            left,
+            xs,
+            [y for _, y in statics],
+            color=COLORS["static"],
+            marker="^",
+            linestyle="none",
+            label="static sub-network (gatedssl export; channels kept for a share Q of images)",
+        )
         for (r, y), x in zip(statics, xs):
-            left.annotate(f"Q={r.summary['static']['keep_rate']:.2g}", (x, y), textcoords="offset points", xytext=(6, 4),
-                          fontsize="small", color=COLORS["static"])
+            left.annotate(
+                f"Q={r.summary['static']['keep_rate']:.2g}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(6, 4),
+                fontsize="small",
+                color=COLORS["static"],
+            )
     if b1:
         m, s = b1["dense_top1"]["mean"], b1["dense_top1"]["std"]
-        _errorbar(left, [100], [m], None, [s], color=COLORS["b1"], marker="*", markersize=13, linestyle="none", label="B1: dense-only baseline", zorder=5)
+        _errorbar(
+            left,
+            [100],
+            [m],
+            None,
+            [s],
+            color=COLORS["b1"],
+            marker="*",
+            markersize=13,
+            linestyle="none",
+            label="B1: dense-only baseline",
+            zorder=5,
+        )
         right.axhline(m, color=COLORS["b1"], linestyle="--", linewidth=1.2, label="B1: dense-only baseline")
         if s is not None:
             right.axhspan(m - s, m + s, color="0.85", zorder=0)
     for budget in sorted(budgets_seen):
         left.axvline(100 * budget, color="0.75", linewidth=0.8, zorder=0)
-        left.text(100 * budget, 0.995, f" t_d={budget:g}", transform=left.get_xaxis_transform(), color="0.45",
-                  fontsize="x-small", ha="left", va="top")
+        left.text(
+            100 * budget,
+            0.995,
+            f" t_d={budget:g}",
+            transform=left.get_xaxis_transform(),
+            color="0.45",
+            fontsize="x-small",
+            ha="left",
+            va="top",
+        )
 
     if paper_overlay and paper.paper_rows(dataset):
         _paper_overlay(left, right, section, budgets_seen)
@@ -567,8 +703,15 @@ def _tradeoff_panels(left, right, section: Section, table: dict, paper_overlay: 
         handles, labels = ax.get_legend_handles_labels()
         if handles:  # ours first, published numbers after
             order = sorted(range(len(labels)), key=lambda i: labels[i].startswith(("paper", "reference")))
-            ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center",
-                      bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small", frameon=False)
+            ax.legend(
+                [handles[i] for i in order],
+                [labels[i] for i in order],
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.14),
+                ncol=2,
+                fontsize="small",
+                frameon=False,
+            )
     left.set_title(f"{section.title}\nAccuracy vs compute", fontsize="medium")
     right.set_title(f"{section.title}\nAccuracy vs budget: both passes of each run", fontsize="medium")
 
@@ -578,9 +721,32 @@ def _paper_overlay(left, right, section: Section, budgets_seen: set[float]) -> N
     rows = paper.paper_rows(dataset)
     tag = "paper (BMVC 2023), linear probe"
     kw = dict(linestyle="--", markerfacecolor="none", linewidth=1.2)
-    left.plot([100 - r.dual_macs_reduction for r in rows], [r.dual_gated for r in rows], marker="o", color=COLORS["dual_gated"], label=f"{tag}: Dual gated", **kw)
-    left.plot([100 - r.b2_macs_reduction for r in rows], [r.b2_gated for r in rows], marker="s", color=COLORS["b2"], label=f"{tag}: B2 gated", **kw)
-    left.plot([100], [paper.paper_b1(dataset)], marker="*", markersize=13, color=COLORS["b1"], linestyle="none", markerfacecolor="none", label=f"{tag}: B1 dense")
+    left.plot(
+        [100 - r.dual_macs_reduction for r in rows],
+        [r.dual_gated for r in rows],
+        marker="o",
+        color=COLORS["dual_gated"],
+        label=f"{tag}: Dual gated",
+        **kw,
+    )
+    left.plot(
+        [100 - r.b2_macs_reduction for r in rows],
+        [r.b2_gated for r in rows],
+        marker="s",
+        color=COLORS["b2"],
+        label=f"{tag}: B2 gated",
+        **kw,
+    )
+    left.plot(
+        [100],
+        [paper.paper_b1(dataset)],
+        marker="*",
+        markersize=13,
+        color=COLORS["b1"],
+        linestyle="none",
+        markerfacecolor="none",
+        label=f"{tag}: B1 dense",
+    )
     bx = [r.budget for r in rows]
     right.plot(bx, [r.dual_dense for r in rows], marker="D", color=COLORS["dual_dense"], label=f"{tag}: Dual dense", **kw)
     right.plot(bx, [r.dual_gated for r in rows], marker="o", color=COLORS["dual_gated"], label=f"{tag}: Dual gated", **kw)
@@ -591,8 +757,24 @@ def _paper_overlay(left, right, section: Section, budgets_seen: set[float]) -> N
         if ref:
             rx = [r.budget for r in ref]
             label = f"reference repo, 1-NN, {paper.REFERENCE_1NN_EPOCHS} epochs"
-            right.plot(rx, [r.dense for r in ref], marker="D", color=COLORS["dual_dense"], linestyle=":", markerfacecolor="none", label=f"{label}: dense")
-            right.plot(rx, [r.gated for r in ref], marker="o", color=COLORS["dual_gated"], linestyle=":", markerfacecolor="none", label=f"{label}: gated")
+            right.plot(
+                rx,
+                [r.dense for r in ref],
+                marker="D",
+                color=COLORS["dual_dense"],
+                linestyle=":",
+                markerfacecolor="none",
+                label=f"{label}: dense",
+            )
+            right.plot(
+                rx,
+                [r.gated for r in ref],
+                marker="o",
+                color=COLORS["dual_gated"],
+                linestyle=":",
+                markerfacecolor="none",
+                label=f"{label}: gated",
+            )
 
 
 def _frequency(run: Run) -> list[np.ndarray] | None:
@@ -620,7 +802,9 @@ def plot_channels(run: Run, out_png: Path) -> Path:
     labels = [f"block {i + 1} ({len(f)} ch)" for i, f in enumerate(freq)]
     y = np.arange(blocks)
     left = np.zeros(blocks)
-    for k, (name, color) in enumerate((("always on (≥ 99 % of images)", "#1b7837"), ("input-dependent", "#f1a340"), ("always off (≤ 1 % of images)", "#bdbdbd"))):
+    for k, (name, color) in enumerate(
+        (("always on (≥ 99 % of images)", "#1b7837"), ("input-dependent", "#f1a340"), ("always off (≤ 1 % of images)", "#bdbdbd"))
+    ):
         bars_ax.barh(y, shares[:, k], left=left, color=color, label=name, edgecolor="white", linewidth=0.5)
         for yi, (l0, w) in enumerate(zip(left, shares[:, k])):
             if w >= 9:
@@ -639,12 +823,17 @@ def plot_channels(run: Run, out_png: Path) -> Path:
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     im = heat_ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     heat_ax.set_yticks(y, labels)
-    heat_ax.set(xlabel="channel rank within the block (sorted by frequency; blank: block has fewer channels)",
-                title="Per-channel activation frequency")
+    heat_ax.set(
+        xlabel="channel rank within the block (sorted by frequency; blank: block has fewer channels)",
+        title="Per-channel activation frequency",
+    )
     fig.colorbar(im, ax=heat_ax, label="share of test images\nwith the channel on", fraction=0.04, pad=0.01)
     g = run.summary["gated"]
-    fig.suptitle(f"{run.name}: {MODE_LABEL.get(run.mode, run.mode)}, t_d={run.budget:g}, seed {run.seed}; "
-                 f"gated MACs {100 * g['macs_ratio']:.1f} % of dense", fontsize="medium")
+    fig.suptitle(
+        f"{run.name}: {MODE_LABEL.get(run.mode, run.mode)}, t_d={run.budget:g}, seed {run.seed}; "
+        f"gated MACs {100 * g['macs_ratio']:.1f} % of dense",
+        fontsize="medium",
+    )
     return _save(fig, out_png)
 
 
@@ -659,8 +848,10 @@ def plot_per_class(run: Run, out_png: Path) -> Path:
     lo, hi = min(values.min(), budget, mean), max(values.max(), budget, mean)
     pad = max(0.15 * (hi - lo), 0.01)
     colors = ["#d6604d" if v > budget else "#4393c3" for v in values]
-    title = (f"{run.name}: gated compute per class ({MODE_LABEL.get(run.mode, run.mode)}, t_d={budget:g}, seed {run.seed})\n"
-             "bars start at the budget: red above it, blue below")
+    title = (
+        f"{run.name}: gated compute per class ({MODE_LABEL.get(run.mode, run.mode)}, t_d={budget:g}, seed {run.seed})\n"
+        "bars start at the budget: red above it, blue below"
+    )
     n = len(names)
     horizontal = n > 25
     if horizontal:
@@ -724,18 +915,24 @@ class _Doc:
     def table(self, header: list[str], rows: list[list[str]]) -> None:
         def md_cell(c):
             return str(c).replace("|", "\\|")
+
         lines = ["| " + " | ".join(md_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
         self.md.append("\n".join(lines) + "\n")
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f'<td{" class=num" if _NUMBER.match(str(c)) else ""}>{html.escape(str(c))}</td>' for c in row) + "</tr>" for row in rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td{' class=num' if _NUMBER.match(str(c)) else ''}>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+            for row in rows
+        )
         self.html.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
 
     def image(self, png: Path, alt: str) -> None:
         self.images.add(png.name)
         self.md.append(f"![{alt}]({png.name})\n")
         data = base64.b64encode(png.read_bytes()).decode("ascii")
-        self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>')
+        self.html.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+        )
 
     def open_details(self, summary: str) -> None:
         self.md.append(f"#### {summary}\n")
@@ -747,8 +944,10 @@ class _Doc:
     def write(self, title: str) -> tuple[Path, Path]:
         md_path, html_path = self.out_dir / "report.md", self.out_dir / "report.html"
         md_path.write_text("\n".join(self.md))
-        page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-                f"<style>{CSS}</style></head><body>\n" + "\n".join(self.html) + "\n</body></html>\n")
+        page = (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(self.html) + "\n</body></html>\n"
+        )
         html_path.write_text(page)
         for stale in self.out_dir.glob("*.png"):  # pictures of an earlier report into this folder that this one no longer draws
             if stale.name not in self.images and stale.name.startswith(REPORT_PNGS):
@@ -768,8 +967,13 @@ details{margin:.5em 0;border:1px solid #ddd;border-radius:4px;padding:.3em .8em}
 
 
 def _counts(section: Section) -> str:
-    seen = sorted({(d.get("pretrain_images"), d.get("train_images"), d.get("test_images"))
-                   for d in (r.summary.get("data", {}) for r in section.runs)}, key=str)
+    seen = sorted(
+        {
+            (d.get("pretrain_images"), d.get("train_images"), d.get("test_images"))
+            for d in (r.summary.get("data", {}) for r in section.runs)
+        },
+        key=str,
+    )
     return "; ".join(f"{p} pretraining images, {tr} labelled train images (kNN bank / probe), {te} test images" for p, tr, te in seen)
 
 
@@ -795,7 +999,8 @@ def _protocol(section: Section) -> list[str]:
         "MACs red. = 1 − gated MACs / dense MACs.",
         f"Method: {s['method']}, {s['arch']} width {s['width']}, {_epochs(s['epochs'])}, batch size "
         f"{', '.join(sorted({str(r.summary.get('batch_size')) for r in runs}))}"
-        + (f", pairing {', '.join(section.pairings)}" if section.pairings else "") + ".",
+        + (f", pairing {', '.join(section.pairings)}" if section.pairings else "")
+        + ".",
     ]
     parts = []
     if b1:
@@ -819,23 +1024,41 @@ def _static_cell(run: Run, accuracy: Accuracy) -> str:
 
 
 def _runs_table(runs: list[Run], accuracy_of: dict[int, Accuracy]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "mode", "dataset", "t_d", "seed", "epochs", "dense top-1", "gated top-1", "gated MACs / dense",
-              "static top-1 (MACs / dense, Q)", "train time", "folder"]
+    header = [
+        "run",
+        "mode",
+        "dataset",
+        "t_d",
+        "seed",
+        "epochs",
+        "dense top-1",
+        "gated top-1",
+        "gated MACs / dense",
+        "static top-1 (MACs / dense, Q)",
+        "train time",
+        "folder",
+    ]
     rows = []
     for run in runs:
         acc = accuracy_of[id(run)]
         g = run.summary.get("gated", {})
         seconds = run.summary.get("train_seconds")
-        rows.append([
-            run.name, MODE_LABEL.get(run.mode, run.mode), run.summary["dataset"],
-            "–" if run.mode == "dense" else f"{run.budget:g}", str(run.seed), str(run.epochs),
-            f"{acc.value(run, 'dense'):.2f}" if "dense" in _passes(run) else "–",
-            f"{acc.value(run, 'gated'):.2f}" if run.gated_pass else "–",
-            f"{g['macs_ratio']:.3f}" if run.gated_pass else "–",
-            _static_cell(run, acc),
-            "–" if seconds is None else (f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"),
-            str(run.path),
-        ])
+        rows.append(
+            [
+                run.name,
+                MODE_LABEL.get(run.mode, run.mode),
+                run.summary["dataset"],
+                "–" if run.mode == "dense" else f"{run.budget:g}",
+                str(run.seed),
+                str(run.epochs),
+                f"{acc.value(run, 'dense'):.2f}" if "dense" in _passes(run) else "–",
+                f"{acc.value(run, 'gated'):.2f}" if run.gated_pass else "–",
+                f"{g['macs_ratio']:.3f}" if run.gated_pass else "–",
+                _static_cell(run, acc),
+                "–" if seconds is None else (f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"),
+                str(run.path),
+            ]
+        )
     return header, rows
 
 
@@ -853,8 +1076,9 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
 
     sections = build_sections(found.runs)
     tables = [section_table(s) for s in sections]
-    (out / "table.json").write_text(json.dumps({"sections": tables, "skipped": [str(p) for p in found.skipped],
-                                                "paper_source": paper.SOURCE}, indent=2))
+    (out / "table.json").write_text(
+        json.dumps({"sections": tables, "skipped": [str(p) for p in found.skipped], "paper_source": paper.SOURCE}, indent=2)
+    )
     with open(out / "table.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
@@ -863,12 +1087,15 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
     accuracy_of = {id(r): s.accuracy for s in sections for r in s.runs}
     doc = _Doc(out)
     doc.heading(1, "gatedssl trade-off report")
-    doc.para(f"{len(found.runs)} finished run(s) from {', '.join(str(Path(p)) for p in ([paths] if isinstance(paths, (str, Path)) else paths))}; "
-             f"written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by gatedssl {__version__}. "
-             "Raw numbers: table.json and table.csv next to this file.")
+    doc.para(
+        f"{len(found.runs)} finished run(s) from {', '.join(str(Path(p)) for p in ([paths] if isinstance(paths, (str, Path)) else paths))}; "
+        f"written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by gatedssl {__version__}. "
+        "Raw numbers: table.json and table.csv next to this file."
+    )
     if found.skipped:
-        doc.para(f"Skipped {len(found.skipped)} unfinished run folder(s) without summary.json: "
-                 + ", ".join(str(p) for p in found.skipped) + ".")
+        doc.para(
+            f"Skipped {len(found.skipped)} unfinished run folder(s) without summary.json: " + ", ".join(str(p) for p in found.skipped) + "."
+        )
 
     for section, table in zip(sections, tables):
         doc.heading(2, section.title)
@@ -877,8 +1104,10 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
         doc.heading(3, "Table (shape of the paper's Table 1)")
         header, rows = display_rows(table, show_pairing=len(section.pairings) > 1)
         doc.table(header, rows)
-        doc.para(f"Accuracy columns: {section.accuracy.short}. Mean ± std over seeds where a cell has several; rounded to "
-                 "2 decimals for display (table.json and table.csv hold the raw values).")
+        doc.para(
+            f"Accuracy columns: {section.accuracy.short}. Mean ± std over seeds where a cell has several; rounded to "
+            "2 decimals for display (table.json and table.csv hold the raw values)."
+        )
         if section.notes:
             doc.bullets([f"Note: {n}" for n in section.notes])
 
@@ -887,36 +1116,62 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
         if overlaid:
             doc.heading(2, "The paper's numbers")
             doc.para(f"Source: {paper.SOURCE}. Linear probe, not comparable one-to-one with kNN numbers.")
-            prow = [[paper.PAPER_DATASET[d] if i == 0 else "", f"{paper.paper_b1(d):.2f}" if i == 0 else "", f"{r.budget:g}",
-                     f"{r.b2_gated:.2f}", f"{r.b2_macs_reduction:.2f}", f"{r.dual_dense:.2f}", f"{r.dual_gated:.2f}", f"{r.dual_macs_reduction:.2f}"]
-                    for d in overlaid for i, r in enumerate(paper.paper_rows(d))]
-            doc.table(["dataset", "B1 dense", "t_d", "B2 gated", "B2 MACs red. (%)", "Dual dense", "Dual gated", "Dual MACs red. (%)"], prow)
+            prow = [
+                [
+                    paper.PAPER_DATASET[d] if i == 0 else "",
+                    f"{paper.paper_b1(d):.2f}" if i == 0 else "",
+                    f"{r.budget:g}",
+                    f"{r.b2_gated:.2f}",
+                    f"{r.b2_macs_reduction:.2f}",
+                    f"{r.dual_dense:.2f}",
+                    f"{r.dual_gated:.2f}",
+                    f"{r.dual_macs_reduction:.2f}",
+                ]
+                for d in overlaid
+                for i, r in enumerate(paper.paper_rows(d))
+            ]
+            doc.table(
+                ["dataset", "B1 dense", "t_d", "B2 gated", "B2 MACs red. (%)", "Dual dense", "Dual gated", "Dual MACs red. (%)"], prow
+            )
         else:
-            doc.para("Paper overlay asked for, but no dataset of these runs is one of the paper's "
-                     f"({', '.join(paper.OVERLAY_DATASETS)}; an imagefolder dataset is not assumed to be ImageNet-100).")
+            doc.para(
+                "Paper overlay asked for, but no dataset of these runs is one of the paper's "
+                f"({', '.join(paper.OVERLAY_DATASETS)}; an imagefolder dataset is not assumed to be ImageNet-100)."
+            )
 
     tradeoff = plot_tradeoff(sections, tables, out / "tradeoff.png", paper_overlay)
     doc.heading(2, "Trade-off")
-    doc.para("Left: accuracy against the gated pass's compute; each Dual run gives two networks, its gated pass (circle, at the "
-             "MACs it spends) and its dense pass (diamond, at 100 %), joined by a dotted line; B1 is the star. Right: the same "
-             "accuracies against the budget t_d, which shows how training with a budget moves the dense network too."
-             + (" Hollow markers and dashed lines: the paper's linear-probe numbers." if paper_overlay and overlaid else ""))
+    doc.para(
+        "Left: accuracy against the gated pass's compute; each Dual run gives two networks, its gated pass (circle, at the "
+        "MACs it spends) and its dense pass (diamond, at 100 %), joined by a dotted line; B1 is the star. Right: the same "
+        "accuracies against the budget t_d, which shows how training with a budget moves the dense network too."
+        + (" Hollow markers and dashed lines: the paper's linear-probe numbers." if paper_overlay and overlaid else "")
+    )
     doc.image(tradeoff, "accuracy vs compute and vs budget")
 
     doc.heading(2, "Runs")
     header, rows = _runs_table(found.runs, accuracy_of)
     doc.table(header, rows)
     for run in found.runs:
-        doc.open_details(f"{run.name}: {MODE_LABEL.get(run.mode, run.mode)}"
-                         + ("" if run.mode == "dense" else f", t_d={run.budget:g}") + f", seed {run.seed}")
+        doc.open_details(
+            f"{run.name}: {MODE_LABEL.get(run.mode, run.mode)}"
+            + ("" if run.mode == "dense" else f", t_d={run.budget:g}")
+            + f", seed {run.seed}"
+        )
         if run.gated_pass and _frequency(run):
-            doc.image(plot_channels(run, out / f"channels_{run.name}.png"),
-                      "gated blocks: channels always on / input-dependent / always off, and per-channel frequency")
+            doc.image(
+                plot_channels(run, out / f"channels_{run.name}.png"),
+                "gated blocks: channels always on / input-dependent / always off, and per-channel frequency",
+            )
         if run.gated_pass and run.summary["gated"].get("macs_ratio_per_class"):
             doc.image(plot_per_class(run, out / f"per_class_{run.name}.png"), "gated MACs per class against the budget")
         if run.metrics_path.is_file() and run.metrics_path.stat().st_size > 0:
-            png = plot_training_curves(run.metrics_path, out / f"curves_{run.name}.png",
-                                       budget=run.budget if run.gated_pass else None, title=f"{run.name}: training curves")
+            png = plot_training_curves(
+                run.metrics_path,
+                out / f"curves_{run.name}.png",
+                budget=run.budget if run.gated_pass else None,
+                title=f"{run.name}: training curves",
+            )
             doc.image(png, "training curves")
         else:
             doc.para("No metrics.jsonl: no training curves.")

@@ -4,4 +4,13 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import LARS, build_optimizer, warmup_cosine
 from .trainer import build_objective, format_summary, pretrain
 
-__all__ = ["LARS", "build_objective", "build_optimizer", "format_summary", "load_checkpoint", "pretrain", "save_checkpoint", "warmup_cosine"]
+__all__ = [
+    "LARS",
+    "build_objective",
+    "build_optimizer",
+    "format_summary",
+    "load_checkpoint",
+    "pretrain",
+    "save_checkpoint",
+    "warmup_cosine",
+]

@@ -119,8 +119,10 @@ def read_weights(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         # unpickler names the one it refused. Other unpickling errors are damaged or foreign files.
         found = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
         if found is not None:
-            raise UserError(f"{what} {path} refused: it holds Python objects that would run code when unpickled ({found[:120]}); "
-                            f"gatedssl reads tensors and plain data only; use a file written by gatedssl") from None
+            raise UserError(
+                f"{what} {path} refused: it holds Python objects that would run code when unpickled ({found[:120]}); "
+                f"gatedssl reads tensors and plain data only; use a file written by gatedssl"
+            ) from None
         raise UserError(f"{what} {path} cannot be read (UnpicklingError); it may be truncated or not a torch file") from None
     except Exception as exc:  # truncated or not a torch file
         raise UserError(f"{what} {path} cannot be read ({type(exc).__name__}); it may be truncated or not a gatedssl file") from None
@@ -135,8 +137,10 @@ def check_checkpoint(state: Any, path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"checkpoint {path} is not a gatedssl checkpoint (no model/config inside)")
     if state.get("format_version") not in READABLE_VERSIONS:
-        raise UserError(f"checkpoint {path} has format version {state.get('format_version')}, this gatedssl reads "
-                        f"{', '.join(map(str, READABLE_VERSIONS))}; use the gatedssl version that wrote it ({state.get('gatedssl_version', 'unknown')})")
+        raise UserError(
+            f"checkpoint {path} has format version {state.get('format_version')}, this gatedssl reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; use the gatedssl version that wrote it ({state.get('gatedssl_version', 'unknown')})"
+        )
     return state
 
 

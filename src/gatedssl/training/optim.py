@@ -19,7 +19,9 @@ OPTIMIZERS = ("lars", "sgd", "adamw")
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratios; groups with lars=False are plain SGD."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02, clip: bool = True, eps: float = 1e-8):
+    def __init__(
+        self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02, clip: bool = True, eps: float = 1e-8
+    ):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip, eps=eps, lars=True))
 
     @torch.no_grad()
@@ -43,7 +45,7 @@ class LARS(torch.optim.Optimizer):
             elif wd:
                 grads = torch._foreach_add(grads, params, alpha=wd)
             bufs = []
-            for p, g in zip(params, grads):
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
@@ -82,8 +84,16 @@ def param_groups(model: nn.Module, weight_decay: float, gate_lr_scale: float = 1
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9, eta: float = 0.02, gate_lr_scale: float = 1.0,
-                    gate_lars: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    eta: float = 0.02,
+    gate_lr_scale: float = 1.0,
+    gate_lars: bool = False,
+) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay, gate_lr_scale, gate_lars)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]

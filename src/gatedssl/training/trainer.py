@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -36,7 +36,6 @@ from ..precision import autocast, grad_scaler, resolve_precision
 from ..reporting.curves import plot_training_curves
 from .checkpoint import atomic_write, first_mismatch, load_latest, rng_state, save_run_checkpoint, set_rng_state
 from .optim import build_optimizer, warmup_cosine
-
 
 # fp16: GradScaler skips the optimizer step whose gradients overflowed while the schedule moves on, as intended
 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step..` before `optimizer.step..`")
@@ -78,13 +77,30 @@ def method_options(cfg: PretrainConfig) -> dict:
 
 def build_objective(cfg: PretrainConfig) -> JointObjective:
     """The backbone and its heads, as the config describes them (also used to rebuild for eval)."""
-    backbone = create_backbone(cfg.arch, stem=cfg.stem, width=cfg.width, separate_bn=cfg.separate_bn, tau=cfg.tau,
-                               stem_padding=cfg.stem_padding, gate_bias=cfg.gate_bias)
+    backbone = create_backbone(
+        cfg.arch,
+        stem=cfg.stem,
+        width=cfg.width,
+        separate_bn=cfg.separate_bn,
+        tau=cfg.tau,
+        stem_padding=cfg.stem_padding,
+        gate_bias=cfg.gate_bias,
+    )
     anneal_offset = cfg.gate_warmup_epochs / cfg.epochs if cfg.anneal_from == "gates" else 0.0
     return JointObjective(
-        backbone, get_method(cfg.method, **method_options(cfg)), cfg.proj_dim, mode=cfg.mode, pairing=cfg.pairing, budget=cfg.budget,
-        budget_weight=cfg.budget_weight, bound_weight=cfg.bound_weight, bound_target=cfg.bound_target, bound_density=cfg.bound_density,
-        anneal=cfg.anneal, anneal_offset=anneal_offset, ema_momentum=cfg.ema_momentum,
+        backbone,
+        get_method(cfg.method, **method_options(cfg)),
+        cfg.proj_dim,
+        mode=cfg.mode,
+        pairing=cfg.pairing,
+        budget=cfg.budget,
+        budget_weight=cfg.budget_weight,
+        bound_weight=cfg.bound_weight,
+        bound_target=cfg.bound_target,
+        bound_density=cfg.bound_density,
+        anneal=cfg.anneal,
+        anneal_offset=anneal_offset,
+        ema_momentum=cfg.ema_momentum,
     )
 
 
@@ -112,7 +128,9 @@ def storage_problems(cfg: PretrainConfig) -> list[str]:
     needed = 2 * 3 * 4 * numel  # weights + momentum + teacher/buffers margin, float32, twice
     free = shutil.disk_usage(existing).free
     if free < needed:
-        return [f"out: {free / 2**20:.0f} MiB free in {existing}, a checkpoint needs about {needed / 2**20:.0f} MiB; free some space or choose another --out"]
+        return [
+            f"out: {free / 2**20:.0f} MiB free in {existing}, a checkpoint needs about {needed / 2**20:.0f} MiB; free some space or choose another --out"
+        ]
     return []
 
 
@@ -198,19 +216,25 @@ def pretrain(
 
     splits = load_run_data(cfg, device, warn=log)
     if not splits.labeled:
-        log(f"kNN{' (--eval-every)' if cfg.eval_every else ''} and linear probe skipped: {splits.unlabeled_reason} "
-            f"(pretraining only; MACs are measured on the pretraining images)")
+        log(
+            f"kNN{' (--eval-every)' if cfg.eval_every else ''} and linear probe skipped: {splits.unlabeled_reason} "
+            f"(pretraining only; MACs are measured on the pretraining images)"
+        )
     augments = tuple(recipe(splits.crop_size, splits.mean, splits.std, interpolation=cfg.crop_interpolation, blur_p=p) for p in cfg.blur_p)
     views = make_views(cfg.data_pipeline, splits.pretrain.images, augments, cfg.batch_size, device)
     steps_per_epoch = len(views)
     if steps_per_epoch == 0:
-        raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(splits.pretrain.labels)} pretraining images; use a smaller --batch-size")
+        raise UserError(
+            f"batch_size {cfg.batch_size} is larger than the {len(splits.pretrain.labels)} pretraining images; use a smaller --batch-size"
+        )
 
     objective = build_objective(cfg).to(device, memory_format=torch.channels_last)
     if cfg.compile:
         objective.backbone.compile()
     lr = cfg.lr * cfg.batch_size / 256
-    optimizer = build_optimizer(objective, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum, cfg.lars_eta, cfg.gate_lr_scale, cfg.gate_lars)
+    optimizer = build_optimizer(
+        objective, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum, cfg.lars_eta, cfg.gate_lr_scale, cfg.gate_lars
+    )
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = warmup_cosine(optimizer, warmup_steps(cfg, steps_per_epoch), total_steps)
     scaler = grad_scaler(device, cfg.precision)
@@ -223,11 +247,13 @@ def pretrain(
         stored = upgrade_stored(state["config"])
         changed = sorted(k for k in cfg.to_dict() if k not in _MAY_CHANGE_ON_RESUME and stored.get(k) != cfg.to_dict()[k])
         if changed:
-            raise UserError(f"--resume: the settings differ from the checkpoint's ({', '.join(changed)}); resume with the run's own settings")
+            raise UserError(
+                f"--resume: the settings differ from the checkpoint's ({', '.join(changed)}); resume with the run's own settings"
+            )
         try:
             objective.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})")
+            raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})") from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
@@ -250,16 +276,38 @@ def pretrain(
 
     def checkpoint(epoch: int, step: int, order, sums) -> Path:
         """State after `epoch` whole epochs and `step` steps of the next one."""
-        return save_run_checkpoint(paths.checkpoints, epoch * steps_per_epoch + step, {
-            "config": cfg.to_dict(), "model": objective.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": None if scaler is None else scaler.state_dict(), "epoch": epoch, "step": step,
-            "order": None if order is None else order.cpu(), "sums": {k: v.cpu() for k, v in sums.items()},
-            "init_eval": init_eval, "train_seconds": train_seconds, "rng": rng_state(), "gatedssl_version": __version__,
-        }, keep=cfg.keep_checkpoints)
+        return save_run_checkpoint(
+            paths.checkpoints,
+            epoch * steps_per_epoch + step,
+            {
+                "config": cfg.to_dict(),
+                "model": objective.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": None if scaler is None else scaler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "order": None if order is None else order.cpu(),
+                "sums": {k: v.cpu() for k, v in sums.items()},
+                "init_eval": init_eval,
+                "train_seconds": train_seconds,
+                "rng": rng_state(),
+                "gatedssl_version": __version__,
+            },
+            keep=cfg.keep_checkpoints,
+        )
 
     writer = _tensorboard(paths.root / "tb")
-    bar = tqdm(total=total_steps * cfg.batch_size, initial=(start_epoch * steps_per_epoch + start_step) * cfg.batch_size,
-               unit="img", unit_scale=True, desc="pretrain", disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        total=total_steps * cfg.batch_size,
+        initial=(start_epoch * steps_per_epoch + start_step) * cfg.batch_size,
+        unit="img",
+        unit_scale=True,
+        desc="pretrain",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     objective.train()
     skipped = 0
     with StopSignals() as stop:
@@ -273,12 +321,28 @@ def pretrain(
             begin = start_step if epoch == start_epoch else 0
             for step, (x1, x2) in enumerate(views.epoch(order, begin), start=begin):
                 progress_now = (epoch + step / steps_per_epoch) / cfg.epochs
-                terms = train_step(objective, optimizer, scheduler, x1, x2, progress_now, gates_on, guard=cfg.skip_nonfinite > 0, precision=cfg.precision, scaler=scaler)
+                terms = train_step(
+                    objective,
+                    optimizer,
+                    scheduler,
+                    x1,
+                    x2,
+                    progress_now,
+                    gates_on,
+                    guard=cfg.skip_nonfinite > 0,
+                    precision=cfg.precision,
+                    scaler=scaler,
+                )
                 if terms is None:
                     skipped += 1
-                    log(f"warning: non-finite loss at epoch {epoch + 1}, step {step + 1}: batch skipped ({skipped} of {cfg.skip_nonfinite} allowed)")
+                    log(
+                        f"warning: non-finite loss at epoch {epoch + 1}, step {step + 1}: batch skipped ({skipped} of {cfg.skip_nonfinite} allowed)"
+                    )
                     if skipped > cfg.skip_nonfinite:
-                        raise RunStopped(f"non-finite loss in more than {cfg.skip_nonfinite} batches; the last good checkpoint is kept in {paths.checkpoints}", EXIT_NONFINITE)
+                        raise RunStopped(
+                            f"non-finite loss in more than {cfg.skip_nonfinite} batches; the last good checkpoint is kept in {paths.checkpoints}",
+                            EXIT_NONFINITE,
+                        )
                 else:
                     new_bad = (first_bad < 0) & ~torch.isfinite(terms["loss"])
                     first_bad = torch.where(new_bad, step, first_bad)
@@ -292,7 +356,10 @@ def pretrain(
                     _check_finite(first_bad, bad_terms, epoch, paths)
                     train_seconds += time.perf_counter() - t0
                     saved = checkpoint(epoch, step + 1, order, sums)
-                    raise RunStopped(f"stopped by {stop.received} at epoch {epoch + 1}, step {step + 1}; checkpoint {saved} written; continue with --resume", EXIT_SIGNAL)
+                    raise RunStopped(
+                        f"stopped by {stop.received} at epoch {epoch + 1}, step {step + 1}; checkpoint {saved} written; continue with --resume",
+                        EXIT_SIGNAL,
+                    )
             _check_finite(first_bad, bad_terms, epoch, paths)
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -302,14 +369,18 @@ def pretrain(
             if cfg.eval_every and splits.labeled and (epoch + 1) % cfg.eval_every == 0:
                 t_eval = time.perf_counter()
                 passes = ("dense",) if cfg.mode == "dense" else ("dense", "gated")
-                record.update(online_knn(objective.backbone, splits, device, passes, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision))
+                record.update(
+                    online_knn(objective.backbone, splits, device, passes, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
+                )
                 record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
             _log(paths, writer, record)
             bar.set_postfix(loss=f"{record['loss']:.3g}", macs=f"{record['macs_ratio']:.2f}", refresh=False)
             if stop.received or (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 saved = checkpoint(epoch + 1, 0, None, {})
             if stop.received and epoch + 1 < cfg.epochs:
-                raise RunStopped(f"stopped by {stop.received} after epoch {epoch + 1}; checkpoint {saved} written; continue with --resume", EXIT_SIGNAL)
+                raise RunStopped(
+                    f"stopped by {stop.received} after epoch {epoch + 1}; checkpoint {saved} written; continue with --resume", EXIT_SIGNAL
+                )
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
     bar.close()
@@ -319,8 +390,12 @@ def pretrain(
     final = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
     summary = make_summary(cfg, splits, final, init_eval, train_seconds, device)
     summary["warmup_steps"] = warmup_steps(cfg, steps_per_epoch)
-    plot_training_curves(paths.metrics, paths.root / "curves.png", cfg.budget if cfg.mode != "dense" else None,
-                         f"{cfg.dataset} | {cfg.arch} w{cfg.width} | {cfg.method} {cfg.mode} | budget {cfg.budget:g}")
+    plot_training_curves(
+        paths.metrics,
+        paths.root / "curves.png",
+        cfg.budget if cfg.mode != "dense" else None,
+        f"{cfg.dataset} | {cfg.arch} w{cfg.width} | {cfg.method} {cfg.mode} | budget {cfg.budget:g}",
+    )
     write_summary(paths.summary, summary)
     return summary
 
@@ -330,14 +405,27 @@ def _check_finite(first_bad: torch.Tensor, bad_terms: torch.Tensor, epoch: int, 
     step = int(first_bad.item())
     if step >= 0:
         ssl, budget, bound = bad_terms.tolist()
-        raise RunStopped(f"non-finite loss at epoch {epoch + 1}, step {step + 1} (ssl={ssl:.4g}, budget={budget:.4g}, bound={bound:.4g}); "
-                         f"stopped without saving this epoch; the last good checkpoint is kept in {paths.checkpoints} "
-                         f"(lower --lr, or --skip-nonfinite N to skip such batches)", EXIT_NONFINITE)
+        raise RunStopped(
+            f"non-finite loss at epoch {epoch + 1}, step {step + 1} (ssl={ssl:.4g}, budget={budget:.4g}, bound={bound:.4g}); "
+            f"stopped without saving this epoch; the last good checkpoint is kept in {paths.checkpoints} "
+            f"(lower --lr, or --skip-nonfinite N to skip such batches)",
+            EXIT_NONFINITE,
+        )
 
 
-def train_step(objective: JointObjective, optimizer, scheduler, x1: torch.Tensor, x2: torch.Tensor, progress: float,
-               gates_on: bool = True, fast: bool = True, guard: bool = False, precision: str = "auto",
-               scaler: torch.amp.GradScaler | None = None) -> dict[str, torch.Tensor] | None:
+def train_step(
+    objective: JointObjective,
+    optimizer,
+    scheduler,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    progress: float,
+    gates_on: bool = True,
+    fast: bool = True,
+    guard: bool = False,
+    precision: str = "auto",
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, torch.Tensor] | None:
     """One optimisation step on a pair of views; returns the detached loss terms (no host sync).
 
     guard: check the loss on the host first and skip the update (None) if it is not finite;
@@ -368,14 +456,36 @@ def train_step(objective: JointObjective, optimizer, scheduler, x1: torch.Tensor
     return {key: value.detach().float() for key, value in terms.items()}
 
 
-def make_summary(cfg: PretrainConfig, splits: DatasetSplits, final: dict, init_eval: dict | None, train_seconds: float | None, device: torch.device) -> dict:
+def make_summary(
+    cfg: PretrainConfig, splits: DatasetSplits, final: dict, init_eval: dict | None, train_seconds: float | None, device: torch.device
+) -> dict:
     summary = {
-        "dataset": cfg.dataset, "recipe": cfg.recipe, "method": cfg.method, "mode": cfg.mode, "pairing": cfg.pairing, "arch": cfg.arch,
-        "width": cfg.width, "stem": cfg.stem, "stem_padding": cfg.stem_padding if cfg.stem == "cifar" else 3, "budget": cfg.budget, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "dense": final["dense"], "gated": final["gated"], "knn": final["knn"],
-        "data": {"pretrain_images": len(splits.pretrain.labels), "train_images": len(splits.train.labels) if splits.labeled else 0,
-                 "test_images": len(splits.test.labels) if splits.labeled else 0, "labeled": splits.labeled},
-        "device": str(device), "precision": resolve_precision(device, cfg.precision), "gatedssl_version": __version__, "torch_version": torch.__version__,
+        "dataset": cfg.dataset,
+        "recipe": cfg.recipe,
+        "method": cfg.method,
+        "mode": cfg.mode,
+        "pairing": cfg.pairing,
+        "arch": cfg.arch,
+        "width": cfg.width,
+        "stem": cfg.stem,
+        "stem_padding": cfg.stem_padding if cfg.stem == "cifar" else 3,
+        "budget": cfg.budget,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "dense": final["dense"],
+        "gated": final["gated"],
+        "knn": final["knn"],
+        "data": {
+            "pretrain_images": len(splits.pretrain.labels),
+            "train_images": len(splits.train.labels) if splits.labeled else 0,
+            "test_images": len(splits.test.labels) if splits.labeled else 0,
+            "labeled": splits.labeled,
+        },
+        "device": str(device),
+        "precision": resolve_precision(device, cfg.precision),
+        "gatedssl_version": __version__,
+        "torch_version": torch.__version__,
     }
     if init_eval is not None:
         summary["init"] = {"dense": init_eval["dense"], "gated": init_eval["gated"]}
