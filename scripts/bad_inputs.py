@@ -16,9 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
-# The two streamed-folder cases use width 16: at width 8, 224 px and channels_last, oneDNN's 1x1
-# convolution backward crashes on this CPU (SIGSEGV in jit_avx512_common_1x1_convolution_bwd_weights),
-# whether the data are held or streamed; see BENCHMARKS.md, "Known crash".
+# The two streamed-folder cases use width 16, chosen when width 8 at 224 px crashed in oneDNN's strided 1x1
+# weight gradient; gatedssl now works around that crash (models/onednn.py, BENCHMARKS.md "Known crash").
 TINY = ["--width", "8", "--proj-dim", "64", "--epochs", "1", "--batch-size", "50", "--limit-per-class", "20", "--device", "cpu", "--quiet"]
 
 

@@ -21,3 +21,19 @@ def learning_signals():
         }
 
     return signals
+
+
+# the settings gatedssl 0.2.0 added (checkpoint format 2); runs written by 0.1.0 have none of them
+NEW_IN_FORMAT_2 = (
+    "recipe",
+    "stem_padding",
+    "gate_bias",
+    "gate_lars",
+    "vicreg_variance",
+    "vicreg_weights",
+    "bound_density",
+    "anneal_from",
+    "crop_interpolation",
+    "blur_p",
+    "eval_every",
+)

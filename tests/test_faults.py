@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NEW_IN_FORMAT_2
 
 from gatedssl.config import PretrainConfig
 from gatedssl.errors import UserError
@@ -210,21 +211,6 @@ def test_skip_nonfinite_skips_a_bounded_number_of_batches(tmp_path, monkeypatch)
     _nan_on_call(monkeypatch, {3, 5})
     with pytest.raises(RunStopped, match="more than 1 batches"):
         pretrain(tiny(tmp_path, "too_many", skip_nonfinite=1), progress=False, log=messages.append)
-
-
-NEW_IN_FORMAT_2 = (
-    "recipe",
-    "stem_padding",
-    "gate_bias",
-    "gate_lars",
-    "vicreg_variance",
-    "vicreg_weights",
-    "bound_density",
-    "anneal_from",
-    "crop_interpolation",
-    "blur_p",
-    "eval_every",
-)
 
 
 def test_resume_of_a_format_1_run_continues_as_0_1_0_after_the_defaults_changed(tmp_path, reference, monkeypatch):

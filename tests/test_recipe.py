@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import NEW_IN_FORMAT_2
 
 from gatedssl import losses
 from gatedssl.config import PretrainConfig, resolve, upgrade_stored, validate, warmup_steps
@@ -139,23 +140,7 @@ def test_the_demo_warms_up_by_the_same_rule_and_explicit_epochs_win():
 
 
 def test_runs_without_the_new_keys_read_as_gatedssl_0_1_0():
-    stored = {
-        k: v
-        for k, v in resolve(PretrainConfig(dataset="cifar10")).to_dict().items()
-        if k
-        not in (
-            "recipe",
-            "stem_padding",
-            "gate_bias",
-            "gate_lars",
-            "vicreg_variance",
-            "vicreg_weights",
-            "bound_density",
-            "anneal_from",
-            "crop_interpolation",
-            "blur_p",
-        )
-    }
+    stored = {k: v for k, v in resolve(PretrainConfig(dataset="cifar10")).to_dict().items() if k not in NEW_IN_FORMAT_2}
     old = PretrainConfig(**upgrade_stored(stored))
     assert not validate(old)
     assert (
@@ -222,22 +207,7 @@ def test_cli_reference_run_records_every_choice(tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert {
-        k: config[k]
-        for k in (
-            "recipe",
-            "stem_padding",
-            "gate_bias",
-            "gate_lars",
-            "vicreg_variance",
-            "vicreg_weights",
-            "bound_density",
-            "anneal_from",
-            "crop_interpolation",
-            "blur_p",
-            "gate_lr_scale",
-        )
-    } == {
+    assert {k: config[k] for k in (*NEW_IN_FORMAT_2[:-1], "gate_lr_scale")} == {
         "recipe": "reference",
         "stem_padding": 2,
         "gate_bias": False,
