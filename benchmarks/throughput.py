@@ -24,9 +24,10 @@ from gatedssl.config import PretrainConfig, resolve
 from gatedssl.data.augment import BatchAugment, recipe
 from gatedssl.data.pipelines import DeviceViews, LoaderViews
 from gatedssl.data.sources import load_dataset
+from gatedssl.factory import build_objective, select_device
 from gatedssl.precision import PRECISIONS, autocast, uses_bf16
 from gatedssl.training.optim import build_optimizer, warmup_cosine
-from gatedssl.training.trainer import build_objective, select_device, train_step
+from gatedssl.training.trainer import train_step
 
 
 def sync(device):

@@ -12,13 +12,13 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import gatedssl
+from gatedssl.checkpoint import load_checkpoint
 from gatedssl.cli import main
 from gatedssl.data.sources import load_dataset
 from gatedssl.evaluation.evaluate import extract
 from gatedssl.export.formats import torchvision_state_dict
 from gatedssl.export.static import keep_rate_for, static_macs_ratio
 from gatedssl.models import create_backbone
-from gatedssl.training.checkpoint import load_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint_v0.1.0.pt"  # written by gatedssl 0.1.0 (width 8, 1 epoch)
 CPU = torch.device("cpu")

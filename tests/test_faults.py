@@ -12,12 +12,11 @@ import pytest
 import torch
 from conftest import NEW_IN_FORMAT_2
 
+from gatedssl import checkpoint as checkpoint_module
 from gatedssl.config import PretrainConfig
-from gatedssl.errors import UserError
+from gatedssl.errors import EXIT_NONFINITE, EXIT_SIGNAL, RunStopped, UserError
 from gatedssl.methods import JointObjective
-from gatedssl.training import checkpoint as checkpoint_module
 from gatedssl.training import pretrain
-from gatedssl.training.trainer import EXIT_NONFINITE, EXIT_SIGNAL, RunStopped
 
 TINY = dict(width=8, proj_dim=64, epochs=4, batch_size=50, limit_per_class=20, checkpoint_every=1, device="cpu")
 CLI_TINY = [

@@ -5,8 +5,9 @@ import torch
 
 from gatedssl import precision
 from gatedssl.config import PretrainConfig, resolve
+from gatedssl.factory import build_objective
 from gatedssl.training.optim import build_optimizer, warmup_cosine
-from gatedssl.training.trainer import build_objective, train_step
+from gatedssl.training.trainer import train_step
 
 
 def test_auto_is_bf16_on_cuda_gpus_that_have_it_fp16_on_others_and_explicit_choices_win(monkeypatch):

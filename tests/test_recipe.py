@@ -13,9 +13,9 @@ from conftest import NEW_IN_FORMAT_2
 
 from gatedssl import losses
 from gatedssl.config import PretrainConfig, resolve, upgrade_stored, validate, warmup_steps
+from gatedssl.factory import build_objective
 from gatedssl.methods.registry import Embeddings
 from gatedssl.training.optim import build_optimizer
-from gatedssl.training.trainer import build_objective
 
 REFERENCE = resolve(PretrainConfig(dataset="cifar10"))
 SMALL = dict(width=8, proj_dim=64)

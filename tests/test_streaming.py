@@ -11,11 +11,10 @@ from PIL import Image
 
 from gatedssl.config import PretrainConfig
 from gatedssl.data import ImageFiles, load_dataset, read_batches, sources
-from gatedssl.errors import UserError
+from gatedssl.errors import RunStopped, UserError
 from gatedssl.evaluation.evaluate import extract
 from gatedssl.models import gated_resnet18
 from gatedssl.training import pretrain
-from gatedssl.training.trainer import RunStopped
 
 
 @pytest.fixture(scope="module")

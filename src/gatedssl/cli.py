@@ -16,8 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import PretrainConfig, load_yaml
-from .errors import UserError
-from .training.trainer import RunStopped
+from .errors import RunStopped, UserError
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -175,7 +174,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from .training.trainer import format_summary, preflight, pretrain
+    from .summary import format_summary
+    from .training.trainer import preflight, pretrain
 
     resolved = preflight(config_from_args(args), args.resume, args.overwrite)  # all checks before anything is printed or loaded
     if not args.quiet:
@@ -198,7 +198,8 @@ def sweep_runs(args: argparse.Namespace) -> list[tuple[str, PretrainConfig]]:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from .training.trainer import RunPaths, format_summary, preflight, pretrain
+    from .summary import format_summary
+    from .training.trainer import RunPaths, preflight, pretrain
 
     runs = sweep_runs(args)
     plans = []
@@ -254,7 +255,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluation.runs import evaluate_checkpoint
-    from .training.trainer import format_summary
+    from .summary import format_summary
 
     summary, written = evaluate_checkpoint(
         args.checkpoint,

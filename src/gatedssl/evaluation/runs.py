@@ -6,12 +6,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..checkpoint import first_mismatch, load_checkpoint
 from ..config import PretrainConfig, upgrade_stored, validate
 from ..data.sources import load_run_data
 from ..errors import UserError
+from ..factory import build_objective, select_device
 from ..methods import JointObjective
-from ..training.checkpoint import first_mismatch, load_checkpoint
-from ..training.trainer import build_objective, make_summary, select_device, write_summary
+from ..summary import make_summary, write_summary
 from .evaluate import evaluate
 from .probe import linear_probe
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..checkpoint import read_weights
 from ..data.augment import center_crop, normalize
 from ..data.sources import eval_geometry
 from ..data.streaming import fit_square
-from ..training.checkpoint import read_weights
 from .plain import PlainResNet
 from .skipping import SkippingResNet
 
@@ -118,8 +118,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
         net.load_state_dict(state["state_dict"])
         transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["transform"].items()})
         return Encoder({state["subnet"]: net}, transform, state.get("config")).to(device)
+    from ..checkpoint import check_checkpoint
     from ..evaluation.runs import restore_objective
-    from ..training.checkpoint import check_checkpoint
 
     objective, cfg = restore_objective(check_checkpoint(state, path), path)
     backbone = objective.backbone.eval()

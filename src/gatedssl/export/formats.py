@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_write
 from ..errors import UserError
 from ..models.resnet import GatedResNet
-from ..training.checkpoint import atomic_write
 from .encoder import EXPORT_FORMAT, EvalTransform
 from .plain import PlainResNet
 

@@ -14,15 +14,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import load_checkpoint
 from ..data.sources import load_run_data
 from ..errors import UserError
 from ..evaluation.evaluate import extract
 from ..evaluation.knn import knn_top1
 from ..evaluation.probe import linear_probe
 from ..evaluation.runs import restore_objective
+from ..factory import select_device
 from ..models.resnet import BackboneOutput
-from ..training.checkpoint import load_checkpoint
-from ..training.trainer import select_device, write_summary
+from ..summary import write_summary
 from .encoder import EvalTransform
 from .formats import (
     FORMATS,

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.figure import Figure  # a Figure saves to a file itself: no pyplot, no global backend to choose
+from matplotlib.ticker import MaxNLocator
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -23,7 +20,8 @@ def plot_training_curves(metrics_path: Path, out_png: Path, budget: float | None
     gated = any(r["macs_ratio"] != 1.0 for r in records)  # a dense-only run has no gated panels to show
     evaluated = [r for r in records if "knn_dense" in r]
     panels = (3 if gated else 1) + bool(evaluated)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2) if panels > 1 else (6, 4.2), constrained_layout=True, squeeze=False)
+    fig = Figure(figsize=(5 * panels, 4.2) if panels > 1 else (6, 4.2), constrained_layout=True)
+    axes = fig.subplots(1, panels, squeeze=False)
     axes = axes[0]
     if evaluated:
         ax = axes[-1]
@@ -70,5 +68,4 @@ def _save(fig, out_png: Path, title: str) -> Path:
         fig.suptitle(title)
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png

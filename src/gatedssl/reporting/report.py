@@ -22,16 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure  # a Figure saves to a file itself: no pyplot, no global backend to choose
 
-matplotlib.use("Agg")  # files only; no display needed
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .. import __version__  # noqa: E402
-from ..errors import UserError  # noqa: E402
-from . import paper  # noqa: E402
-from .curves import plot_training_curves  # noqa: E402
+from .. import __version__
+from ..errors import UserError
+from . import paper
+from .curves import plot_training_curves
 
 MODE_LABEL = {"dense": "B1 (dense only)", "gated": "B2 (gated only)", "dual": "Dual"}
 PROBE_PROTOCOLS = {  # gatedssl.evaluation.probe's protocols, in words
@@ -820,7 +818,7 @@ def plot_channels(run: Run, out_png: Path) -> Path:
     grid = np.full((blocks, width), np.nan)
     for i, f in enumerate(freq):
         grid[i, : len(f)] = np.sort(f)[::-1]
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    cmap = colormaps["viridis"].with_extremes(bad="white")
     im = heat_ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     heat_ax.set_yticks(y, labels)
     heat_ax.set(

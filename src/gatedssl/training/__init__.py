@@ -1,8 +1,10 @@
 """Pretraining: the loop, the optimizers and schedule, and checkpoints."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..factory import build_objective
+from ..summary import format_summary
 from .optim import LARS, build_optimizer, warmup_cosine
-from .trainer import build_objective, format_summary, pretrain
+from .trainer import pretrain
 
 __all__ = [
     "LARS",

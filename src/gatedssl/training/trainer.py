@@ -24,17 +24,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..checkpoint import atomic_write, first_mismatch, load_latest, rng_state, save_run_checkpoint, set_rng_state
 from ..config import PretrainConfig, load_stored, resolve, save_yaml, upgrade_stored, validate, warmup_steps
 from ..data.augment import recipe
 from ..data.pipelines import make_views
-from ..data.sources import DatasetSplits, load_run_data
-from ..errors import UserError
+from ..data.sources import load_run_data
+from ..errors import EXIT_NONFINITE, EXIT_SIGNAL, RunStopped, UserError
 from ..evaluation.evaluate import evaluate, online_knn
-from ..methods import JointObjective, get_method
-from ..models.resnet import create_backbone
-from ..precision import autocast, grad_scaler, resolve_precision
+from ..factory import build_objective, select_device
+from ..methods import JointObjective
+from ..precision import autocast, grad_scaler
 from ..reporting.curves import plot_training_curves
-from .checkpoint import atomic_write, first_mismatch, load_latest, rng_state, save_run_checkpoint, set_rng_state
+from ..summary import make_summary, write_summary
 from .optim import build_optimizer, warmup_cosine
 
 # fp16: GradScaler skips the optimizer step whose gradients overflowed while the schedule moves on, as intended
@@ -60,48 +61,6 @@ class RunPaths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def method_options(cfg: PretrainConfig) -> dict:
-    """The loss settings the config holds for its method."""
-    if cfg.method == "vicreg":
-        return {"weights": tuple(cfg.vicreg_weights), "variance_form": cfg.vicreg_variance}
-    return {}
-
-
-def build_objective(cfg: PretrainConfig) -> JointObjective:
-    """The backbone and its heads, as the config describes them (also used to rebuild for eval)."""
-    backbone = create_backbone(
-        cfg.arch,
-        stem=cfg.stem,
-        width=cfg.width,
-        separate_bn=cfg.separate_bn,
-        tau=cfg.tau,
-        stem_padding=cfg.stem_padding,
-        gate_bias=cfg.gate_bias,
-    )
-    anneal_offset = cfg.gate_warmup_epochs / cfg.epochs if cfg.anneal_from == "gates" else 0.0
-    return JointObjective(
-        backbone,
-        get_method(cfg.method, **method_options(cfg)),
-        cfg.proj_dim,
-        mode=cfg.mode,
-        pairing=cfg.pairing,
-        budget=cfg.budget,
-        budget_weight=cfg.budget_weight,
-        bound_weight=cfg.bound_weight,
-        bound_target=cfg.bound_target,
-        bound_density=cfg.bound_density,
-        anneal=cfg.anneal,
-        anneal_offset=anneal_offset,
-        ema_momentum=cfg.ema_momentum,
-    )
 
 
 def run_folder_problems(paths: RunPaths, resume: bool, overwrite: bool) -> list[str]:
@@ -157,17 +116,7 @@ def preflight(cfg: PretrainConfig, resume: bool, overwrite: bool) -> PretrainCon
     return cfg
 
 
-class RunStopped(Exception):
-    """Training stopped on purpose (signal, non-finite loss): a message and the exit code to use."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 _MAY_CHANGE_ON_RESUME = {"storage", "data_workers", "eval_every"}  # how the same images are read, not which; what is watched
-EXIT_SIGNAL = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGINT with a checkpoint written; --resume continues
-EXIT_NONFINITE = 3
 
 
 class StopSignals:
@@ -454,77 +403,6 @@ def train_step(
     scheduler.step()
     objective.update_teacher(progress)
     return {key: value.detach().float() for key, value in terms.items()}
-
-
-def make_summary(
-    cfg: PretrainConfig, splits: DatasetSplits, final: dict, init_eval: dict | None, train_seconds: float | None, device: torch.device
-) -> dict:
-    summary = {
-        "dataset": cfg.dataset,
-        "recipe": cfg.recipe,
-        "method": cfg.method,
-        "mode": cfg.mode,
-        "pairing": cfg.pairing,
-        "arch": cfg.arch,
-        "width": cfg.width,
-        "stem": cfg.stem,
-        "stem_padding": cfg.stem_padding if cfg.stem == "cifar" else 3,
-        "budget": cfg.budget,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
-        "dense": final["dense"],
-        "gated": final["gated"],
-        "knn": final["knn"],
-        "data": {
-            "pretrain_images": len(splits.pretrain.labels),
-            "train_images": len(splits.train.labels) if splits.labeled else 0,
-            "test_images": len(splits.test.labels) if splits.labeled else 0,
-            "labeled": splits.labeled,
-        },
-        "device": str(device),
-        "precision": resolve_precision(device, cfg.precision),
-        "gatedssl_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    if init_eval is not None:
-        summary["init"] = {"dense": init_eval["dense"], "gated": init_eval["gated"]}
-    if train_seconds is not None:
-        summary["train_seconds"] = round(train_seconds, 2)
-    return summary
-
-
-def write_summary(path: Path, summary: dict) -> None:
-    atomic_write(path, lambda fh: fh.write(json.dumps(summary, indent=2).encode()))
-
-
-def format_summary(summary: dict) -> str:
-    """The short table printed at the end of a run (and by `gatedssl eval`)."""
-    init = summary.get("init", {})
-    knn = summary["knn"]
-    knn_name = f"kNN top-1 ({'weighted, k=' + str(knn['k']) if knn['protocol'] == 'weighted' else '1-NN'})"
-    passes = ("dense",) if summary.get("mode") == "dense" else ("dense", "gated")
-    probe = summary["dense"].get("probe")
-    header = ["pass", knn_name, "at init"]
-    if probe:
-        header.append(f"linear probe top-1 ({probe['protocol']}, {probe['seeds']} seed{'s' if probe['seeds'] > 1 else ''})")
-    rows = [tuple(header + ["MACs/image", "MACs vs dense"])]
-    for name in passes:
-        res = summary[name]
-        at_init = init.get(name, {}).get("knn_top1")
-        row = [name, "-" if res["knn_top1"] is None else f"{res['knn_top1']:.2f} %", "-" if at_init is None else f"{at_init:.2f} %"]
-        if probe:
-            p = res.get("probe")
-            row.append("-" if p is None else f"{p['top1']:.2f} %" + (f" +- {p['top1_std']:.2f}" if p["seeds"] > 1 else ""))
-        rows.append(tuple(row + [f"{res['macs'] / 1e6:.1f} M", f"{res['macs_ratio']:.3f}"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    head = f"{summary['dataset']} | {summary['arch']} w{summary['width']} | {summary['method']} {summary['mode']} | budget {summary['budget']:g} | {summary['epochs']} epochs"
-    if "train_seconds" in summary:
-        seconds = summary["train_seconds"]
-        head += f" | trained in {seconds:.1f} s" if seconds < 10 else f" | trained in {seconds:.0f} s"
-    return "\n".join([head, *lines])
 
 
 def _epoch_record(epoch: int, sums: dict, steps: int, seconds: float, batch_size: int, lr: float) -> dict:

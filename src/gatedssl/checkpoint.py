@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from .errors import UserError
 
 FORMAT_VERSION = 2  # 2: settings gained the recipe's choices (config.upgrade_stored reads 1's as what 0.1.0 did)
 READABLE_VERSIONS = (1, 2)

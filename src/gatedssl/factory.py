@@ -1,0 +1,52 @@
+"""The network and its heads as a run's settings describe them: one place that training,
+evaluation and export all build from, so none of them imports another to get a model."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import PretrainConfig
+from .methods import JointObjective, get_method
+from .models.resnet import create_backbone
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def method_options(cfg: PretrainConfig) -> dict:
+    """The loss settings the config holds for its method."""
+    if cfg.method == "vicreg":
+        return {"weights": tuple(cfg.vicreg_weights), "variance_form": cfg.vicreg_variance}
+    return {}
+
+
+def build_objective(cfg: PretrainConfig) -> JointObjective:
+    """The backbone and its heads, as the config describes them (also used to rebuild for eval)."""
+    backbone = create_backbone(
+        cfg.arch,
+        stem=cfg.stem,
+        width=cfg.width,
+        separate_bn=cfg.separate_bn,
+        tau=cfg.tau,
+        stem_padding=cfg.stem_padding,
+        gate_bias=cfg.gate_bias,
+    )
+    anneal_offset = cfg.gate_warmup_epochs / cfg.epochs if cfg.anneal_from == "gates" else 0.0
+    return JointObjective(
+        backbone,
+        get_method(cfg.method, **method_options(cfg)),
+        cfg.proj_dim,
+        mode=cfg.mode,
+        pairing=cfg.pairing,
+        budget=cfg.budget,
+        budget_weight=cfg.budget_weight,
+        bound_weight=cfg.bound_weight,
+        bound_target=cfg.bound_target,
+        bound_density=cfg.bound_density,
+        anneal=cfg.anneal,
+        anneal_offset=anneal_offset,
+        ema_momentum=cfg.ema_momentum,
+    )
