@@ -266,7 +266,7 @@ def pretrain(
             if epoch > start_epoch or order is None:
                 order, sums = views.new_order(), {}
             first_bad = torch.full((), -1, device=device)  # first step with a non-finite loss, found without a host sync
-            bad_terms = torch.zeros(3, device=device)
+            bad_terms: dict[str, torch.Tensor] = {}  # the objective's scalar terms at that step, whatever they are
             begin = start_step if epoch == start_epoch else 0
             for step, (x1, x2) in enumerate(views.epoch(order, begin), start=begin):
                 progress_now = (epoch + step / steps_per_epoch) / cfg.epochs
@@ -295,7 +295,9 @@ def pretrain(
                 else:
                     new_bad = (first_bad < 0) & ~torch.isfinite(terms["loss"])
                     first_bad = torch.where(new_bad, step, first_bad)
-                    bad_terms = torch.where(new_bad, torch.stack([terms["ssl"], terms["budget"], terms["bound"]]), bad_terms)
+                    for key, value in terms.items():
+                        if key != "loss" and value.ndim == 0:
+                            bad_terms[key] = torch.where(new_bad, value, bad_terms.get(key, torch.zeros_like(value)))
                     for key, value in terms.items():
                         sums[key] = sums.get(key, 0) + value
                 bar.update(cfg.batch_size)
@@ -349,13 +351,13 @@ def pretrain(
     return summary
 
 
-def _check_finite(first_bad: torch.Tensor, bad_terms: torch.Tensor, epoch: int, paths: RunPaths) -> None:
+def _check_finite(first_bad: torch.Tensor, bad_terms: dict[str, torch.Tensor], epoch: int, paths: RunPaths) -> None:
     """One host read per epoch: stop on the first non-finite loss, naming the step and the terms."""
     step = int(first_bad.item())
     if step >= 0:
-        ssl, budget, bound = bad_terms.tolist()
+        named = ", ".join(f"{key}={value.item():.4g}" for key, value in bad_terms.items())
         raise RunStopped(
-            f"non-finite loss at epoch {epoch + 1}, step {step + 1} (ssl={ssl:.4g}, budget={budget:.4g}, bound={bound:.4g}); "
+            f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({named}); "
             f"stopped without saving this epoch; the last good checkpoint is kept in {paths.checkpoints} "
             f"(lower --lr, or --skip-nonfinite N to skip such batches)",
             EXIT_NONFINITE,
