@@ -33,6 +33,7 @@ NEW_IN_FORMAT_2 = (
     "vicreg_weights",
     "bound_density",
     "anneal_from",
+    "anneal_clock",
     "crop_interpolation",
     "blur_p",
     "eval_every",

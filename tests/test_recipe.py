@@ -121,6 +121,23 @@ def test_bounds_clock_restarts_when_the_gates_switch_on():
     )
 
 
+def test_bounds_move_once_per_epoch():
+    assert REFERENCE.anneal_clock == "epoch"
+    cfg = dataclasses.replace(REFERENCE, epochs=100, budget=1.0, **SMALL)  # bounds [p, 1]: the lower one holds half-open gates
+    objective = build_objective(cfg)
+    assert objective.anneal_epochs == 100 and build_objective(dataclasses.replace(cfg, anneal_clock="step")).anneal_epochs is None
+    x1, x2 = torch.randn(2, 8, 3, 32, 32)
+
+    def bound(progress):  # the same masks each call: the same noise
+        torch.manual_seed(0)
+        return objective(x1, x2, progress)["bound"].item()
+
+    assert bound(0.01) == bound(0.015) != bound(0.02), "within an epoch p stays; it moves at the next"
+    assert bound(0.01) > 0
+    objective.anneal_epochs = None
+    assert bound(0.01) != bound(0.015), "per step it moves within the epoch"
+
+
 @pytest.mark.parametrize(
     "run, epochs, steps_per_epoch, expected",
     [
@@ -216,6 +233,7 @@ def test_cli_reference_run_records_every_choice(tmp_path, capsys):
         "vicreg_weights": [25.0, 25.0, 1.0],
         "bound_density": "l1",
         "anneal_from": "gates",
+        "anneal_clock": "epoch",
         "crop_interpolation": "bicubic",
         "blur_p": [0.0, 0.0],
         "gate_lr_scale": 1.0,

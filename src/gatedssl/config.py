@@ -104,6 +104,11 @@ class PretrainConfig:
         "or start (epoch 0); recipe: reference gates, embedded start",
         ("gates", "start"),
     )
+    anneal_clock: str | None = _opt(
+        None,
+        "how often p moves: epoch (set once per epoch, the reference) or step (every step); recipe: reference epoch, embedded step",
+        ("epoch", "step"),
+    )
     gate_warmup_epochs: int = _opt(0, "first epochs dense only, without gates or budget losses")
     # optimisation
     epochs: int | None = _opt(None, "training epochs; recipe: 16 on embedded, 500 otherwise")
@@ -200,6 +205,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         vicreg_variance="sum",
         bound_density="l1",
         anneal_from="gates",
+        anneal_clock="epoch",
         crop_interpolation="bicubic",
     ),
     "embedded": dict(
@@ -209,6 +215,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         vicreg_variance="mean",
         bound_density="mean",
         anneal_from="start",
+        anneal_clock="step",
         crop_interpolation="bilinear",
     ),
 }

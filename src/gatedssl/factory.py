@@ -48,5 +48,6 @@ def build_objective(cfg: PretrainConfig) -> JointObjective:
         bound_density=cfg.bound_density,
         anneal=cfg.anneal,
         anneal_offset=anneal_offset,
+        anneal_epochs=cfg.epochs if cfg.anneal_clock == "epoch" else None,
         ema_momentum=cfg.ema_momentum,
     )

@@ -40,6 +40,7 @@ class JointObjective(nn.Module):
         bound_density: str = "mean",
         anneal: float = 10.0,
         anneal_offset: float = 0.0,
+        anneal_epochs: int | None = None,
         ema_momentum: float = 0.99,
     ):
         super().__init__()
@@ -50,6 +51,7 @@ class JointObjective(nn.Module):
         self.budget, self.budget_weight, self.bound_weight = budget, budget_weight, bound_weight
         self.bound_target, self.bound_density, self.ema_momentum = bound_target, bound_density, ema_momentum
         self.anneal, self.anneal_offset = anneal, anneal_offset  # the bounds' clock starts at progress anneal_offset
+        self.anneal_epochs = anneal_epochs  # set: p moves once per epoch of that many, as the reference; None: every step
         self.backbone = backbone
         self.projector = method.projector(backbone.feature_dim, proj_dim)
         self.predictor = method.predictor(proj_dim) if method.predictor else None
@@ -96,7 +98,8 @@ class JointObjective(nn.Module):
             macs = torch.cat([o.macs for o in gated_outs])
             density = torch.stack([losses.block_densities(o.masks, self.bound_density) for o in gated_outs]).mean(0)
             budget_term = losses.budget_loss(macs, dense_macs, self.budget, self.budget_weight)
-            p = losses.anneal_p(max(progress - self.anneal_offset, 0.0), self.anneal)
+            clock = progress if self.anneal_epochs is None else math.floor(progress * self.anneal_epochs + 1e-9) / self.anneal_epochs
+            p = losses.anneal_p(max(clock - self.anneal_offset, 0.0), self.anneal)
             bound_term = losses.bound_loss(density, self.budget, p, self.bound_weight, mode=self.bound_target)
             macs_ratio = macs.mean().detach() / dense_macs
         else:
