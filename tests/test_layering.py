@@ -28,7 +28,7 @@ def test_config_choices_are_the_registries_names():
     from gatedssl import config
     from gatedssl.data import sources
     from gatedssl.methods import METHODS
-    from gatedssl.methods.objective import MODES
+    from gatedssl.methods.modes import MODES
     from gatedssl.models.resnet import ARCHS
     from gatedssl.precision import PRECISIONS
 

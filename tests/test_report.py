@@ -288,3 +288,21 @@ def test_a_report_written_again_removes_the_pictures_it_no_longer_draws(sweep, t
     assert second - {"notes.png"} < first and "notes.png" in second
     drawn = (out / "report.md").read_text()
     assert all(name in drawn for name in second - {"notes.png"})
+
+
+def test_the_comparison_of_systems_reads_the_real_summaries(report, sweep):
+    out, _ = report
+    [group] = [g for g in json.loads((out / "table.json").read_text())["compare"] if g["setting"]["width"] == 8]
+    systems = {s["mode"]: s for s in group["systems"]}
+    assert set(systems) == {"dense", "dual"}
+    dual_s = sweep["real_dual"]
+    dual = {sub["name"]: sub for sub in systems["dual"]["subnets"]}
+    for name in ("dense", "gated"):
+        assert dual[name]["top1"]["mean"] == dual_s[name]["knn_top1"]
+        assert dual[name]["macs_ratio"]["mean"] == dual_s[name]["macs_ratio"]
+    cost = dual_s.get("training_compute")  # summaries of this version may predate training-compute accounting
+    if cost is None:
+        assert systems["dual"]["training_compute"] is None
+    else:
+        assert systems["dual"]["training_compute"]["executed_flops"]["mean"] == cost["executed_flops"]
+    assert "## Systems compared" in (out / "report.md").read_text()

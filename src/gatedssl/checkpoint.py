@@ -17,8 +17,8 @@ import torch
 
 from .errors import UserError
 
-FORMAT_VERSION = 2  # 2: settings gained the recipe's choices (config.upgrade_stored reads 1's as what 0.1.0 did)
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2: settings gained the recipe's choices (config.upgrade_stored reads 1's as what 0.1.0 did); 3: modes slimmable and posthoc, training compute
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def atomic_write(path: Path, write) -> None:

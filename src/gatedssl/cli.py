@@ -15,8 +15,9 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from . import __version__
-from .config import PretrainConfig, load_yaml
+from .config import POSTHOC_EPOCH_SHARE, PretrainConfig, load_yaml
 from .errors import RunStopped, UserError
+from .names import MODE_NAMES
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -71,12 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser(
         "sweep",
-        help="pretrain one run per budget plus the dense baseline (B1), then summarise",
-        description="One pretraining per budget plus the vanilla dense baseline (--mode dense, the paper's B1), "
-        "each in its own folder under --out. Finished runs are skipped and unfinished ones resumed, "
-        "so a sweep can be re-run after an interruption. Any pretrain setting applies to every run.",
+        help="pretrain each mode at each budget plus the dense baseline (B1), then one comparison report",
+        description="The vanilla dense baseline (--mode dense, the paper's B1), then each --modes entry at each budget "
+        "(slimmable: once, with its --widths; posthoc: from the sweep's B1 encoder, for a fifth of the epochs), "
+        "each in its own folder under --out, and one report comparing every sub-network of every system. Finished "
+        "runs are skipped and unfinished ones resumed, so a sweep can be re-run after an interruption. Any pretrain "
+        "setting applies to every run.",
     )
     w.add_argument("--budgets", type=float, nargs="+", required=True, metavar="T", help="budgets t_d, e.g. 0.1 0.3 0.5")
+    w.add_argument(
+        "--modes",
+        nargs="+",
+        default=["dual"],
+        choices=[m for m in MODE_NAMES if m != "dense"],
+        metavar="MODE",
+        help="systems to train besides B1: dual (the paper), gated (B2), slimmable (DSPNet), posthoc (gates on the B1 encoder) "
+        "(default: dual)",
+    )
     w.add_argument("--out", required=True, metavar="SWEEP", help="sweep folder (one run folder per budget inside)")
     w.add_argument("--no-baseline", action="store_true", help="skip the dense baseline run")
     w.add_argument(
@@ -86,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_probe_flags(w, default="fast")
-    _add_config_flags(w, skip=("budget", "out", "mode"))
+    _add_config_flags(w, skip=("budget", "out", "mode", "init_from"))
 
     e = sub.add_parser(
         "eval",
@@ -110,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "recorded in RUN/summary.json under 'static'. Load the file with gatedssl.load.",
     )
     x.add_argument("--checkpoint", required=True, metavar="PATH", help="RUN/checkpoints/last.pt of a pretraining run")
-    x.add_argument("--subnet", default="dense", help="dense or static (default: dense)")
+    x.add_argument("--subnet", default="dense", help="dense, static, or a slimmable run's width such as width0.5 (default: dense)")
     x.add_argument(
         "--keep-rate",
         type=float,
@@ -188,17 +200,35 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def sweep_runs(args: argparse.Namespace) -> list[tuple[str, PretrainConfig]]:
+    """(folder name, settings) of every run of the sweep, in training order: B1 first (post-hoc starts from it)."""
     repeated = sorted({f"{b:g}" for b in args.budgets if args.budgets.count(b) > 1})
     if repeated:
         raise UserError(f"--budgets: {', '.join(repeated)} given more than once; each budget is one run (use --seed for repeats)")
+    modes = list(dict.fromkeys(args.modes))
+    if "posthoc" in modes and args.no_baseline:
+        raise UserError("--modes posthoc starts from the sweep's B1 encoder; drop --no-baseline")
     base = config_from_args(args)
+    if base.widths is not None and "slimmable" not in modes:
+        raise UserError("--widths: apply to --modes slimmable; add it, or drop --widths")
+    sweep_widths = base.widths
+    base = dataclasses.replace(base, widths=None)
     runs = [] if args.no_baseline else [("dense", dataclasses.replace(base, mode="dense", budget=1.0))]
-    runs += [(f"b{b:g}", dataclasses.replace(base, budget=b)) for b in args.budgets]
+    for mode in modes:
+        if mode == "slimmable":
+            runs.append(("slimmable", dataclasses.replace(base, mode="slimmable", budget=1.0, widths=sweep_widths)))
+            continue
+        for b in args.budgets:
+            name = f"b{b:g}" if mode == "dual" else f"{mode}-b{b:g}"  # dual keeps the name sweeps had before there were modes
+            cfg = dataclasses.replace(base, mode=mode, budget=b)
+            if mode == "posthoc":
+                share = None if base.epochs is None else max(1, round(POSTHOC_EPOCH_SHARE * base.epochs))
+                cfg = dataclasses.replace(cfg, init_from=str(Path(args.out) / "dense"), epochs=share)
+            runs.append((name, cfg))
     return [(name, dataclasses.replace(cfg, out=str(Path(args.out) / name))) for name, cfg in runs]
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from .summary import format_summary
+    from .summary import format_summary, subnet_names
     from .training.trainer import RunPaths, preflight, pretrain
 
     runs = sweep_runs(args)
@@ -208,7 +238,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         done = paths.summary.exists()
         resume = not done and paths.last.exists()
         if not done:
-            preflight(cfg, resume, overwrite=False)
+            source_pending = cfg.init_from is not None and not (Path(cfg.init_from) / "summary.json").exists()
+            # a post-hoc run's source is the sweep's B1, trained first: check everything else now
+            preflight(dataclasses.replace(cfg, init_from=".") if source_pending else cfg, resume, overwrite=False)
         plans.append((name, cfg, done, resume))
     for i, (name, cfg, done, resume) in enumerate(plans, 1):
         if done:
@@ -225,7 +257,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                 print(f"[{i}/{len(plans)}] {name}: linear probe skipped: the data is unlabeled", file=sys.stderr)
                 continue
             wanted = {"protocol": args.probe, "seeds": args.probe_seeds}
-            if all({k: summary.get(p, {}).get("probe", {}).get(k) for k in wanted} == wanted for p in ("dense", "gated")):
+            if all({k: summary.get(p, {}).get("probe", {}).get(k) for k in wanted} == wanted for p in subnet_names(summary)):
                 continue
             print(f"[{i}/{len(plans)}] {name}: linear probe ({args.probe}, {args.probe_seeds} seed(s))", file=sys.stderr)
             evaluate_checkpoint(

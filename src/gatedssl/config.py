@@ -20,15 +20,15 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .names import ARCH_NAMES as ARCHS
+from .names import DATASET_NAMES as DATASETS
+from .names import METHOD_NAMES, MODE_NAMES
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None, nargs: int | None = None) -> Any:
+def _opt(default: Any, help: str, choices: tuple | None = None, nargs: int | str | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices, "nargs": nargs})
 
 
-DATASETS = ("embedded", "cifar10", "cifar100", "stl10", "imagefolder")
-ARCHS = ("resnet18", "resnet34", "resnet50")
-METHOD_NAMES = ("vicreg", "barlow", "simclr", "simsiam", "byol")
 RECIPE_NAMES = ("reference", "embedded")
 
 
@@ -70,8 +70,20 @@ class PretrainConfig:
     method: str = _opt("vicreg", "self-supervised loss", METHOD_NAMES)
     mode: str = _opt(
         "dual",
-        "dual: view 1 gated + view 2 dense (the paper); dense: no gates (baseline B1); gated: both views gated (B2)",
-        ("dual", "dense", "gated"),
+        "dual: view 1 gated + view 2 dense (the paper); dense: no gates (baseline B1); gated: both views gated (B2); "
+        "slimmable: fixed widths sharing weights, the smaller ones distilled in place from the full one (DSPNet); "
+        "posthoc: gates trained on a pretrained dense encoder (--init-from)",
+        MODE_NAMES,
+    )
+    widths: list[float] | None = _opt(
+        None, "slimmable: the widths trained, each in (0, 1]; 1.0 (the dense network) is always one (default 1.0 0.75 0.5 0.25)", nargs="+"
+    )
+    slim_random: int = _opt(1, "slimmable: widths drawn at random each step besides the full and the smallest (the sandwich rule)")
+    init_from: str | None = _opt(
+        None, "posthoc: the pretrained encoder, a gatedssl run folder (or its checkpoint) or a torchvision-format ResNet state dict"
+    )
+    finetune_dense: bool = _opt(
+        False, "posthoc: let the dense weights move too (they are frozen by default, BN in eval mode); adds the Dual SSL pair"
     )
     pairing: str = _opt(
         "reference", "reference: (gated view 1, dense view 2) only; symmetric: also the swapped pair, averaged", ("reference", "symmetric")
@@ -257,9 +269,19 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     for key, value in defaults.items():
         if values.get(key) is None:
             values[key] = value
+    if cfg.mode == "posthoc" and cfg.epochs is None:
+        values["epochs"] = max(1, round(POSTHOC_EPOCH_SHARE * values["epochs"]))
+    if cfg.mode == "slimmable" and values["widths"] != []:  # an empty list stays empty: validate() names it
+        values["widths"] = sorted(
+            {1.0, *[float(w) for w in (DEFAULT_WIDTHS if values["widths"] is None else values["widths"])]}, reverse=True
+        )
     if values["out"] is None:
         values["out"] = str(Path("runs") / default_run_name(values))
     return PretrainConfig(**values)
+
+
+DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
+POSTHOC_EPOCH_SHARE = 0.2  # post-hoc gating trains a fifth of the dataset's pretraining epochs (embedded: 3, others: 100)
 
 
 def warmup_steps(cfg: PretrainConfig, steps_per_epoch: int) -> int:
@@ -303,7 +325,7 @@ def validate(cfg: PretrainConfig) -> list[str]:
         choices, nargs = f.metadata.get("choices"), f.metadata.get("nargs")
         if choices and value is not None and value not in choices:
             problems.append(f"{f.name}: {value!r} is not one of {', '.join(map(str, choices))}")
-        elif nargs and value is not None and len(value) != nargs:
+        elif isinstance(nargs, int) and value is not None and len(value) != nargs:
             problems.append(f"{f.name}: expected {nargs} numbers, got {len(value)}")
         elif any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, (list, tuple)) else [value])):
             problems.append(f"{f.name}: must be finite, got {value}")
@@ -354,6 +376,26 @@ def validate(cfg: PretrainConfig) -> list[str]:
             cfg.gate_warmup_epochs < cfg.epochs or cfg.mode == "dense",
             f"gate_warmup_epochs: {cfg.gate_warmup_epochs} leaves no gated epoch of {cfg.epochs}",
         )
+    if cfg.widths is not None:
+        check(len(cfg.widths) > 0, "widths: give at least one width in (0, 1], e.g. --widths 0.25 0.5 0.75 1.0")
+        bad = [w for w in cfg.widths if not 0 < w <= 1]
+        check(not bad, f"widths: {', '.join(f'{w:g}' for w in bad)} outside (0, 1]; a width is the share of every layer's channels kept")
+        check(cfg.mode == "slimmable", f"widths: apply to --mode slimmable, not {cfg.mode}")
+    check(cfg.slim_random >= 0, f"slim_random: must be >= 0, got {cfg.slim_random}")
+    if cfg.mode == "posthoc":
+        check(
+            cfg.init_from is not None,
+            "init_from: --mode posthoc adds gates to a pretrained encoder; give --init-from RUN_FOLDER (a gatedssl run) "
+            "or a torchvision-format ResNet state dict",
+        )
+        check(cfg.separate_bn, "separate_bn: --mode posthoc trains a gated BN set of its own; drop --no-separate-bn")
+    else:
+        check(cfg.init_from is None, f"init_from: applies to --mode posthoc, not {cfg.mode}")
+        check(not cfg.finetune_dense, f"finetune_dense: applies to --mode posthoc, not {cfg.mode}")
+    if cfg.init_from is not None:
+        check(os.path.exists(cfg.init_from), f"init_from: {cfg.init_from} does not exist; give a gatedssl run folder or a state dict file")
+    if cfg.mode in ("slimmable", "posthoc"):
+        check(cfg.gate_warmup_epochs == 0, f"gate_warmup_epochs: --mode {cfg.mode} has no dense warm-up; leave it at 0")
     if cfg.batch_size is not None:
         check(cfg.batch_size >= 2, "batch_size: SSL losses need at least 2 images per batch")
     check(
@@ -414,7 +456,15 @@ def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
 
     Weight shapes do not change with most of these choices (a CIFAR stem padded by 2 has the
     same kernel), so a missing key must read as the old behaviour, never as today's default."""
-    values = {"recipe": LEGACY_RECIPE, **RECIPES[LEGACY_RECIPE], "vicreg_weights": [25.0, 25.0, 1.0], **values}
+    values = {
+        "recipe": LEGACY_RECIPE,
+        **RECIPES[LEGACY_RECIPE],
+        "vicreg_weights": [25.0, 25.0, 1.0],
+        **{k: None for k in ("widths", "init_from")},
+        "slim_random": 1,
+        "finetune_dense": False,
+        **values,
+    }
     if "blur_p" not in values:
         values["blur_p"] = size_blur(values.get("crop_size") or CROP_SIZES.get(values.get("dataset"), 224))
     return values

@@ -31,8 +31,8 @@ def make_summary(
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
-        "dense": final["dense"],
-        "gated": final["gated"],
+        "subnets": subnet_names(final),
+        **{name: final[name] for name in subnet_names(final)},
         "knn": final["knn"],
         "data": {
             "pretrain_images": len(splits.pretrain.labels),
@@ -45,11 +45,25 @@ def make_summary(
         "gatedssl_version": __version__,
         "torch_version": torch.__version__,
     }
+    if cfg.widths is not None:
+        summary["widths"] = cfg.widths
+    if cfg.init_from is not None:
+        summary["init_from"] = cfg.init_from
     if init_eval is not None:
-        summary["init"] = {"dense": init_eval["dense"], "gated": init_eval["gated"]}
+        summary["init"] = {name: init_eval[name] for name in subnet_names(init_eval)}
     if train_seconds is not None:
         summary["train_seconds"] = round(train_seconds, 2)
     return summary
+
+
+def subnet_names(evaluation: dict) -> list[str]:
+    """The sub-networks an evaluation (or a summary) holds, in its order; summaries written before 0.3 list none: theirs are dense and gated."""
+    if "subnets" in evaluation:
+        return list(evaluation["subnets"])
+    return [k for k in evaluation if k not in NOT_SUBNETS and isinstance(evaluation[k], dict) and "macs_ratio" in evaluation[k]]
+
+
+NOT_SUBNETS = ("knn", "init", "data", "static", "training_compute")
 
 
 def write_summary(path: Path, summary: dict) -> None:
@@ -61,7 +75,7 @@ def format_summary(summary: dict) -> str:
     init = summary.get("init", {})
     knn = summary["knn"]
     knn_name = f"kNN top-1 ({'weighted, k=' + str(knn['k']) if knn['protocol'] == 'weighted' else '1-NN'})"
-    passes = ("dense",) if summary.get("mode") == "dense" else ("dense", "gated")
+    passes = ("dense",) if summary.get("mode") == "dense" else subnet_names(summary)
     probe = summary["dense"].get("probe")
     header = ["pass", knn_name, "at init"]
     if probe:

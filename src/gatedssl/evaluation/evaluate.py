@@ -1,4 +1,4 @@
-"""Frozen-backbone evaluation of both passes: kNN accuracy and MACs actually spent on the test set."""
+"""Frozen-backbone evaluation of a run's sub-networks: kNN accuracy and MACs actually spent on the test set."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ..data.augment import center_crop, normalize
 from ..data.sources import DatasetSplits, ImageSet
 from ..data.streaming import read_batches
 from ..models.resnet import GatedResNet
+from ..models.subnets import as_subnet
 from ..precision import autocast
 from .knn import knn_top1
 
@@ -18,7 +19,7 @@ from .knn import knn_top1
 class Features:
     features: torch.Tensor  # (N, D) float32
     macs: torch.Tensor  # (N,) per-sample MACs of the pass
-    channel_frequency: list[torch.Tensor]  # per gated block, (C,) share of samples in which each channel is on
+    channel_frequency: list[torch.Tensor]  # per block, (C,) share of samples in which each middle channel is on
     dense_macs: int
 
     @property
@@ -32,7 +33,7 @@ def extract(
     backbone: GatedResNet,
     images: ImageSet,
     splits: DatasetSplits,
-    gated: bool,
+    subnet: str,
     device: torch.device,
     batch_size: int = 500,
     precision: str = "auto",
@@ -48,7 +49,7 @@ def extract(
     for batch in read_batches(images.images, indices, batch_size, device):
         x = normalize(center_crop(batch, splits.crop_size), splits.mean, splits.std)
         with autocast(device, precision):
-            out = backbone(x.contiguous(memory_format=torch.channels_last), gated=gated)
+            out = backbone(x.contiguous(memory_format=torch.channels_last), as_subnet(subnet))
         feats.append(out.features.float())
         macs.append(out.macs)
         counts = [m.sum(0) for m in out.masks]
@@ -75,8 +76,9 @@ def evaluate(
     k: int = 200,
     temperature: float = 0.07,
     precision: str = "auto",
+    subnets: tuple[str, ...] = ("dense", "gated"),
 ) -> dict:
-    """kNN top-1 (percent) and test-set MACs for the dense and the gated pass.
+    """kNN top-1 (percent) and test-set MACs of each named sub-network, one entry under each name.
 
     Unlabeled data (splits.labeled False) has no kNN (knn_top1 None); its MACs and channel usage
     are measured on up to ONLINE_QUERIES of the pretraining images instead of a test split."""
@@ -87,8 +89,8 @@ def evaluate(
         num_classes = len(splits.train.classes)
     else:
         measured, indices = splits.pretrain, spread(len(splits.pretrain.labels), ONLINE_QUERIES)
-    for name, gated in (("dense", False), ("gated", True)):
-        test = extract(backbone, measured, splits, gated, device, precision=precision, indices=indices)
+    for name in subnets:
+        test = extract(backbone, measured, splits, name, device, precision=precision, indices=indices)
         mean_macs = test.macs.mean().item()
         result[name] = {
             "knn_top1": None,
@@ -98,7 +100,7 @@ def evaluate(
             "macs_ratio_per_class": {},
         }
         if splits.labeled:
-            train = extract(backbone, splits.train, splits, gated, device, precision=precision)
+            train = extract(backbone, splits.train, splits, name, device, precision=precision)
             result[name]["knn_top1"] = knn_top1(
                 train.features, train_labels, test.features, test_labels, num_classes, protocol, k, temperature
             )
@@ -107,7 +109,7 @@ def evaluate(
             result[name]["macs_ratio_per_class"] = dict(
                 zip(splits.test.classes, [round(v / test.dense_macs, 5) for v in per_class.tolist()])
             )
-        if gated:
+        if as_subnet(name).gated:
             result[name]["channel_frequency"] = [[round(v, 4) for v in f.tolist()] for f in test.channel_frequency]
     result["knn"] = {"protocol": protocol, "k": k, "temperature": temperature}
     return result
@@ -129,9 +131,8 @@ def online_knn(
     bank_labels, query_labels = splits.train.labels[bank].to(device), splits.test.labels[queries].to(device)
     result = {}
     for name in passes:
-        gated = name == "gated"
-        train = extract(backbone, splits.train, splits, gated, device, precision=precision, indices=bank)
-        test = extract(backbone, splits.test, splits, gated, device, precision=precision, indices=queries)
+        train = extract(backbone, splits.train, splits, name, device, precision=precision, indices=bank)
+        test = extract(backbone, splits.test, splits, name, device, precision=precision, indices=queries)
         result[f"knn_{name}"] = knn_top1(
             train.features, bank_labels, test.features, query_labels, len(splits.train.classes), protocol, k, temperature
         )

@@ -1,4 +1,4 @@
-"""Linear-probe accuracy of a frozen backbone's dense or gated pass.
+"""Linear-probe accuracy of one sub-network of a frozen backbone (dense, gated, a slimmable width).
 
 Two protocols:
 
@@ -33,6 +33,7 @@ from ..data.augment import AugmentConfig, BatchAugment
 from ..data.sources import DatasetSplits
 from ..data.streaming import read_batches
 from ..models.resnet import GatedResNet
+from ..models.subnets import as_subnet
 from ..precision import autocast
 from .evaluate import extract
 
@@ -130,7 +131,7 @@ def train_linear_head(train_x, train_y, test_x, test_y, num_classes, *, epochs, 
     return topk_accuracy(logits, test_y, 1), topk_accuracy(logits, test_y, 5)
 
 
-def _paper_run(backbone, splits, gated, device, test_features, epochs, batch_size, seed, bar, precision) -> tuple[float, float]:
+def _paper_run(backbone, splits, subnet, device, test_features, epochs, batch_size, seed, bar, precision) -> tuple[float, float]:
     """One seed of the paper protocol: the head sees new augmentations of every image each epoch."""
     images, labels = splits.train.images, splits.train.labels
     n, num_classes = len(labels), len(splits.train.classes)
@@ -155,7 +156,7 @@ def _paper_run(backbone, splits, gated, device, test_features, epochs, batch_siz
         for idx, batch in zip(order.split(batch_size), read_batches(images, order, batch_size, device)):
             x = augment(batch, generator=aug_generator)
             with torch.no_grad(), autocast(device, precision):
-                features = backbone(x.contiguous(memory_format=torch.channels_last), gated=gated).features.float()
+                features = backbone(x.contiguous(memory_format=torch.channels_last), as_subnet(subnet)).features.float()
             loss = F.cross_entropy(head(features), labels[idx].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -171,7 +172,7 @@ def _paper_run(backbone, splits, gated, device, test_features, epochs, batch_siz
 def linear_probe(
     backbone: GatedResNet,
     splits: DatasetSplits,
-    gated: bool,
+    subnet: str,
     device: torch.device,
     protocol: str = "fast",
     seeds: int = 1,
@@ -181,7 +182,7 @@ def linear_probe(
     progress: bool = True,
     precision: str = "auto",
 ) -> ProbeResult:
-    """Linear-probe accuracy of one pass (``gated``) of the frozen backbone; see the module doc.
+    """Linear-probe accuracy of one sub-network (``subnet``: a name; True/False: gated/dense) of the frozen backbone; see the module doc.
 
     The backbone is run in eval mode (BN statistics frozen, deterministic gates) and left in the
     train/eval mode it came in. ``progress`` shows a bar for the ``paper`` protocol (the ``fast``
@@ -193,10 +194,10 @@ def linear_probe(
         raise ValueError(f"seeds, epochs and batch_size must be positive, got {seeds}, {epochs}, {batch_size}")
     device = torch.device(device)
     num_classes = len(splits.train.classes)
-    test = extract(backbone, splits.test, splits, gated, device, precision=precision).features  # the same for every seed: backbone frozen
+    test = extract(backbone, splits.test, splits, subnet, device, precision=precision).features  # the same for every seed: backbone frozen
     runs = []
     if protocol == "fast":
-        train = extract(backbone, splits.train, splits, gated, device, precision=precision).features
+        train = extract(backbone, splits.train, splits, subnet, device, precision=precision).features
         settings = {**FAST, **({"epochs": epochs} if epochs is not None else {})}
         for seed in range(seeds):
             runs.append(
@@ -213,13 +214,13 @@ def linear_probe(
             unit="img",
             unit_scale=True,
             dynamic_ncols=True,
-            desc=f"linear probe ({'gated' if gated else 'dense'})",
+            desc=f"linear probe ({as_subnet(subnet).name})",
             disable=not progress,
             mininterval=1.0,
         )
         try:
             for seed in range(seeds):
-                runs.append(_paper_run(backbone, splits, gated, device, test, epochs, batch_size, seed, bar, precision))
+                runs.append(_paper_run(backbone, splits, subnet, device, test, epochs, batch_size, seed, bar, precision))
         finally:
             bar.close()
             backbone.train(was_training)

@@ -44,7 +44,7 @@ def evaluate_checkpoint(
 ) -> tuple[dict, Path]:
     """Rebuild the run's network from the checkpoint's own config, evaluate it, write the summary.
 
-    probe: also a linear probe ("fast" or "paper") of each pass, stored as dense.probe / gated.probe.
+    probe: also a linear probe ("fast" or "paper") of each sub-network, stored as dense.probe, gated.probe, ...
     """
     if probe_seeds < 1:
         raise UserError(f"--probe-seeds must be at least 1, got {probe_seeds}")
@@ -64,22 +64,21 @@ def evaluate_checkpoint(
             f"--probe {probe}: the run's data is unlabeled ({splits.unlabeled_reason}); a linear probe needs labelled "
             f"train/<class>/ and val/<class>/ folders"
         )
-    result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
+    result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision, objective.subnets)
     summary = make_summary(cfg, splits, result, state.get("init_eval"), state.get("train_seconds"), dev)
     summary["epochs_trained"] = state["epoch"]
     if probe is not None:
-        for name, gated in (("dense", False), ("gated", True)):
-            if name == "gated" and cfg.mode == "dense":
-                continue  # a dense-only baseline has untrained gates
+        for name in objective.subnets:
             result = linear_probe(
-                objective.backbone, splits, gated, dev, protocol=probe, seeds=probe_seeds, progress=progress, precision=cfg.precision
+                objective.backbone, splits, name, dev, protocol=probe, seeds=probe_seeds, progress=progress, precision=cfg.precision
             )
             summary[name]["probe"] = result.to_dict()
     target = Path(out) if out else Path(path).resolve().parent.parent / "summary.json"
     previous = Path(path).resolve().parent.parent / "summary.json"
-    if previous.exists():  # the latest static export (gatedssl export) stays with the run
-        static = json.loads(previous.read_text()).get("static")
-        if static is not None:
-            summary["static"] = static
+    if previous.exists():  # what training recorded, and the latest static export (gatedssl export), stay with the run
+        earlier = json.loads(previous.read_text())
+        for key in ("training_compute", "warmup_steps", "static"):
+            if key in earlier:
+                summary[key] = earlier[key]
     write_summary(target, summary)
     return summary, target

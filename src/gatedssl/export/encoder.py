@@ -71,20 +71,21 @@ class Encoder(nn.Module):
     """An inference-ready encoder in eval mode: its sub-networks by name, and its transform.
 
     subnets: "dense" (BN folded into the convs), "gated" (real channel skipping), "gated-masked"
-    (the training-time gated pass: every channel computed, then masked; for comparisons), or
-    "static" / "dense" alone when loaded from an export.
+    (the training-time gated pass: every channel computed, then masked; for comparisons), a
+    slimmable run's widths ("width0.5": a plain smaller ResNet), or the one sub-network of an export.
     """
 
     def __init__(self, subnets: dict[str, nn.Module], transform: EvalTransform, config: dict | None = None):
         super().__init__()
-        self.nets = nn.ModuleDict(subnets)
+        self.names = list(subnets)
+        self.nets = nn.ModuleDict({_key(n): net for n, net in subnets.items()})  # module names cannot hold the dot of width0.5
         self.transform = transform
         self.config = config or {}
         self.eval()
 
     @property
     def subnets(self) -> list[str]:
-        return [n for n in self.nets if n != "backbone"] + (["gated-masked"] if "backbone" in self.nets else [])
+        return [n for n in self.names if n != "backbone"] + (["gated-masked"] if "backbone" in self.names else [])
 
     @property
     def device(self) -> torch.device:
@@ -97,7 +98,7 @@ class Encoder(nn.Module):
             raise ValueError(f"subnet {subnet!r} is not in this model; it has {', '.join(self.subnets)}")
         if subnet == "gated-masked":
             return self.nets["backbone"](x, gated=True).features
-        out = self.nets[subnet](x)
+        out = self.nets[_key(subnet)](x)
         return out[0] if isinstance(out, tuple) else out
 
     @torch.no_grad()
@@ -123,5 +124,11 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
 
     objective, cfg = restore_objective(check_checkpoint(state, path), path)
     backbone = objective.backbone.eval()
-    nets = {"dense": PlainResNet.from_gated(backbone, "dense"), "gated": SkippingResNet(backbone, strategy), "backbone": backbone}
+    nets = {name: PlainResNet.from_gated(backbone, name) for name in objective.subnets if name != "gated"}
+    if cfg.mode != "slimmable":  # a slimmable run has no gates
+        nets.update(gated=SkippingResNet(backbone, strategy), backbone=backbone)
     return Encoder(nets, EvalTransform.for_dataset(cfg.dataset, cfg.crop_size), cfg.to_dict()).to(device)
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "_")

@@ -17,6 +17,7 @@ import torch
 from ..checkpoint import atomic_write
 from ..errors import UserError
 from ..models.resnet import GatedResNet
+from ..models.torchvision_names import torchvision_names
 from .encoder import EXPORT_FORMAT, EvalTransform
 from .plain import PlainResNet
 
@@ -98,28 +99,8 @@ def torchvision_state_dict(backbone: GatedResNet) -> dict[str, torch.Tensor]:
             f"--format torchvision: torchvision's ResNets have width 64 and this run has width {backbone.width}; "
             f"export with --format pt, torchscript or onnx instead"
         )
-    state = {}
-
-    def put(prefix: str, module: torch.nn.Module) -> None:
-        for key, value in module.state_dict().items():
-            state[f"{prefix}.{key}"] = value.detach().clone()
-
-    put("conv1", backbone.stem_conv)
-    put("bn1", backbone.stem_bn)
-    stage, index, planes = 0, -1, backbone.blocks[0].mid_channels
-    for block in backbone.blocks:
-        if block.mid_channels != planes:
-            stage, index, planes = stage + 1, -1, block.mid_channels
-        index += 1
-        prefix = f"layer{stage + 1}.{index}"
-        for name in ("conv1", "conv2", "conv3"):
-            if hasattr(block, name):
-                put(f"{prefix}.{name}", getattr(block, name))
-                put(f"{prefix}.bn{name[-1]}", getattr(block, f"bn{name[-1]}").dense)
-        if block.shortcut is not None:
-            put(f"{prefix}.downsample.0", block.shortcut[0])
-            put(f"{prefix}.downsample.1", block.shortcut[1])
-    return state
+    ours = backbone.state_dict()
+    return {theirs: ours[key].detach().clone() for key, theirs in torchvision_names(backbone).items()}
 
 
 def _write(out: Path, write) -> None:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.resnet import GatedResNet
-from .slicing import fold, take
+from ..models.subnets import DENSE, SubNet, as_subnet
+from .slicing import first_channels, fold, take
 
 SPEC_FORMAT = "gatedssl-plain-resnet/1"
 
@@ -107,18 +108,26 @@ class PlainResNet(nn.Module):
 
     @classmethod
     def from_gated(cls, backbone: GatedResNet, bn: str = "dense", keep: list[torch.Tensor] | None = None) -> PlainResNet:
-        """Fold one BN set ("dense" or "gated") into the convs and keep, per block, the middle
-        channels `keep[i]` (all when keep is None)."""
-        if bn not in ("dense", "gated"):
-            raise ValueError(f"bn must be 'dense' or 'gated', got {bn!r}")
-        keep = [torch.arange(b.mid_channels) for b in backbone.blocks] if keep is None else [k.to(torch.long).cpu() for k in keep]
-        net = cls(plain_spec(backbone, [len(k) for k in keep]))
+        """Fold one sub-network's BN set ("dense", "gated", or a slimmable width such as "width0.5") into
+        its convs and keep, per block, the middle channels `keep[i]` (all the sub-network's when keep is None)."""
+        sub = as_subnet(bn)
+        if sub.kind == "width" and sub.width not in backbone.widths:
+            raise ValueError(f"{sub.name}: the network has no such width")
+        keep = (
+            [torch.arange(sub.channels(b.mid_channels)) for b in backbone.blocks]
+            if keep is None
+            else [k.to(torch.long).cpu() for k in keep]
+        )
+        net = cls(plain_spec(backbone, [len(k) for k in keep], sub))
         was_training = backbone.training
         backbone.eval()
         with torch.no_grad():
-            _copy(net.stem[0], fold(backbone.stem_conv, backbone.stem_bn))
+            _copy(
+                net.stem[0],
+                fold(first_channels(backbone.stem_conv, sub, in_channels=backbone.stem_conv.in_channels), backbone.stem_bn.slot(sub)),
+            )
             for plain, block, idx in zip(net.blocks, backbone.blocks, keep):
-                full = fold_block(block, bn)
+                full = fold_block(block, sub)
                 if len(idx) == 0:
                     plain.body.value.copy_(branch_constant(full))
                 else:
@@ -139,15 +148,16 @@ def _copy(target: nn.Conv2d, source: nn.Conv2d, out_idx=None, in_idx=None) -> No
     target.bias.copy_(bias)
 
 
-def plain_spec(backbone: GatedResNet, mid: list[int]) -> dict:
-    """The architecture of `backbone` with `mid[i]` middle channels in block i (conv1's outputs, conv2's inputs)."""
+def plain_spec(backbone: GatedResNet, mid: list[int], sub: SubNet = DENSE) -> dict:
+    """The architecture of `backbone`'s sub-network `sub` with `mid[i]` middle channels in block i (conv1's outputs, conv2's inputs)."""
     blocks = []
     for block, k in zip(backbone.blocks, mid):
-        convs = [_shape(c) for c in (block.conv1, block.conv2, getattr(block, "conv3", None)) if c is not None]
+        convs = [_shape(first_channels(c, sub)) for c in (block.conv1, block.conv2, getattr(block, "conv3", None)) if c is not None]
         convs[0][1] = convs[1][0] = k
-        shortcut = None if block.shortcut is None else _shape(block.shortcut[0])
-        blocks.append({"convs": convs if k > 0 else [], "shortcut": shortcut, "out": block.out_channels})
-    return {"format": SPEC_FORMAT, "stem": _shape(backbone.stem_conv), "pool": backbone.stem_pool is not None, "blocks": blocks}
+        shortcut = None if block.shortcut is None else _shape(first_channels(block.shortcut[0], sub))
+        blocks.append({"convs": convs if k > 0 else [], "shortcut": shortcut, "out": sub.channels(block.out_channels)})
+    stem = _shape(first_channels(backbone.stem_conv, sub, in_channels=backbone.stem_conv.in_channels))
+    return {"format": SPEC_FORMAT, "stem": stem, "pool": backbone.stem_pool is not None, "blocks": blocks}
 
 
 def spec_macs(spec: dict, size: int) -> int:
@@ -174,16 +184,15 @@ def spec_macs(spec: dict, size: int) -> int:
     return total
 
 
-def fold_block(block, bn: str) -> list[nn.Conv2d | None]:
-    """The block's convolutions with its BN folded in: [conv1, conv2, (conv3,) shortcut or None]."""
-
-    def norm(pass_bn):
-        return pass_bn.gated if bn == "gated" and pass_bn.gated is not None else pass_bn.dense
-
-    convs = [fold(block.conv1, norm(block.bn1)), fold(block.conv2, norm(block.bn2))]
-    if hasattr(block, "conv3"):
-        convs.append(fold(block.conv3, norm(block.bn3)))
-    shortcut = None if block.shortcut is None else fold(block.shortcut[0], block.shortcut[1])
+def fold_block(block, bn: str | SubNet) -> list[nn.Conv2d | None]:
+    """The block's convolutions, as the sub-network `bn` runs them, with its BN folded in: [conv1, conv2, (conv3,) shortcut or None]."""
+    sub = as_subnet(bn)
+    convs = [
+        fold(first_channels(getattr(block, f"conv{i}"), sub), getattr(block, f"bn{i}").slot(sub))
+        for i in (1, 2, 3)
+        if hasattr(block, f"conv{i}")
+    ]
+    shortcut = None if block.shortcut is None else fold(first_channels(block.shortcut[0], sub), block.shortcut[1].slot(sub))
     return [*convs, shortcut]
 
 

@@ -23,6 +23,7 @@ from ..evaluation.probe import linear_probe
 from ..evaluation.runs import restore_objective
 from ..factory import select_device
 from ..models.resnet import BackboneOutput
+from ..names import parse_subnet
 from ..summary import write_summary
 from .encoder import EvalTransform
 from .formats import (
@@ -49,9 +50,16 @@ class PlainAsBackbone(nn.Module):
         super().__init__()
         self.net, self.feature_dim, self.macs = net, net.feature_dim, net.macs(size)
 
-    def forward(self, x: torch.Tensor, gated: bool = False) -> BackboneOutput:
+    def forward(self, x: torch.Tensor, subnet=None) -> BackboneOutput:
         features = self.net(x)
         return BackboneOutput(features, [], torch.full((x.shape[0],), float(self.macs), device=x.device), self.macs)
+
+
+def _is_width(subnet: str) -> bool:
+    try:
+        return parse_subnet(subnet)[0] == "width"
+    except ValueError:
+        return False
 
 
 def check_request(
@@ -59,8 +67,8 @@ def check_request(
 ) -> list[str]:
     """Every problem with the request that needs no checkpoint, all at once."""
     problems = []
-    if subnet not in SUBNETS:
-        problems.append(f"--subnet must be one of {', '.join(SUBNETS)}, got {subnet!r}")
+    if subnet not in SUBNETS and not _is_width(subnet):
+        problems.append(f"--subnet must be one of {', '.join(SUBNETS)} or a slimmable run's widthW (e.g. width0.5), got {subnet!r}")
     if fmt not in FORMATS:
         problems.append(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if keep_rate is not None and macs_ratio is not None:
@@ -76,7 +84,7 @@ def check_request(
     if fmt == "torchvision" and subnet != "dense":
         problems.append(
             "--format torchvision writes the dense encoder (torchvision's ResNets have fixed channel counts); use --subnet dense, "
-            "or --format pt, torchscript or onnx for the static sub-network"
+            f"or --format pt, torchscript or onnx for the {subnet} sub-network"
         )
     if fmt == "onnx":
         try:
@@ -125,10 +133,23 @@ def export(
     if subnet == "dense":
         net = PlainResNet.from_gated(backbone, "dense")
         result.update(macs=net.macs(size), macs_ratio=1.0)
+    elif _is_width(subnet):
+        if subnet not in objective.subnets:
+            raise UserError(
+                f"--subnet {subnet}: {checkpoint} has no such width (mode {cfg.mode}; its sub-networks: {', '.join(objective.subnets)})"
+            )
+        net = PlainResNet.from_gated(backbone, subnet)
+        splits = load_run_data(cfg, dev, warn=log, data_dir=data_dir)
+        dense_macs = spec_macs(plain_spec(backbone, backbone.gated_channels), size)
+        result.update(
+            macs=net.macs(size),
+            macs_ratio=net.macs(size) / dense_macs,
+            **(measure(net, splits, dev, cfg, probe) if splits.labeled else {"knn_top1": None}),
+        )
     else:
         splits = load_run_data(cfg, dev, warn=log, data_dir=data_dir)
         frequency = extract(
-            backbone, splits.train if splits.labeled else splits.pretrain, splits, True, dev, precision=cfg.precision
+            backbone, splits.train if splits.labeled else splits.pretrain, splits, "gated", dev, precision=cfg.precision
         ).channel_frequency
         if keep_rate is None:
             keep_rate = keep_rate_for(backbone, frequency, macs_ratio if macs_ratio is not None else cfg.budget, size, channel_multiple)
@@ -160,8 +181,8 @@ def export(
 def measure(net: PlainResNet, splits, device: torch.device, cfg, probe: bool) -> dict:
     """kNN top-1 and (fast) linear-probe accuracy of a plain network, as `gatedssl eval` measures the passes."""
     adapter = PlainAsBackbone(net, splits.crop_size).to(device)
-    train = extract(adapter, splits.train, splits, False, device, precision=cfg.precision)
-    test = extract(adapter, splits.test, splits, False, device, precision=cfg.precision)
+    train = extract(adapter, splits.train, splits, "dense", device, precision=cfg.precision)
+    test = extract(adapter, splits.test, splits, "dense", device, precision=cfg.precision)
     top1 = knn_top1(
         train.features,
         splits.train.labels.to(device),
@@ -174,7 +195,7 @@ def measure(net: PlainResNet, splits, device: torch.device, cfg, probe: bool) ->
     )
     measured = {"knn_top1": top1}
     if probe:
-        measured["probe"] = linear_probe(adapter, splits, False, device, precision=cfg.precision, progress=False).to_dict()
+        measured["probe"] = linear_probe(adapter, splits, "dense", device, precision=cfg.precision, progress=False).to_dict()
     return measured
 
 

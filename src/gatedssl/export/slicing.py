@@ -4,7 +4,7 @@ A block's middle channels are conv1's outputs and conv2's inputs. Keeping a subs
 means taking rows `idx` of conv1 (and its folded bias) and columns `idx` of conv2; every other
 convolution of the block is unchanged. The static export keeps one subset for all inputs, the
 skipping executor one subset per input (or per batch), and a width-sliced (slimmable) network
-keeps the first channels: all of them call `take`.
+keeps the first channels of every conv (`first_channels`): all of them call `take` or `first_channels`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from ..models.subnets import SubNet
 
 
 def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -21,6 +23,19 @@ def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     folded.weight.data.copy_(weight.detach())
     folded.bias.data.copy_(bias.detach())
     return folded
+
+
+def first_channels(conv: nn.Conv2d, sub: SubNet, in_channels: int | None = None) -> nn.Conv2d:
+    """The convolution a slimmable width runs: its first sub.channels(C) outputs and inputs (`in_channels`: the
+    stem keeps its 3 colours), as a smaller conv; the conv itself for every other sub-network."""
+    if sub.kind != "width":
+        return conv
+    cout, cin = sub.channels(conv.out_channels), in_channels or sub.channels(conv.in_channels)
+    small = nn.Conv2d(cin, cout, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None).to(conv.weight.device)
+    small.weight.data.copy_(conv.weight.detach()[:cout, :cin])
+    if conv.bias is not None:
+        small.bias.data.copy_(conv.bias.detach()[:cout])
+    return small
 
 
 def take(

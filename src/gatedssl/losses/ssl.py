@@ -86,6 +86,10 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
 
 
+# In-place distillation (slimmable widths, post-hoc gates): the same scale-free 2 - 2 cos to a detached target
+distillation_loss = byol_loss
+
+
 @_float32
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """SimCLR's NT-Xent (Chen et al. 2020): each of the 2N anchors against its other view, mean over anchors."""

@@ -1,6 +1,7 @@
-"""SSL methods (a table) and the joint dense + gated objective built from one of them."""
+"""SSL methods and training modes (two tables) and the joint objective built from them."""
 
-from .objective import MODES, PAIRINGS, JointObjective
+from .modes import MODES, Mode, ModeOptions, get_mode
+from .objective import PAIRINGS, JointObjective
 from .registry import METHODS, Embeddings, Method, get_method
 
-__all__ = ["MODES", "PAIRINGS", "METHODS", "Embeddings", "JointObjective", "Method", "get_method"]
+__all__ = ["MODES", "PAIRINGS", "METHODS", "Embeddings", "JointObjective", "Method", "Mode", "ModeOptions", "get_method", "get_mode"]

@@ -53,8 +53,8 @@ from torch import nn
 AFFECTED_IN_CHANNELS = range(1, 16)
 
 
-def is_affected(conv: nn.Module) -> bool:
-    """Whether `conv` has the shape whose weight gradient hits the oneDNN rtus overflow."""
+def is_affected(conv: nn.Module, in_channels: int | None = None) -> bool:
+    """Whether `conv` (run on `in_channels` of its inputs; default all) has the shape whose weight gradient hits the oneDNN rtus overflow."""
     return (
         isinstance(conv, nn.Conv2d)
         and conv.kernel_size == (1, 1)
@@ -62,7 +62,7 @@ def is_affected(conv: nn.Module) -> bool:
         and conv.padding == (0, 0)
         and conv.dilation == (1, 1)
         and conv.groups == 1
-        and conv.in_channels in AFFECTED_IN_CHANNELS
+        and (conv.in_channels if in_channels is None else in_channels) in AFFECTED_IN_CHANNELS
     )
 
 
@@ -101,19 +101,39 @@ class _UnitStrideWeightGrad(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+def strided_1x1_weight_grad_safe(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride) -> torch.Tensor:
+    """A strided 1x1 convolution whose weight gradient is taken at stride 1 (CPU, weight needing a gradient)."""
+    if torch.is_autocast_enabled("cpu"):  # cast as autocast would, then run the Function without it
+        dtype = torch.get_autocast_dtype("cpu")
+        input, weight = input.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast("cpu", enabled=False):
+            return _UnitStrideWeightGrad.apply(input, weight, bias, stride)
+    return _UnitStrideWeightGrad.apply(input, weight, bias, stride)
+
+
+def needs_safe_path(input: torch.Tensor, weight: torch.Tensor) -> bool:
+    return input.device.type == "cpu" and torch.is_grad_enabled() and weight.requires_grad
+
+
 class OneDNNSafeConv2d(nn.Conv2d):
     """nn.Conv2d (1x1, stride > 1, no padding) whose weight gradient avoids oneDNN's strided 1x1 kernel."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if input.device.type != "cpu" or not (torch.is_grad_enabled() and weight.requires_grad):
+        if not needs_safe_path(input, weight):
             return super()._conv_forward(input, weight, bias)
-        if torch.is_autocast_enabled("cpu"):  # cast as autocast would, then run the Function without it
-            dtype = torch.get_autocast_dtype("cpu")
-            input, weight = input.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
-            with torch.autocast("cpu", enabled=False):
-                return _UnitStrideWeightGrad.apply(input, weight, bias, self.stride)
-        return _UnitStrideWeightGrad.apply(input, weight, bias, self.stride)
+        return strided_1x1_weight_grad_safe(input, weight, bias, self.stride)
+
+
+def sliced_conv(conv: nn.Conv2d, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+    """`conv` restricted to its first `out_channels` outputs and to x's channels (its first inputs): a slimmable width.
+
+    A slice can be narrow where the full conv is not, so the shape check is made on the slice."""
+    # a slice of a channels_last weight is strided; oneDNN's fast kernels want it packed (the copy is small; measured in BENCHMARKS.md)
+    weight = conv.weight[:out_channels, : x.shape[1]].contiguous(memory_format=torch.channels_last)
+    if is_affected(conv, x.shape[1]) and needs_safe_path(x, conv.weight):
+        return strided_1x1_weight_grad_safe(x, weight, None, conv.stride)
+    return F.conv2d(x, weight, None, conv.stride, conv.padding)
 
 
 def avoid_onednn_1x1_crash(module: nn.Module) -> int:

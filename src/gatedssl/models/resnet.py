@@ -1,9 +1,11 @@
-"""ResNets whose residual blocks carry a channel gate and, optionally, one BN set per pass.
+"""ResNets whose residual blocks carry a channel gate, and one BN set per sub-network.
 
-One network object serves both passes: `net(x, gated=False)` is the dense encoder,
-`net(x, gated=True)` the gated sub-network (same conv weights, per-input channel masks).
-Every pass also returns its per-sample MACs, counted from the masks it actually used, so
-the budget loss and the reports never need a second bookkeeping of the architecture.
+One network object serves every sub-network (`subnets.py`): `net(x)` or `net(x, "dense")` is the
+dense encoder, `net(x, "gated")` the gated sub-network (same conv weights, per-input channel
+masks), `net(x, "width0.5")` a slimmable width (the first half of every conv's channels) once
+`add_widths` gave it its BN. Every pass also returns its per-sample MACs, counted from the
+channels it actually used, so the budget loss and the reports never need a second bookkeeping
+of the architecture.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gate import ChannelGate
-from .onednn import avoid_onednn_1x1_crash
+from .onednn import avoid_onednn_1x1_crash, sliced_conv
+from .subnets import DENSE, GATED, SubNet, as_subnet
 
 STEMS = ("cifar", "imagenet")
 
@@ -30,10 +33,11 @@ class BackboneOutput:
 
 
 class PassBatchNorm(nn.Module):
-    """BatchNorm with its own statistics and affine parameters per pass ("separate BN").
+    """BatchNorm with its own statistics and affine parameters per sub-network ("separate BN").
 
     The gated pass sees switched-off channels, so its activation statistics differ from the
-    dense pass; sharing one BN would mix the two distributions.
+    dense pass; sharing one BN would mix the two distributions. Slimmable widths add a slot
+    each (switchable BN). Without `separate`, the gated pass uses the dense slot.
     """
 
     def __init__(self, channels: int, separate: bool):
@@ -41,8 +45,37 @@ class PassBatchNorm(nn.Module):
         self.dense = nn.BatchNorm2d(channels)
         self.gated = nn.BatchNorm2d(channels) if separate else None
 
-    def forward(self, x: torch.Tensor, gated: bool) -> torch.Tensor:
-        return self.gated(x) if gated and self.gated is not None else self.dense(x)
+    def add_slot(self, slot: str, channels: int) -> None:
+        self.add_module(slot, nn.BatchNorm2d(channels))
+
+    def slot(self, sub: SubNet) -> nn.BatchNorm2d:
+        """The BN this sub-network uses (its own; the dense set when it has none)."""
+        return self._modules.get(sub.bn_slot) or self.dense
+
+    def forward(self, x: torch.Tensor, sub: SubNet) -> torch.Tensor:
+        return self.slot(sub)(x)
+
+
+class SharedBatchNorm(nn.BatchNorm2d):
+    """The stem's and shortcuts' BN: one set shared by the dense and the gated pass (their channels
+    are never gated), plus a slot per slimmable width. Its own parameters are the dense slot, so
+    its state-dict keys are those of a plain BatchNorm2d."""
+
+    def add_slot(self, slot: str, channels: int) -> None:
+        self.add_module(slot, nn.BatchNorm2d(channels))
+
+    def slot(self, sub: SubNet) -> nn.BatchNorm2d:
+        """The BN this sub-network uses: a width's own slot, else this shared (dense) set."""
+        return self._modules.get(sub.bn_slot) or self
+
+    def forward(self, x: torch.Tensor, sub: SubNet = DENSE) -> torch.Tensor:
+        slot = self.slot(sub)
+        return super().forward(x) if slot is self else slot(x)
+
+
+def _run(conv: nn.Conv2d, x: torch.Tensor, sub: SubNet) -> torch.Tensor:
+    """conv on x; a slimmable width runs the slice of it that its channels use."""
+    return conv(x) if sub.kind != "width" else sliced_conv(conv, x, sub.channels(conv.out_channels))
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
@@ -52,7 +85,11 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module | None:
     if stride == 1 and cin == cout:
         return None
-    return nn.Sequential(_conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+    return nn.Sequential(_conv(cin, cout, 1, stride), SharedBatchNorm(cout))
+
+
+def _identity(block, x: torch.Tensor, sub: SubNet) -> torch.Tensor:
+    return x if block.shortcut is None else block.shortcut[1](_run(block.shortcut[0], x, sub), sub)
 
 
 class GatedBasicBlock(nn.Module):
@@ -70,18 +107,18 @@ class GatedBasicBlock(nn.Module):
         self.shortcut = _shortcut(in_channels, planes, stride)
         self.gate = ChannelGate(in_channels, planes, tau, bias=gate_bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, gated: bool) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x), gated))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, sub: SubNet) -> torch.Tensor:
+        out = F.relu(self.bn1(_run(self.conv1, x, sub), sub))
         if mask is not None:
             out = out * mask[:, :, None, None].to(out.dtype)
-        out = self.bn2(self.conv2(out), gated)
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + identity)
+        out = self.bn2(_run(self.conv2, out, sub), sub)
+        return F.relu(out + _identity(self, x, sub))
 
-    def macs(self, in_hw: int, out_hw: int) -> tuple[int, int]:
-        """(MACs per active middle channel, MACs independent of the mask), per sample."""
-        per_channel = 9 * out_hw * (self.in_channels + self.out_channels)
-        fixed = 0 if self.shortcut is None else out_hw * self.in_channels * self.out_channels
+    def macs(self, in_hw: int, out_hw: int, sub: SubNet = DENSE) -> tuple[int, int]:
+        """(MACs per active middle channel, MACs independent of the mask), per sample, for the sub-network's channels."""
+        cin, cout = sub.channels(self.in_channels), sub.channels(self.out_channels)
+        per_channel = 9 * out_hw * (cin + cout)
+        fixed = 0 if self.shortcut is None else out_hw * cin * cout
         return per_channel, fixed
 
 
@@ -108,20 +145,20 @@ class GatedBottleneck(nn.Module):
         self.shortcut = _shortcut(in_channels, out_channels, stride)
         self.gate = ChannelGate(in_channels, planes, tau, bias=gate_bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, gated: bool) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x), gated))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, sub: SubNet) -> torch.Tensor:
+        out = F.relu(self.bn1(_run(self.conv1, x, sub), sub))
         if mask is not None:
             out = out * mask[:, :, None, None].to(out.dtype)
-        out = F.relu(self.bn2(self.conv2(out), gated))
-        out = self.bn3(self.conv3(out), gated)
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + identity)
+        out = F.relu(self.bn2(_run(self.conv2, out, sub), sub))
+        out = self.bn3(_run(self.conv3, out, sub), sub)
+        return F.relu(out + _identity(self, x, sub))
 
-    def macs(self, in_hw: int, out_hw: int) -> tuple[int, int]:
-        per_channel = in_hw * self.in_channels + 9 * out_hw * self.mid_channels
-        fixed = out_hw * self.mid_channels * self.out_channels
+    def macs(self, in_hw: int, out_hw: int, sub: SubNet = DENSE) -> tuple[int, int]:
+        cin, mid, cout = sub.channels(self.in_channels), sub.channels(self.mid_channels), sub.channels(self.out_channels)
+        per_channel = in_hw * cin + 9 * out_hw * mid
+        fixed = out_hw * mid * cout
         if self.shortcut is not None:
-            fixed += out_hw * self.in_channels * self.out_channels
+            fixed += out_hw * cin * cout
         return per_channel, fixed
 
 
@@ -149,7 +186,8 @@ class GatedResNet(nn.Module):
         else:
             self.stem_conv = _conv(3, width, 7, stride=2)
             self.stem_pool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.stem_bn = nn.BatchNorm2d(width)
+        self.stem_bn = SharedBatchNorm(width)
+        self.widths: tuple[float, ...] = ()  # slimmable widths below 1 that have their BN (add_widths)
         blocks, channels = [], width
         for stage, depth in enumerate(layers):
             planes = width * 2**stage
@@ -172,32 +210,95 @@ class GatedResNet(nn.Module):
     def gates(self) -> list[ChannelGate]:
         return [b.gate for b in self.blocks]
 
-    def forward(self, x: torch.Tensor, gated: bool = False, masks: list[torch.Tensor] | None = None) -> BackboneOutput:
-        """masks: run the gated pass with these (one (N, C_mid) 0/1 tensor per block) instead of the gates'."""
+    def dense_norms(self) -> list[nn.Module]:
+        """Every BN the dense pass uses: the stem's and the shortcuts' (shared with the gated pass) and each block's dense set."""
+        norms: list[nn.Module] = [self.stem_bn]
+        for block in self.blocks:
+            norms += [bn.dense for bn in block.children() if isinstance(bn, PassBatchNorm)]
+            if block.shortcut is not None:
+                norms.append(block.shortcut[1])
+        return norms
+
+    def freeze_dense(self) -> None:
+        """Post-hoc gating: only the gates and the gated BN set learn; the dense weights, and the
+        statistics of every BN the dense pass uses, stay as they are (those BNs stay in eval mode)."""
+        self.requires_grad_(False)
+        for block in self.blocks:
+            block.gate.requires_grad_(True)
+            for bn in block.children():
+                if isinstance(bn, PassBatchNorm) and bn.gated is not None:
+                    bn.gated.requires_grad_(True)
+        self.dense_frozen = True
+        self.train(self.training)
+
+    def copy_dense_bn_to_gated(self) -> None:
+        """Start the gated BN set as the dense one (a B1 run's gated set never trained; a torchvision state dict has none)."""
+        with torch.no_grad():
+            for block in self.blocks:
+                for bn in block.children():
+                    if isinstance(bn, PassBatchNorm) and bn.gated is not None:
+                        bn.gated.load_state_dict(bn.dense.state_dict())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "dense_frozen", False):
+            for norm in self.dense_norms():
+                norm.train(False)
+        return self
+
+    def add_widths(self, widths) -> None:
+        """Give each slimmable width below 1 its own BN set (switchable BN); width 1 is the dense network."""
+        for w in sorted({float(w) for w in widths if w < 1} - set(self.widths), reverse=True):
+            sub = as_subnet(f"width{w:g}")
+            for m in list(self.modules()):
+                if isinstance(m, (PassBatchNorm, SharedBatchNorm)):
+                    full = m.dense.num_features if isinstance(m, PassBatchNorm) else m.num_features
+                    m.add_slot(sub.bn_slot, sub.channels(full))
+            self.widths = (*self.widths, w)
+        for m in self.modules():  # new slots follow the network's device, dtype and training mode
+            for slot in m.children() if isinstance(m, (PassBatchNorm, SharedBatchNorm)) else ():
+                slot.to(self.stem_conv.weight.device).train(self.training)
+
+    def forward(
+        self, x: torch.Tensor, subnet: str | SubNet = DENSE, masks: list[torch.Tensor] | None = None, *, gated: bool | None = None
+    ) -> BackboneOutput:
+        """Run one sub-network. masks: run the gated pass with these (one (N, C_mid) 0/1 tensor per block)
+        instead of the gates'. gated=True/False is the older spelling of subnet "gated"/"dense"."""
+        sub = (GATED if gated else DENSE) if gated is not None else as_subnet(subnet)
+        if sub.kind == "width" and sub.width not in self.widths:
+            raise ValueError(
+                f"{sub.name}: this network has no BN for that width (it has {', '.join(f'width{w:g}' for w in self.widths) or 'none'})"
+            )
         n = x.shape[0]
-        out = F.relu(self.stem_bn(self.stem_conv(x)))
+        out = F.relu(self.stem_bn(_run(self.stem_conv, x, sub), sub))
         k = self.stem_conv.kernel_size[0]
-        stem_macs = out.shape[-2] * out.shape[-1] * self.stem_conv.in_channels * self.stem_conv.out_channels * k * k
+        stem_macs = out.shape[-2] * out.shape[-1] * self.stem_conv.in_channels * out.shape[1] * k * k
+        full_stem = stem_macs // out.shape[1] * self.stem_conv.out_channels
         if self.stem_pool is not None:
             out = self.stem_pool(out)
-        fixed = stem_macs
-        dense = stem_macs
+        fixed, dense = stem_macs, full_stem
         used, per_channel = [], []
         for i, block in enumerate(self.blocks):
-            mask = (block.gate(out) if masks is None else masks[i].float()) if gated else None
+            mask = (block.gate(out) if masks is None else masks[i].float()) if sub.gated else None
             in_hw = out.shape[-2] * out.shape[-1]
-            out = block(out, mask, gated)
-            pc, fx = block.macs(in_hw, out.shape[-2] * out.shape[-1])
-            fixed += fx + (block.gate.macs if gated else 0)
-            dense += fx + pc * block.mid_channels
+            out = block(out, mask, sub)
+            out_hw = out.shape[-2] * out.shape[-1]
+            pc, fx = block.macs(in_hw, out_hw, sub)
+            full_pc, full_fx = block.macs(in_hw, out_hw)
+            fixed += fx + (block.gate.macs if sub.gated else 0)
+            dense += full_fx + full_pc * block.mid_channels
             per_channel.append(pc)
-            used.append(mask if mask is not None else out.new_ones(n, block.mid_channels, dtype=torch.float32))
+            if mask is None:
+                mask = out.new_zeros(n, block.mid_channels, dtype=torch.float32)
+                mask[:, : sub.channels(block.mid_channels)] = 1
+            used.append(mask)
         features = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-        if gated:
+        if sub.gated:
             # Python-int costs times mask sums: no host-to-device copy of a cost vector each step
             macs = sum(m.sum(1) * pc for m, pc in zip(used, per_channel)) + float(fixed)
         else:
-            macs = torch.full((n,), float(dense), device=x.device)
+            spent = fixed + sum(pc * sub.channels(b.mid_channels) for pc, b in zip(per_channel, self.blocks))
+            macs = torch.full((n,), float(spent), device=x.device)
         return BackboneOutput(features, used, macs, dense)
 
 

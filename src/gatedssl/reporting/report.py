@@ -31,7 +31,15 @@ from ..errors import UserError
 from . import paper
 from .curves import plot_training_curves
 
-MODE_LABEL = {"dense": "B1 (dense only)", "gated": "B2 (gated only)", "dual": "Dual"}
+MODE_LABEL = {
+    "dense": "B1 (dense only)",
+    "gated": "B2 (gated only)",
+    "dual": "Dual",
+    "slimmable": "Slimmable (DSPNet)",
+    "posthoc": "Post-hoc gating of B1",
+}
+TABLE1_MODES = ("dense", "gated", "dual")  # the systems of the paper's Table 1; the others appear in "Systems compared"
+GATED_MODES = ("dual", "gated", "posthoc")  # modes that train gates: their gated sub-network is a network of its own
 PROBE_PROTOCOLS = {  # gatedssl.evaluation.probe's protocols, in words
     "fast": "a linear head trained on fixed centre-crop features; for comparing runs of this library with each other",
     "paper": "a linear head trained on freshly augmented images through the frozen backbone; the paper's linear evaluation",
@@ -70,8 +78,17 @@ class Run:
 
     @property
     def gated_pass(self) -> bool:
-        """Whether the run trained its gates (Dual or B2); a dense-mode run's gated numbers mean nothing."""
-        return self.mode in ("dual", "gated")
+        """Whether the run trained its gates (Dual, B2, post-hoc); a dense-mode run's gated numbers mean nothing."""
+        return self.mode in GATED_MODES
+
+    @property
+    def has_budget(self) -> bool:
+        """Whether t_d means something: B1 trains no gates, a slimmable run's widths set its cost."""
+        return self.mode not in ("dense", "slimmable")
+
+    @property
+    def subnets(self) -> list[str]:
+        return subnets_of(self.summary)
 
     @property
     def metrics_path(self) -> Path:
@@ -81,6 +98,14 @@ class Run:
 class FoundRuns(NamedTuple):
     runs: list[Run]  # finished runs, in a stable order
     skipped: list[Path]  # run folders without summary.json (unfinished or failed)
+
+
+def subnets_of(summary: dict) -> list[str]:
+    """The run's sub-network names, dense first; summaries before `subnets` existed had dense (and gated unless B1)."""
+    subnets = summary.get("subnets")
+    if subnets is None:
+        return ["dense"] if summary.get("mode") == "dense" else ["dense", "gated"]
+    return list(subnets)
 
 
 def _is_run_folder(folder: Path) -> bool:
@@ -97,10 +122,16 @@ def _load_summary(folder: Path) -> dict:
         ) from None
     required = ["dataset", "method", "mode", "arch", "width", "budget", "epochs", "dense", "knn"]
     missing = [k for k in required if k not in summary]
+    subnets = summary.get("subnets", [])
+    if not missing and (not isinstance(subnets, list) or not all(isinstance(n, str) for n in subnets)):
+        missing = ["subnets as a list of names"]
     if not missing:
-        missing = [f"dense.{k}" for k in ("knn_top1", "macs", "macs_ratio") if k not in summary["dense"]]
-    if not missing and summary["mode"] in ("dual", "gated"):
-        missing = [f"gated.{k}" for k in ("knn_top1", "macs", "macs_ratio") if k not in summary.get("gated", {})]
+        missing = [
+            f"{name}.{k}"
+            for name in subnets_of(summary)
+            for k in ("knn_top1", "macs", "macs_ratio")
+            if not isinstance(summary.get(name), dict) or k not in summary[name]
+        ]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}; it was not written by this gatedssl (re-create it with `gatedssl eval`)")
     return summary
@@ -193,7 +224,8 @@ class Accuracy:
 
 
 def _passes(run: Run) -> tuple[str, ...]:
-    return {"dense": ("dense",), "gated": ("gated",), "dual": ("dense", "gated")}[run.mode]
+    """The sub-networks whose numbers mean something: B1 has no trained gates, B2 no trained dense network."""
+    return {"dense": ("dense",), "gated": ("gated",)}.get(run.mode, tuple(run.subnets))
 
 
 def _knn_accuracy(knn: dict) -> Accuracy:
@@ -319,13 +351,35 @@ def _epochs(n) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
+def accuracy_groups(members: list[Run]) -> list[tuple[Accuracy, list[Run], list[str]]]:
+    """(accuracy, runs, notes): the probe for all when every run has it with one protocol, else one group per kNN setting."""
+    probe, note = _probe_accuracy(members)
+    if probe is not None:
+        return [(probe, members, [])]
+    by_knn: dict[tuple, list[Run]] = defaultdict(list)
+    for run in members:
+        by_knn[_knn_accuracy(run.summary["knn"]).knn].append(run)
+    out = []
+    for knn_runs in by_knn.values():
+        notes = [note] if note else []
+        if len(by_knn) > 1:
+            notes.append("runs of this setting were evaluated with different kNN settings; each gets its own table")
+        out.append((_knn_accuracy(knn_runs[0].summary["knn"]), knn_runs, notes))
+    return out
+
+
+def stem_padding(summary: dict):
+    """The CIFAR stem's padding; 0.1.0 wrote none (its CIFAR stem padded by 1)."""
+    return summary.get("stem_padding", 1 if summary["dataset"] in ("embedded", "cifar10", "cifar100") else None)
+
+
 def build_sections(runs: list[Run]) -> list[Section]:
-    """Group runs by setting and accuracy protocol; seeds of one configuration end up in one cell."""
+    """Group the Table-1 runs (B1, B2, Dual) by setting and accuracy protocol; seeds of one configuration end up in one cell."""
     groups: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
+    for run in (r for r in runs if r.mode in TABLE1_MODES):
         s = run.summary
         # runs of another recipe or stem are other networks: never averaged as seeds of one cell
-        padding = s.get("stem_padding", 1 if s["dataset"] in ("embedded", "cifar10", "cifar100") else None)  # 0.1.0 wrote none
+        padding = stem_padding(s)
         groups[(s["dataset"], s["method"], s["arch"], s["width"], run.epochs, s.get("recipe"), padding)].append(run)
     sections = []
     for (dataset, method, arch, width, epochs, recipe, padding), members in sorted(
@@ -340,20 +394,8 @@ def build_sections(runs: list[Run]) -> list[Section]:
             "recipe": recipe,
             "stem_padding": padding,
         }
-        probe, note = _probe_accuracy(members)
-        if probe is not None:
-            sections.append(Section(setting, members, probe))
-            continue
-        by_knn: dict[tuple, list[Run]] = defaultdict(list)
-        for run in members:
-            by_knn[_knn_accuracy(run.summary["knn"]).knn].append(run)
-        for knn_runs in by_knn.values():
-            section = Section(setting, knn_runs, _knn_accuracy(knn_runs[0].summary["knn"]))
-            if note:
-                section.notes.append(note)
-            if len(by_knn) > 1:
-                section.notes.append("runs of this setting were evaluated with different kNN settings; each gets its own table")
-            sections.append(section)
+        for accuracy, group, notes in accuracy_groups(members):
+            sections.append(Section(setting, group, accuracy, list(notes)))
     for section in sections:
         _check_section(section)
     return sections
@@ -884,7 +926,7 @@ def plot_per_class(run: Run, out_png: Path) -> Path:
 _NUMBER = re.compile(r"^[+-]?\d[\d.]*( ± [\d.]+)?( s| min)?$|^–$")
 
 
-REPORT_PNGS = ("tradeoff", "channels_", "per_class_", "curves_")  # the names the report gives its pictures
+REPORT_PNGS = ("tradeoff", "compare", "channels_", "per_class_", "curves_")  # the names the report gives its pictures
 
 
 class _Doc:
@@ -1046,7 +1088,7 @@ def _runs_table(runs: list[Run], accuracy_of: dict[int, Accuracy]) -> tuple[list
                 run.name,
                 MODE_LABEL.get(run.mode, run.mode),
                 run.summary["dataset"],
-                "–" if run.mode == "dense" else f"{run.budget:g}",
+                f"{run.budget:g}" if run.has_budget else "–",
                 str(run.seed),
                 str(run.epochs),
                 f"{acc.value(run, 'dense'):.2f}" if "dense" in _passes(run) else "–",
@@ -1072,17 +1114,28 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
         raise UserError(f"{out} is a file; give a folder for the report")
     out.mkdir(parents=True, exist_ok=True)
 
+    from . import compare  # imports this module: imported here, not at the top
+
     sections = build_sections(found.runs)
     tables = [section_table(s) for s in sections]
+    groups = compare.compare_groups(found.runs)
+    compared = [compare.compare_table(g) for g in groups] if compare.shown(found.runs) else []
     (out / "table.json").write_text(
-        json.dumps({"sections": tables, "skipped": [str(p) for p in found.skipped], "paper_source": paper.SOURCE}, indent=2)
+        json.dumps(
+            {"sections": tables, "compare": compared, "skipped": [str(p) for p in found.skipped], "paper_source": paper.SOURCE}, indent=2
+        )
     )
+    if compared:
+        compare.write_csv(compared, out / "compare.csv")
+    else:
+        (out / "compare.csv").unlink(missing_ok=True)  # of an earlier report into this folder
     with open(out / "table.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(_csv_rows(tables))
 
-    accuracy_of = {id(r): s.accuracy for s in sections for r in s.runs}
+    # a run's accuracy is its Table-1 section's; slimmable and post-hoc runs have none there, so their comparison group's
+    accuracy_of = {id(r): g.accuracy for g in groups for r in g.runs} | {id(r): s.accuracy for s in sections for r in s.runs}
     doc = _Doc(out)
     doc.heading(1, "gatedssl trade-off report")
     doc.para(
@@ -1137,24 +1190,27 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
                 f"({', '.join(paper.OVERLAY_DATASETS)}; an imagefolder dataset is not assumed to be ImageNet-100)."
             )
 
-    tradeoff = plot_tradeoff(sections, tables, out / "tradeoff.png", paper_overlay)
-    doc.heading(2, "Trade-off")
-    doc.para(
-        "Left: accuracy against the gated pass's compute; each Dual run gives two networks, its gated pass (circle, at the "
-        "MACs it spends) and its dense pass (diamond, at 100 %), joined by a dotted line; B1 is the star. Right: the same "
-        "accuracies against the budget t_d, which shows how training with a budget moves the dense network too."
-        + (" Hollow markers and dashed lines: the paper's linear-probe numbers." if paper_overlay and overlaid else "")
-    )
-    doc.image(tradeoff, "accuracy vs compute and vs budget")
+    if sections:
+        tradeoff = plot_tradeoff(sections, tables, out / "tradeoff.png", paper_overlay)
+        doc.heading(2, "Trade-off")
+        doc.para(
+            "Left: accuracy against the gated pass's compute; each Dual run gives two networks, its gated pass (circle, at the "
+            "MACs it spends) and its dense pass (diamond, at 100 %), joined by a dotted line; B1 is the star. Right: the same "
+            "accuracies against the budget t_d, which shows how training with a budget moves the dense network too."
+            + (" Hollow markers and dashed lines: the paper's linear-probe numbers." if paper_overlay and overlaid else "")
+        )
+        doc.image(tradeoff, "accuracy vs compute and vs budget")
+    else:
+        doc.para("No B1, B2 or Dual run: no Table 1 and no trade-off picture" + ("; the systems are compared below." if compared else "."))
+    if compared:
+        compare.add_section(doc, compared, out)
 
     doc.heading(2, "Runs")
     header, rows = _runs_table(found.runs, accuracy_of)
     doc.table(header, rows)
     for run in found.runs:
         doc.open_details(
-            f"{run.name}: {MODE_LABEL.get(run.mode, run.mode)}"
-            + ("" if run.mode == "dense" else f", t_d={run.budget:g}")
-            + f", seed {run.seed}"
+            f"{run.name}: {MODE_LABEL.get(run.mode, run.mode)}" + (f", t_d={run.budget:g}" if run.has_budget else "") + f", seed {run.seed}"
         )
         if run.gated_pass and _frequency(run):
             doc.image(
@@ -1163,6 +1219,10 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
             )
         if run.gated_pass and run.summary["gated"].get("macs_ratio_per_class"):
             doc.image(plot_per_class(run, out / f"per_class_{run.name}.png"), "gated MACs per class against the budget")
+        if run.mode == "slimmable":
+            doc.para(f"Sub-networks: {', '.join(run.subnets)} (widths {', '.join(f'{w:g}' for w in run.summary.get('widths', []))}).")
+        if run.mode == "posthoc" and run.summary.get("init_from"):
+            doc.para(f"Post-hoc gating, started from {run.summary['init_from']}.")
         if run.metrics_path.is_file() and run.metrics_path.stat().st_size > 0:
             png = plot_training_curves(
                 run.metrics_path,

@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -36,6 +36,8 @@ from ..methods import JointObjective
 from ..precision import autocast, grad_scaler
 from ..reporting.curves import plot_training_curves
 from ..summary import make_summary, write_summary
+from .compute import StepCost, mask_flops, step_cost
+from .init_from import load_pretrained
 from .optim import build_optimizer, warmup_cosine
 
 # fp16: GradScaler skips the optimizer step whose gradients overflowed while the schedule moves on, as intended
@@ -142,6 +144,113 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
+@dataclass
+class TrainState:
+    """Where a run stands, besides its modules: what a checkpoint holds so that a resumed run continues bit-exactly."""
+
+    epoch: int = 0  # whole epochs done
+    step: int = 0  # steps done of the next epoch
+    order: torch.Tensor | None = None  # that epoch's image order (None: draw one)
+    sums: dict = field(default_factory=dict)  # the epoch's summed loss terms, on the device
+    init_eval: dict | None = None  # the evaluation at initialisation
+    train_seconds: float = 0.0
+    executed_flops: float = 0.0  # what the hardware did (gatedssl.training.compute)
+    mask_flops: float = 0.0  # what the masks imply
+    pretraining: dict | None = None  # posthoc: the source run's training compute
+
+    def state_dict(self) -> dict:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["order"] = None if self.order is None else self.order.cpu()
+        values["sums"] = {k: v.cpu() for k, v in self.sums.items()}
+        return values
+
+    def load_state_dict(self, values: dict, device: torch.device) -> None:
+        for f in fields(self):
+            if f.name in values:  # checkpoints of older versions lack the compute fields: they stay at zero
+                setattr(self, f.name, values[f.name])
+        self.order = None if self.order is None else self.order.to(device)
+        self.sums = {k: v.to(device) for k, v in self.sums.items()}
+
+
+class Checkpointer:
+    """Writes the modules, the optimizer, the schedule and the TrainState as one file (atomic, keeping the last few), and reads it back."""
+
+    def __init__(self, paths: RunPaths, cfg: PretrainConfig, objective, optimizer, scheduler, scaler, steps_per_epoch: int):
+        self.paths, self.cfg, self.steps_per_epoch = paths, cfg, steps_per_epoch
+        self.objective, self.optimizer, self.scheduler, self.scaler = objective, optimizer, scheduler, scaler
+
+    def save(self, state: TrainState) -> Path:
+        return save_run_checkpoint(
+            self.paths.checkpoints,
+            state.epoch * self.steps_per_epoch + state.step,
+            {
+                "config": self.cfg.to_dict(),
+                "model": self.objective.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": None if self.scaler is None else self.scaler.state_dict(),
+                **state.state_dict(),
+                "rng": rng_state(),
+                "gatedssl_version": __version__,
+            },
+            keep=self.cfg.keep_checkpoints,
+        )
+
+    def restore(self, device: torch.device, log) -> TrainState:
+        """The newest readable checkpoint's state, after checking that it was written with these settings."""
+        for stale in self.paths.checkpoints.glob(".*.tmp-*"):  # left by a process killed while writing
+            stale.unlink()
+        saved, path = load_latest(self.paths.checkpoints, report=log)
+        stored, now = upgrade_stored(saved["config"]), self.cfg.to_dict()
+        changed = sorted(k for k in now if k not in _MAY_CHANGE_ON_RESUME and stored.get(k) != now[k])
+        if changed:
+            raise UserError(
+                f"--resume: the settings differ from the checkpoint's ({', '.join(changed)}); resume with the run's own settings"
+            )
+        try:
+            self.objective.load_state_dict(saved["model"])
+        except RuntimeError as exc:
+            raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})") from None
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        state = TrainState()
+        state.load_state_dict(saved, device)
+        set_rng_state(saved["rng"])
+        _truncate_metrics(self.paths.metrics, state.epoch)
+        log(f"resuming from {path}: epoch {state.epoch + 1}, step {state.step + 1} of {self.steps_per_epoch}")
+        return state
+
+
+class NonFiniteWatch:
+    """Finds an epoch's first non-finite loss without a host sync per step, and names the objective's terms at it."""
+
+    def __init__(self, device: torch.device, paths: RunPaths):
+        self.first_bad = torch.full((), -1, device=device)
+        self.terms: dict[str, torch.Tensor] = {}  # whatever scalar terms the objective returns
+        self.paths = paths
+
+    def observe(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        new_bad = (self.first_bad < 0) & ~torch.isfinite(terms["loss"])
+        self.first_bad = torch.where(new_bad, step, self.first_bad)
+        for key, value in terms.items():
+            if key != "loss" and value.ndim == 0:
+                self.terms[key] = torch.where(new_bad, value, self.terms.get(key, torch.zeros_like(value)))
+
+    def check(self, epoch: int) -> None:
+        """One host read: stop on the first non-finite loss, naming the step and the terms."""
+        step = int(self.first_bad.item())
+        if step >= 0:
+            named = ", ".join(f"{key}={value.item():.4g}" for key, value in self.terms.items())
+            raise RunStopped(
+                f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({named}); "
+                f"stopped without saving this epoch; the last good checkpoint is kept in {self.paths.checkpoints} "
+                f"(lower --lr, or --skip-nonfinite N to skip such batches)",
+                EXIT_NONFINITE,
+            )
+
+
 def pretrain(
     cfg: PretrainConfig,
     *,
@@ -152,7 +261,7 @@ def pretrain(
     progress: bool = True,
     log=None,
 ) -> dict:
-    """Pretrain the dense network and its gated sub-network; returns the summary dict.
+    """Pretrain the sub-networks the run's mode declares; returns the summary dict.
 
     Raises RunStopped when a signal or a non-finite loss ends the run early (with a checkpoint
     of the last good state), UserError for anything the user can fix.
@@ -177,7 +286,9 @@ def pretrain(
             f"batch_size {cfg.batch_size} is larger than the {len(splits.pretrain.labels)} pretraining images; use a smaller --batch-size"
         )
 
-    objective = build_objective(cfg).to(device, memory_format=torch.channels_last)
+    objective = build_objective(cfg)
+    pretraining = load_pretrained(cfg, objective.backbone) if cfg.init_from and not resume else None
+    objective = objective.to(device, memory_format=torch.channels_last)
     if cfg.compile:
         objective.backbone.compile()
     lr = cfg.lr * cfg.batch_size / 256
@@ -187,32 +298,11 @@ def pretrain(
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = warmup_cosine(optimizer, warmup_steps(cfg, steps_per_epoch), total_steps)
     scaler = grad_scaler(device, cfg.precision)
+    checkpoints = Checkpointer(paths, cfg, objective, optimizer, scheduler, scaler, steps_per_epoch)
+    costs = {on: step_cost(cfg, splits.crop_size, on) for on in ((False, True) if cfg.gate_warmup_epochs else (True,))}
 
-    start_epoch, start_step, order, sums, init_eval, train_seconds = 0, 0, None, {}, None, 0.0
     if resume:
-        for stale in paths.checkpoints.glob(".*.tmp-*"):  # left by a process killed while writing
-            stale.unlink()
-        state, path = load_latest(paths.checkpoints, report=log)
-        stored = upgrade_stored(state["config"])
-        changed = sorted(k for k in cfg.to_dict() if k not in _MAY_CHANGE_ON_RESUME and stored.get(k) != cfg.to_dict()[k])
-        if changed:
-            raise UserError(
-                f"--resume: the settings differ from the checkpoint's ({', '.join(changed)}); resume with the run's own settings"
-            )
-        try:
-            objective.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})") from None
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step, init_eval, train_seconds = state["epoch"], state["step"], state["init_eval"], state["train_seconds"]
-        order = None if state["order"] is None else state["order"].to(device)
-        sums = {k: v.to(device) for k, v in state["sums"].items()}
-        set_rng_state(state["rng"])
-        _truncate_metrics(paths.metrics, start_epoch)
-        log(f"resuming from {path}: epoch {start_epoch + 1}, step {start_step + 1} of {steps_per_epoch}")
+        state = checkpoints.restore(device, log)
     else:
         if overwrite and paths.checkpoints.is_dir():
             shutil.rmtree(paths.checkpoints)
@@ -220,36 +310,14 @@ def pretrain(
         for stale in (paths.metrics, paths.summary):
             stale.unlink(missing_ok=True)
         save_yaml(cfg, paths.root / "config.yaml")
-        init_eval = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
+        state = TrainState(pretraining=pretraining)
+        state.init_eval = _evaluate(objective, splits, device, cfg)
         torch.manual_seed(cfg.seed)  # the training stream does not depend on evaluation
-
-    def checkpoint(epoch: int, step: int, order, sums) -> Path:
-        """State after `epoch` whole epochs and `step` steps of the next one."""
-        return save_run_checkpoint(
-            paths.checkpoints,
-            epoch * steps_per_epoch + step,
-            {
-                "config": cfg.to_dict(),
-                "model": objective.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": None if scaler is None else scaler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "order": None if order is None else order.cpu(),
-                "sums": {k: v.cpu() for k, v in sums.items()},
-                "init_eval": init_eval,
-                "train_seconds": train_seconds,
-                "rng": rng_state(),
-                "gatedssl_version": __version__,
-            },
-            keep=cfg.keep_checkpoints,
-        )
 
     writer = _tensorboard(paths.root / "tb")
     bar = tqdm(
         total=total_steps * cfg.batch_size,
-        initial=(start_epoch * steps_per_epoch + start_step) * cfg.batch_size,
+        initial=(state.epoch * steps_per_epoch + state.step) * cfg.batch_size,
         unit="img",
         unit_scale=True,
         desc="pretrain",
@@ -260,23 +328,20 @@ def pretrain(
     objective.train()
     skipped = 0
     with StopSignals() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(state.epoch, cfg.epochs):
             t0 = time.perf_counter()
             gates_on = epoch >= cfg.gate_warmup_epochs
-            if epoch > start_epoch or order is None:
-                order, sums = views.new_order(), {}
-            first_bad = torch.full((), -1, device=device)  # first step with a non-finite loss, found without a host sync
-            bad_terms: dict[str, torch.Tensor] = {}  # the objective's scalar terms at that step, whatever they are
-            begin = start_step if epoch == start_epoch else 0
-            for step, (x1, x2) in enumerate(views.epoch(order, begin), start=begin):
-                progress_now = (epoch + step / steps_per_epoch) / cfg.epochs
+            if state.step == 0 or state.order is None:
+                state.order, state.sums = views.new_order(), {}
+            watch = NonFiniteWatch(device, paths)
+            for step, (x1, x2) in enumerate(views.epoch(state.order, state.step), start=state.step):
                 terms = train_step(
                     objective,
                     optimizer,
                     scheduler,
                     x1,
                     x2,
-                    progress_now,
+                    (epoch + step / steps_per_epoch) / cfg.epochs,
                     gates_on,
                     guard=cfg.skip_nonfinite > 0,
                     precision=cfg.precision,
@@ -293,41 +358,48 @@ def pretrain(
                             EXIT_NONFINITE,
                         )
                 else:
-                    new_bad = (first_bad < 0) & ~torch.isfinite(terms["loss"])
-                    first_bad = torch.where(new_bad, step, first_bad)
+                    watch.observe(step, terms)
                     for key, value in terms.items():
-                        if key != "loss" and value.ndim == 0:
-                            bad_terms[key] = torch.where(new_bad, value, bad_terms.get(key, torch.zeros_like(value)))
-                    for key, value in terms.items():
-                        sums[key] = sums.get(key, 0) + value
+                        state.sums[key] = state.sums.get(key, 0) + value
                 bar.update(cfg.batch_size)
                 if on_step_end is not None:
                     on_step_end(epoch, step)
                 if stop.received and step + 1 < steps_per_epoch:
-                    _check_finite(first_bad, bad_terms, epoch, paths)
-                    train_seconds += time.perf_counter() - t0
-                    saved = checkpoint(epoch, step + 1, order, sums)
+                    watch.check(epoch)
+                    state.train_seconds += time.perf_counter() - t0
+                    state.epoch, state.step = epoch, step + 1
+                    saved = checkpoints.save(state)
                     raise RunStopped(
                         f"stopped by {stop.received} at epoch {epoch + 1}, step {step + 1}; checkpoint {saved} written; continue with --resume",
                         EXIT_SIGNAL,
                     )
-            _check_finite(first_bad, bad_terms, epoch, paths)
+            watch.check(epoch)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
-            train_seconds += seconds
-            record = _epoch_record(epoch, sums, steps_per_epoch - skipped, seconds, cfg.batch_size, scheduler.get_last_lr()[0])
+            state.train_seconds += seconds
+            record = _epoch_record(epoch, state.sums, steps_per_epoch - skipped, seconds, cfg.batch_size, scheduler.get_last_lr()[0])
+            _count_compute(state, costs[gates_on], steps_per_epoch, record["macs_ratio"], cfg.batch_size)
             if cfg.eval_every and splits.labeled and (epoch + 1) % cfg.eval_every == 0:
                 t_eval = time.perf_counter()
-                passes = ("dense",) if cfg.mode == "dense" else ("dense", "gated")
                 record.update(
-                    online_knn(objective.backbone, splits, device, passes, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
+                    online_knn(
+                        objective.backbone,
+                        splits,
+                        device,
+                        objective.subnets,
+                        cfg.knn_protocol,
+                        cfg.knn_k,
+                        cfg.knn_temperature,
+                        cfg.precision,
+                    )
                 )
                 record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
             _log(paths, writer, record)
             bar.set_postfix(loss=f"{record['loss']:.3g}", macs=f"{record['macs_ratio']:.2f}", refresh=False)
+            state.epoch, state.step, state.order, state.sums = epoch + 1, 0, None, {}
             if stop.received or (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                saved = checkpoint(epoch + 1, 0, None, {})
+                saved = checkpoints.save(state)
             if stop.received and epoch + 1 < cfg.epochs:
                 raise RunStopped(
                     f"stopped by {stop.received} after epoch {epoch + 1}; checkpoint {saved} written; continue with --resume", EXIT_SIGNAL
@@ -338,30 +410,46 @@ def pretrain(
     if writer is not None:
         writer.close()
 
-    final = evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision)
-    summary = make_summary(cfg, splits, final, init_eval, train_seconds, device)
+    summary = make_summary(cfg, splits, _evaluate(objective, splits, device, cfg), state.init_eval, state.train_seconds, device)
     summary["warmup_steps"] = warmup_steps(cfg, steps_per_epoch)
+    summary["training_compute"] = training_compute(cfg, state, device)
     plot_training_curves(
         paths.metrics,
         paths.root / "curves.png",
-        cfg.budget if cfg.mode != "dense" else None,
+        cfg.budget if objective.mode.budget else None,
         f"{cfg.dataset} | {cfg.arch} w{cfg.width} | {cfg.method} {cfg.mode} | budget {cfg.budget:g}",
     )
     write_summary(paths.summary, summary)
     return summary
 
 
-def _check_finite(first_bad: torch.Tensor, bad_terms: dict[str, torch.Tensor], epoch: int, paths: RunPaths) -> None:
-    """One host read per epoch: stop on the first non-finite loss, naming the step and the terms."""
-    step = int(first_bad.item())
-    if step >= 0:
-        named = ", ".join(f"{key}={value.item():.4g}" for key, value in bad_terms.items())
-        raise RunStopped(
-            f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({named}); "
-            f"stopped without saving this epoch; the last good checkpoint is kept in {paths.checkpoints} "
-            f"(lower --lr, or --skip-nonfinite N to skip such batches)",
-            EXIT_NONFINITE,
-        )
+def _evaluate(objective: JointObjective, splits, device: torch.device, cfg: PretrainConfig) -> dict:
+    return evaluate(objective.backbone, splits, device, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision, objective.subnets)
+
+
+def _count_compute(state: TrainState, cost: StepCost, steps: int, macs_ratio: float, batch_size: int) -> None:
+    """Add an epoch's executed and mask-implied FLOPs (from its mean gated MACs ratio) to the state."""
+    executed = cost.flops * steps
+    state.executed_flops += executed
+    state.mask_flops += mask_flops(cost, executed, steps, macs_ratio * steps, batch_size)
+
+
+def training_compute(cfg: PretrainConfig, state: TrainState, device: torch.device) -> dict:
+    """The run's training cost; post-hoc gating also records its pretraining's, and the two together."""
+    own = {"executed_flops": state.executed_flops, "mask_flops": state.mask_flops, "seconds": round(state.train_seconds, 2)}
+    result = {**own, "device": _device_name(device)}
+    if cfg.mode == "posthoc":
+        pre = state.pretraining
+        result["pretraining"] = pre
+        if pre is not None:
+            result["total"] = {k: None if pre.get(k) is None else round(own[k] + pre[k], 2) for k in own}
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def train_step(
