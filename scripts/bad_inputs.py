@@ -8,10 +8,13 @@ the messages printed (stderr), and flags any Python traceback (there should be n
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -70,7 +73,13 @@ def main():
         torch.save(state, root / "other_arch.pt")
         torch.save({"format_version": 1, "config": {}, "model": Payload()}, root / "evil.pt")
         last = str(done / "checkpoints/last.pt")
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)"])  # a live run's stand-in
+        held = root / "held"
+        held.mkdir()
+        lease = {"pid": holder.pid, "host": socket.gethostname(), "started": time.time(), "heartbeat": time.time()}
+        (held / ".lock").write_text(json.dumps(lease))
         cases = [
+            ("run folder held by a live run", ["pretrain", "--out", str(held), *TINY]),
             ("unknown dataset", ["pretrain", "--dataset", "mnist"]),
             ("unknown method", ["pretrain", "--method", "moco"]),
             ("budget above 1", ["pretrain", "--budget", "1.5"]),
@@ -180,6 +189,25 @@ def main():
             ("export: torchvision at width 8", ["export", "--checkpoint", last, "--format", "torchvision", "--out", str(root / "e.pt")]),
             ("export: unknown format", ["export", "--checkpoint", last, "--format", "tflite", "--out", str(root / "e.pt")]),
             ("export: output folder not writable", ["export", "--checkpoint", last, "--out", "/proc/gatedssl/e.pt"]),
+            ("export: a width of a dual run", ["export", "--checkpoint", last, "--subnet", "width0.5", "--out", str(root / "e.pt")]),
+            ("export: a width above 1", ["export", "--checkpoint", last, "--subnet", "width1.5", "--out", str(root / "e.pt")]),
+            ("slimmable: a width outside (0, 1]", ["pretrain", "--mode", "slimmable", "--widths", "0", "0.5"]),
+            ("slimmable: no widths", ["pretrain", "--mode", "slimmable", "--widths"]),
+            ("widths without --mode slimmable", ["pretrain", "--widths", "0.5"]),
+            ("posthoc without --init-from", ["pretrain", "--mode", "posthoc"]),
+            ("posthoc: --init-from missing", ["pretrain", "--mode", "posthoc", "--init-from", str(root / "no-run")]),
+            (
+                "posthoc: --init-from another width",
+                ["pretrain", "--mode", "posthoc", "--init-from", str(done), *TINY[:2], "16", *TINY[4:], "--out", str(root / "r8")],
+            ),
+            (
+                "posthoc: --init-from a file that is no state dict",
+                ["pretrain", "--mode", "posthoc", "--init-from", str(root / "corrupt.pt"), *TINY, "--out", str(root / "r9")],
+            ),
+            (
+                "sweep: posthoc without the baseline",
+                ["sweep", "--modes", "posthoc", "--budgets", "0.3", "--no-baseline", "--out", str(root / "sw")],
+            ),
         ]
         print("| # | bad input | exit | what the user sees (stderr) |")
         print("|---|---|---|---|")
@@ -189,6 +217,7 @@ def main():
             shown = " / ".join(said).replace(str(root), "TMP").replace("|", "\\|")
             flag = " **TRACEBACK**" if "Traceback" in err else ""
             print(f"| {i} | {name} | {code} | {shown[:400]}{flag} |")
+        holder.kill()
 
 
 if __name__ == "__main__":

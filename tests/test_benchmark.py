@@ -98,3 +98,20 @@ def test_latency_benchmark_prints_every_variant_with_its_ratios(tmp_path):
         assert cell["dense"][3] == 1.0 and 0.2 < cell["skipping gated"][3] < 0.45  # density 0.3 reached (gates add a little)
         assert cell["static"][3] <= cell["skipping gated"][3]  # the largest static network within the gated MACs
     assert (tmp_path / "latency.png").stat().st_size > 10_000
+
+
+def test_widths_benchmark_prints_every_width_with_its_ratios():
+    args = ["--width", "8", "--batch", "4", "--reps", "1", "--widths", "0.5", "0.25"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/widths.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| dense") or line.startswith("| width")]
+    assert [r[0].strip() for r in rows] == ["dense", "width0.5", "width0.25"]
+    macs_ratio = [float(r[2]) for r in rows]
+    assert macs_ratio[0] == 1.0 and macs_ratio[1] > macs_ratio[2] > 0
+    assert all(float(r[4]) > 0 and float(r[6]) > 0 for r in rows), "the time ratios are printed, whatever they are"

@@ -144,3 +144,16 @@ def test_init_from_another_architecture_gets_one_line(capsys, source, tmp_path):
 def test_empty_widths_in_a_config_file(capsys, tmp_path):
     (tmp_path / "c.yaml").write_text("mode: slimmable\nwidths: []\n")
     _one_line(capsys, ["pretrain", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")], "widths: give at least one width")
+
+
+def test_a_posthoc_run_evaluates_without_its_source(source, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b1"
+    shutil.copytree(source[0], copy)
+    summary = pretrain(PretrainConfig(out=str(tmp_path / "ph"), mode="posthoc", init_from=str(copy), epochs=1, **BASE), progress=False)
+    shutil.rmtree(copy)
+    assert main(["eval", "--checkpoint", str(tmp_path / "ph/checkpoints/last.pt"), "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["gated"]["knn_top1"] == pytest.approx(summary["gated"]["knn_top1"])
+    assert again["training_compute"] == summary["training_compute"]

@@ -49,6 +49,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
             parser.add_argument(flag, type=_TYPES[annotation], choices=choices, metavar=f.name.upper() if not choices else None, **kwargs)
 
 
+def _resume(value: str) -> str:
+    if value != "auto":
+        raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {value!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gatedssl", description="Self-supervised pretraining of a dense encoder and its gated sub-network in one run.")
     parser.add_argument("--version", action="version", version=f"gatedssl {__version__}")
@@ -65,7 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE|NAME",
         help="read settings from a YAML file, or a shipped config by name (cifar10, cifar100, stl10, imagenet100: the paper's runs); flags given here override it",
     )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_resume,
+        metavar="auto",
+        help="continue the run in --out from its last checkpoint; --resume auto: continue where there is one, otherwise start "
+        "(for schedulers' requeues and torchrun --max-restarts; it stops a run whose last two attempts failed the same way)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(p)

@@ -174,6 +174,9 @@ class PretrainConfig:
     seed: int = _opt(0, "random seed")
     out: str | None = _opt(None, "run folder; default runs/<dataset>-<arch>-w<width>-<method>-<mode>-b<budget>-s<seed>")
     checkpoint_every: int = _opt(10, "write a checkpoint every N epochs (and at the end, and on SIGTERM/SIGINT)")
+    checkpoint_minutes: float = _opt(
+        0.0, "also write one mid-epoch every M minutes, so that a preempted long epoch loses at most that much (0: off)"
+    )
     keep_checkpoints: int = _opt(2, "how many checkpoints to keep (--resume falls back to an older one if the newest is unreadable)")
     skip_nonfinite: int = _opt(0, "skip up to N batches whose loss is not finite instead of stopping (checks the loss every step)")
     compile: bool = _opt(
@@ -364,6 +367,7 @@ def validate(cfg: PretrainConfig) -> list[str]:
         "skip_nonfinite",
         "data_workers",
         "eval_every",
+        "checkpoint_minutes",
     ):
         value = getattr(cfg, name)
         check(value is None or value >= 0, f"{name}: must be >= 0, got {value}")
@@ -463,6 +467,7 @@ def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
         **{k: None for k in ("widths", "init_from")},
         "slim_random": 1,
         "finetune_dense": False,
+        "checkpoint_minutes": 0.0,
         **values,
     }
     if "blur_p" not in values:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .report import COLORS, Accuracy, Run, _passes, _save, _stat, accuracy_groups, stem_padding
+from .report import COLORS, Accuracy, Run, RunGroup, _passes, _save, _stat, accuracy_groups, stem_padding
 
 SYSTEM_LABEL = {  # what the sources call each system
     "dense": "B1: vanilla SSL (dense)",
@@ -44,13 +44,8 @@ CLAIM = (
 
 
 @dataclass
-class Group:
-    """Runs of one dataset and network (arch, width, stem) evaluated with one accuracy protocol: one table, one panel."""
-
-    setting: dict
-    runs: list[Run]
-    accuracy: Accuracy
-    notes: list[str] = field(default_factory=list)
+class Group(RunGroup):
+    """Runs of one dataset and network (arch, width, stem): one table, one panel."""
 
     @property
     def title(self) -> str:
@@ -234,7 +229,7 @@ def display_rows(table: dict) -> tuple[list[str], list[list[str]]]:
         "mask-implied PFLOP",
         "wall time",
         "device",
-        "seeds",
+        "seed(s)",
     ]
     rows = []
     for system in table["systems"]:

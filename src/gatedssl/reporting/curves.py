@@ -13,21 +13,24 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+NOT_LOSS_TERMS = {"epoch", "loss", "macs_ratio", "lr", "epoch_seconds", "images_per_second", "eval_seconds"}
+LOSS_LABELS = {"ssl": "SSL loss", "distill": "distillation loss"}
+
+
 def plot_training_curves(metrics_path: Path, out_png: Path, budget: float | None = None, title: str = "") -> Path:
     """Panels over epochs (losses; gated MACs and block density unless dense-only; kNN with --eval-every); returns the PNG path."""
     records = read_metrics(metrics_path)
     epochs = [r["epoch"] for r in records]
     gated = any(r["macs_ratio"] != 1.0 for r in records)  # a dense-only run has no gated panels to show
-    evaluated = [r for r in records if "knn_dense" in r]
+    evaluated = [r for r in records if any(k.startswith("knn_") for k in r)]
     panels = (3 if gated else 1) + bool(evaluated)
     fig = Figure(figsize=(5 * panels, 4.2) if panels > 1 else (6, 4.2), constrained_layout=True)
     axes = fig.subplots(1, panels, squeeze=False)
     axes = axes[0]
     if evaluated:
         ax = axes[-1]
-        for key, label in (("knn_dense", "dense"), ("knn_gated", "gated")):
-            if any(key in r for r in evaluated):
-                ax.plot([r["epoch"] for r in evaluated if key in r], [r[key] for r in evaluated if key in r], marker="o", label=label)
+        for key in dict.fromkeys(k for r in evaluated for k in r if k.startswith("knn_")):  # one line per sub-network, in run order
+            ax.plot([r["epoch"] for r in evaluated if key in r], [r[key] for r in evaluated if key in r], marker="o", label=key[4:])
         ax.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN during training (subset)")
         ax.legend()
     for ax in axes:
@@ -35,10 +38,13 @@ def plot_training_curves(metrics_path: Path, out_png: Path, budget: float | None
         ax.set_xlim(0.5, max(epochs) + 0.5)
 
     ax = axes[0]
-    for key, label in (("ssl", "SSL loss"), ("budget", "budget loss"), ("bound", "bound loss")):
-        values = [r[key] for r in records]
+    terms = dict.fromkeys(
+        k for r in records for k, v in r.items() if isinstance(v, float) and k not in NOT_LOSS_TERMS and not k.startswith("knn_")
+    )
+    for key in terms:  # whatever terms the objective returned (ssl, budget, bound, distill, ...)
+        values = [r.get(key, 0.0) for r in records]
         if any(v != 0 for v in values):
-            ax.plot(epochs, values, marker=".", label=label)
+            ax.plot(epochs, values, marker=".", label=LOSS_LABELS.get(key, f"{key} loss"))
     if gated:  # symlog: the budget terms are orders of magnitude below the SSL loss, which may be negative (SimSiam)
         ax.set_yscale("symlog", linthresh=1e-4)
     ax.set(xlabel="epoch", ylabel="loss (mean over epoch" + (", symlog scale)" if gated else ")"), title="Loss terms")

@@ -306,13 +306,18 @@ class Cell:
 
 
 @dataclass
-class Section:
-    """Runs of one setting (dataset, method, arch, width, epochs) evaluated with one accuracy protocol."""
+class RunGroup:
+    """Runs shown together, evaluated with one accuracy protocol (a Table-1 section, a comparison of systems)."""
 
     setting: dict
     runs: list[Run]
     accuracy: Accuracy
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Section(RunGroup):
+    """Runs of one setting (dataset, method, arch, width, epochs)."""
 
     @property
     def title(self) -> str:

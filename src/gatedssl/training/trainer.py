@@ -8,6 +8,7 @@ waits on the host. The loop knows nothing of VICReg or gates: that is the object
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from ..reporting.curves import plot_training_curves
 from ..summary import make_summary, write_summary
 from .compute import StepCost, mask_flops, step_cost
 from .init_from import load_pretrained
+from .lock import STALE_S, RunLock
 from .optim import build_optimizer, warmup_cosine
 
 # fp16: GradScaler skips the optimizer step whose gradients overflowed while the schedule moves on, as intended
@@ -64,8 +66,18 @@ class RunPaths:
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 
+    @property
+    def failures(self) -> Path:
+        return self.root / "failures.jsonl"
+
 
 def run_folder_problems(paths: RunPaths, resume: bool, overwrite: bool) -> list[str]:
+    held = RunLock(paths.root).holder()
+    if held is not None:
+        return [
+            f"{paths.root} is held by a live run: pid {held.get('pid')} on host {held.get('host')} (heartbeat {held['age']:.0f} s ago); "
+            f"stop it first, or wait: a lock whose heartbeat stops for {STALE_S:.0f} s is taken over"
+        ]
     if resume:
         has_checkpoint = paths.checkpoints.is_dir() and any(paths.checkpoints.glob("*.pt"))
         return [] if has_checkpoint else [f"--resume: no checkpoint in {paths.checkpoints}; start the run without --resume"]
@@ -105,9 +117,29 @@ def with_run_settings(cfg: PretrainConfig) -> PretrainConfig:
     return PretrainConfig(**{k: stored[k] if v is None and k in stored else v for k, v in values.items()})
 
 
-def preflight(cfg: PretrainConfig, resume: bool, overwrite: bool) -> PretrainConfig:
+def has_checkpoint(paths: RunPaths) -> bool:
+    return paths.checkpoints.is_dir() and any(paths.checkpoints.glob("*.pt"))
+
+
+def resume_wanted(cfg: PretrainConfig, resume: bool | str) -> bool:
+    """--resume auto (a scheduler's requeue, torchrun's restarts): continue where a checkpoint is, else start."""
+    if resume != "auto":
+        return bool(resume)
+    paths = RunPaths(Path(resolve(cfg).out))
+    return has_checkpoint(paths) and not paths.summary.exists()
+
+
+def finished_already(cfg: PretrainConfig, resume: bool | str) -> bool:
+    """--resume auto on a finished run: nothing to do (a requeue after the end)."""
+    return resume == "auto" and RunPaths(Path(resolve(cfg).out)).summary.exists()
+
+
+def preflight(cfg: PretrainConfig, resume: bool | str, overwrite: bool) -> PretrainConfig:
     """Every check that needs no data or compute, all problems reported at once."""
-    if resume:
+    if finished_already(cfg, resume):
+        return resolve(with_run_settings(cfg))
+    auto, resume = resume == "auto", resume_wanted(cfg, resume)
+    if resume or auto:
         cfg = with_run_settings(cfg)
     cfg = resolve(cfg)
     problems = validate(cfg)
@@ -115,10 +147,40 @@ def preflight(cfg: PretrainConfig, resume: bool, overwrite: bool) -> PretrainCon
         problems = run_folder_problems(RunPaths(Path(cfg.out)), resume, overwrite) + storage_problems(cfg)
     if problems:
         raise UserError("\n".join(problems))
+    if auto:
+        repeated_failure_problem(RunPaths(Path(cfg.out)))
     return cfg
 
 
-_MAY_CHANGE_ON_RESUME = {"storage", "data_workers", "eval_every"}  # how the same images are read, not which; what is watched
+def record_failure(paths: RunPaths, exit_code: int, message: str) -> None:
+    """One line per run that ended in an error, for --resume auto to notice a failure that repeats."""
+    if not paths.root.is_dir():
+        return
+    with open(paths.failures, "a") as fh:
+        fh.write(json.dumps({"time": round(time.time(), 1), "exit_code": exit_code, "error": message.splitlines()[0][:400]}) + "\n")
+
+
+def repeated_failure_problem(paths: RunPaths) -> None:
+    """--resume auto stops a run whose last two attempts failed the same way (the same error at the same step):
+    under torchrun --max-restarts or a requeue loop, a third attempt would only fail again."""
+    try:
+        lines = paths.failures.read_text().splitlines()[-2:]
+    except OSError:
+        return
+    last = [json.loads(line) for line in lines if line.strip()]
+    if len(last) == 2 and (last[0]["exit_code"], last[0]["error"]) == (last[1]["exit_code"], last[1]["error"]):
+        raise UserError(
+            f"--resume auto: the last two attempts failed the same way ({last[1]['error'][:200]}); not trying again. "
+            f"Fix the cause, then resume (the attempts are in {paths.failures})"
+        )
+
+
+_MAY_CHANGE_ON_RESUME = {
+    "storage",
+    "data_workers",
+    "eval_every",
+    "checkpoint_minutes",
+}  # how the same images are read, not which; what is watched
 
 
 class StopSignals:
@@ -254,7 +316,7 @@ class NonFiniteWatch:
 def pretrain(
     cfg: PretrainConfig,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     overwrite: bool = False,
     on_epoch_end: Callable[[int], None] | None = None,
     on_step_end: Callable[[int, int], None] | None = None,
@@ -263,12 +325,31 @@ def pretrain(
 ) -> dict:
     """Pretrain the sub-networks the run's mode declares; returns the summary dict.
 
+    resume: True continues from the last checkpoint; "auto" continues where there is one, else starts
+    (and returns a finished run's summary). The run folder is held (RunLock) while the run lives.
     Raises RunStopped when a signal or a non-finite loss ends the run early (with a checkpoint
     of the last good state), UserError for anything the user can fix.
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     cfg = preflight(cfg, resume, overwrite)
     paths = RunPaths(Path(cfg.out))
+    if finished_already(cfg, resume):
+        log(f"--resume auto: {paths.root} holds a finished run; nothing to do")
+        return json.loads(paths.summary.read_text())
+    resume = resume_wanted(cfg, resume)
+    with RunLock(paths.root):
+        try:
+            return _run(cfg, paths, resume, overwrite, on_epoch_end, on_step_end, progress, log)
+        except RunStopped as exc:
+            if exc.exit_code != EXIT_SIGNAL:  # a stop asked for is no failure
+                record_failure(paths, exc.exit_code, str(exc))
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            record_failure(paths, 2 if isinstance(exc, UserError) else 1, f"{type(exc).__name__}: {exc}")
+            raise
+
+
+def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on_epoch_end, on_step_end, progress: bool, log) -> dict:
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
@@ -326,7 +407,7 @@ def pretrain(
         mininterval=1.0,
     )
     objective.train()
-    skipped = 0
+    skipped, last_save = 0, time.monotonic()
     with StopSignals() as stop:
         for epoch in range(state.epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -364,6 +445,11 @@ def pretrain(
                 bar.update(cfg.batch_size)
                 if on_step_end is not None:
                     on_step_end(epoch, step)
+                if cfg.checkpoint_minutes and time.monotonic() - last_save > 60 * cfg.checkpoint_minutes and step + 1 < steps_per_epoch:
+                    watch.check(epoch)  # a preempted long epoch loses at most this long
+                    elapsed = time.perf_counter() - t0
+                    checkpoints.save(dataclasses.replace(state, epoch=epoch, step=step + 1, train_seconds=state.train_seconds + elapsed))
+                    last_save = time.monotonic()
                 if stop.received and step + 1 < steps_per_epoch:
                     watch.check(epoch)
                     state.train_seconds += time.perf_counter() - t0
@@ -400,6 +486,7 @@ def pretrain(
             state.epoch, state.step, state.order, state.sums = epoch + 1, 0, None, {}
             if stop.received or (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 saved = checkpoints.save(state)
+                last_save = time.monotonic()
             if stop.received and epoch + 1 < cfg.epochs:
                 raise RunStopped(
                     f"stopped by {stop.received} after epoch {epoch + 1}; checkpoint {saved} written; continue with --resume", EXIT_SIGNAL
