@@ -191,6 +191,8 @@ def main():
             ("export: output folder not writable", ["export", "--checkpoint", last, "--out", "/proc/gatedssl/e.pt"]),
             ("export: a width of a dual run", ["export", "--checkpoint", last, "--subnet", "width0.5", "--out", str(root / "e.pt")]),
             ("export: a width above 1", ["export", "--checkpoint", last, "--subnet", "width1.5", "--out", str(root / "e.pt")]),
+            ("--resume with a value other than auto", ["pretrain", "--out", str(done), "--resume", "yes"]),
+            ("negative --checkpoint-minutes", ["pretrain", "--checkpoint-minutes", "-5"]),
             ("slimmable: a width outside (0, 1]", ["pretrain", "--mode", "slimmable", "--widths", "0", "0.5"]),
             ("slimmable: no widths", ["pretrain", "--mode", "slimmable", "--widths"]),
             ("widths without --mode slimmable", ["pretrain", "--widths", "0.5"]),
@@ -198,7 +200,7 @@ def main():
             ("posthoc: --init-from missing", ["pretrain", "--mode", "posthoc", "--init-from", str(root / "no-run")]),
             (
                 "posthoc: --init-from another width",
-                ["pretrain", "--mode", "posthoc", "--init-from", str(done), *TINY[:2], "16", *TINY[4:], "--out", str(root / "r8")],
+                ["pretrain", "--mode", "posthoc", "--init-from", str(done), "--width", "16", *TINY[2:], "--out", str(root / "r8")],
             ),
             (
                 "posthoc: --init-from a file that is no state dict",

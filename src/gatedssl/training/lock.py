@@ -42,6 +42,7 @@ class RunLock:
         self.me = {"pid": os.getpid(), "host": socket.gethostname()}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.created = False
 
     def holder(self) -> dict | None:
         """The live holder's record, or None when the folder is free (no lock, a stale one, or ours)."""
@@ -66,6 +67,7 @@ class RunLock:
                 f"(heartbeat {held['age']:.0f} s ago); stop it first, or wait: a lock whose heartbeat stops for "
                 f"{self.stale_s:.0f} s is taken over"
             )
+        self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         self._beat()
@@ -91,5 +93,7 @@ class RunLock:
         try:
             if {k: json.loads(self.path.read_text()).get(k) for k in self.me} == self.me:
                 self.path.unlink()
+            if self.created and not any(self.path.parent.iterdir()):  # a run that failed before writing anything leaves no folder
+                self.path.parent.rmdir()
         except (OSError, ValueError):
             pass

@@ -153,8 +153,9 @@ def preflight(cfg: PretrainConfig, resume: bool | str, overwrite: bool) -> Pretr
 
 
 def record_failure(paths: RunPaths, exit_code: int, message: str) -> None:
-    """One line per run that ended in an error, for --resume auto to notice a failure that repeats."""
-    if not paths.root.is_dir():
+    """One line per run that ended in an error, for --resume auto to notice a failure that repeats
+    (a run that failed before it began, writing nothing, leaves nothing)."""
+    if not (paths.root / "config.yaml").exists():
         return
     with open(paths.failures, "a") as fh:
         fh.write(json.dumps({"time": round(time.time(), 1), "exit_code": exit_code, "error": message.splitlines()[0][:400]}) + "\n")
