@@ -24,13 +24,20 @@ from gatedssl.names import width_name
 
 
 def median_seconds(fn, reps: int) -> float:
-    fn()  # warm-up: oneDNN picks and caches its kernels on the first call
+    fn()  # warm-up: oneDNN (cuDNN) picks and caches its kernels on the first call
     times = []
     for _ in range(reps):
+        _sync()
         t = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -41,12 +48,14 @@ def main() -> None:
     parser.add_argument("--stem", default="cifar", choices=("cifar", "imagenet"))
     parser.add_argument("--batch", type=int, default=32, help="training batch; deployment is timed at this batch and at 1")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    net = create_backbone("resnet18", width=args.width, stem=args.stem).to(memory_format=torch.channels_last)
+    device = torch.device(args.device)
+    net = create_backbone("resnet18", width=args.width, stem=args.stem).to(device, memory_format=torch.channels_last)
     net.add_widths(args.widths)
-    x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
     rows = []
     for w in sorted(set(args.widths) | {1.0}, reverse=True):
         name = width_name(w)
@@ -63,7 +72,8 @@ def main() -> None:
             single = median_seconds(lambda plain=plain: plain(x[:1]), args.reps * 4)
         rows.append((name, plain.macs(args.size), train, deploy, single))
     full = rows[0]
-    print(f"ResNet-18 width {args.width}, {args.size} px, {args.stem} stem, batch {args.batch}, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"ResNet-18 width {args.width}, {args.size} px, {args.stem} stem, batch {args.batch}, {where}")
     print("| sub-network | MACs (M) | MACs ratio | train s | train ratio | deploy s (batch) | deploy ratio | deploy ms (batch 1) | ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, macs, train, deploy, single in rows:

@@ -3,7 +3,8 @@
 # Needs the CIFAR-10 JPEG copy as .data/cifar10-jpg.tar.gz (git-ignored; copy it from
 # ../shared/datasets/ and name .data/cifar10-jpg.tar.gz in the device tool's `carry`).
 # Writes every log under ${OUT:-gpu_out}/; each step prints its command first.
-#   scripts/gpu_checks.sh [quick|all]   quick: throughput only (about 5 minutes)
+#   scripts/gpu_checks.sh [quick|systems|all]   quick: throughput only (about 5 minutes);
+#   systems: every system of issue 12 on CIFAR-10 (B1, Dual, B2, slimmable, post-hoc; ${EPOCHS:-5} epochs each) and the widths' speed
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -25,6 +26,12 @@ step throughput_held $B
 step throughput_held_compile $B --compile --skip-baseline
 step throughput_stream $B --storage stream --skip-baseline
 [ "${1:-all}" = quick ] && exit 0
+if [ "${1:-all}" = systems ]; then
+  step widths python benchmarks/widths.py --device cuda --batch 256
+  step systems python -m gatedssl sweep --modes dual gated slimmable posthoc --budgets 0.3 --dataset cifar10 --data-dir $DATA \
+    --epochs "${EPOCHS:-5}" --out "$OUT/systems" --quiet
+  exit 0
+fi
 # issue 2's run: ResNet-18 w64, VICReg, budget 0.5 on CIFAR-10 (JPEG copy); 500 epochs is the paper's run
 step pretrain_c10 python -m gatedssl pretrain --dataset cifar10 --data-dir $DATA --budget 0.5 --epochs "${EPOCHS:-100}" \
   --out "$OUT/c10-b0.5" --overwrite
