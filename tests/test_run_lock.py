@@ -138,3 +138,19 @@ def test_checkpoint_minutes_saves_mid_epoch_and_resumes_exactly(tmp_path):
     b = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert full["gated"]["knn_top1"] == json.loads((tmp_path / "cut/summary.json").read_text())["gated"]["knn_top1"]
+
+
+def test_a_run_that_got_further_is_tried_again(tmp_path):
+    """The repeated-failure stop looks at where the attempts started: a newer checkpoint (the cause fixed) clears it."""
+    from gatedssl.training.trainer import RunPaths, record_failure, repeated_failure_problem
+
+    paths = RunPaths(tmp_path / "run")
+    paths.checkpoints.mkdir(parents=True)
+    (paths.root / "config.yaml").write_text("{}")
+    (paths.checkpoints / "step_00000004.pt").write_bytes(b"")
+    record_failure(paths, 3, "non-finite loss at epoch 2, step 2")
+    record_failure(paths, 3, "non-finite loss at epoch 2, step 2")
+    with pytest.raises(UserError, match="failed the same way"):
+        repeated_failure_problem(paths)
+    (paths.checkpoints / "step_00000012.pt").write_bytes(b"")  # a later attempt (plain --resume, after a fix) got further
+    repeated_failure_problem(paths)

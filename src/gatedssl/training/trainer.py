@@ -157,19 +157,28 @@ def record_failure(paths: RunPaths, exit_code: int, message: str) -> None:
     (a run that failed before it began, writing nothing, leaves nothing)."""
     if not (paths.root / "config.yaml").exists():
         return
+    record = {"time": round(time.time(), 1), "exit_code": exit_code, "error": message.splitlines()[0][:400], "from": _newest(paths)}
     with open(paths.failures, "a") as fh:
-        fh.write(json.dumps({"time": round(time.time(), 1), "exit_code": exit_code, "error": message.splitlines()[0][:400]}) + "\n")
+        fh.write(json.dumps(record) + "\n")
+
+
+def _newest(paths: RunPaths) -> str | None:
+    """The newest checkpoint's name: where a restart resumes from."""
+    names = sorted(p.name for p in paths.checkpoints.glob("step_*.pt"))
+    return names[-1] if names else None
 
 
 def repeated_failure_problem(paths: RunPaths) -> None:
-    """--resume auto stops a run whose last two attempts failed the same way (the same error at the same step):
-    under torchrun --max-restarts or a requeue loop, a third attempt would only fail again."""
+    """--resume auto stops a run whose last two attempts failed the same way (the same error, from the same
+    checkpoint, which is still the newest): under torchrun --max-restarts or a requeue loop, a third attempt
+    would only fail again. A run that got further since (a fix, then a checkpoint) is tried again."""
     try:
         lines = paths.failures.read_text().splitlines()[-2:]
     except OSError:
         return
     last = [json.loads(line) for line in lines if line.strip()]
-    if len(last) == 2 and (last[0]["exit_code"], last[0]["error"]) == (last[1]["exit_code"], last[1]["error"]):
+    same = len(last) == 2 and all(last[0].get(k) == last[1].get(k) for k in ("exit_code", "error", "from"))
+    if same and last[1].get("from") == _newest(paths):
         raise UserError(
             f"--resume auto: the last two attempts failed the same way ({last[1]['error'][:200]}); not trying again. "
             f"Fix the cause, then resume (the attempts are in {paths.failures})"
