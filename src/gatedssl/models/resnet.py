@@ -288,10 +288,10 @@ class GatedResNet(nn.Module):
             fixed += fx + (block.gate.macs if sub.gated else 0)
             dense += full_fx + full_pc * block.mid_channels
             per_channel.append(pc)
-            if mask is None:
+            if mask is None and sub.kind == "width":  # the first k channels, the same for every input
                 mask = out.new_zeros(n, block.mid_channels, dtype=torch.float32)
                 mask[:, : sub.channels(block.mid_channels)] = 1
-            used.append(mask)
+            used.append(mask if mask is not None else out.new_ones(n, block.mid_channels, dtype=torch.float32))
         features = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
         if sub.gated:
             # Python-int costs times mask sums: no host-to-device copy of a cost vector each step
