@@ -9,19 +9,13 @@ import time
 
 import pytest
 import torch
+from test_end_to_end import Interrupt, tiny  # the short run the end-to-end tests use
 
 from gatedssl.cli import main
-from gatedssl.config import PretrainConfig
 from gatedssl.errors import EXIT_NONFINITE, RunStopped, UserError
 from gatedssl.methods import JointObjective
 from gatedssl.training import pretrain
 from gatedssl.training.lock import RunLock
-
-TINY = dict(width=8, proj_dim=64, epochs=3, batch_size=50, limit_per_class=20, checkpoint_every=1, device="cpu")
-
-
-def tiny(tmp_path, name="run", **kw):
-    return PretrainConfig(out=str(tmp_path / name), **{**TINY, **kw})
 
 
 def _lock(folder, pid, host, age_s=0.0):
@@ -79,10 +73,6 @@ def test_the_heartbeat_renews_the_lease(tmp_path):
             other.me = {"pid": os.getpid() + 1, "host": "another-host"}
             other.__enter__()
     assert not lock.path.exists()
-
-
-class Interrupt(Exception):
-    pass
 
 
 def test_resume_auto_starts_continues_and_leaves_a_finished_run_alone(tmp_path):
