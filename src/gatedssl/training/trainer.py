@@ -397,6 +397,8 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
     else:
         if overwrite and paths.checkpoints.is_dir():
             shutil.rmtree(paths.checkpoints)
+        if overwrite:
+            paths.failures.unlink(missing_ok=True)  # an earlier run's attempts are not this one's
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
         for stale in (paths.metrics, paths.summary):
             stale.unlink(missing_ok=True)
