@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from ..names import width_name
 
 Side = tuple[int, str]
@@ -66,8 +68,6 @@ def _sandwich(options: ModeOptions, gates_on: bool) -> list[Pair]:
     """The smallest width and `slim_random` of the others, each on both views, distilled from the full width.
 
     The draw uses torch's CPU generator, whose state checkpoints save: a resumed run draws the same widths."""
-    import torch
-
     names = slim_names(options)
     if not names:
         return []
