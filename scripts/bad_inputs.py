@@ -31,8 +31,8 @@ class Payload:
         return (os.system, ("echo this should never run",))
 
 
-def run(args: list[str], cwd: Path) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+def run(args: list[str], cwd: Path, env: dict | None = None) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "gatedssl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stderr
 
@@ -206,6 +206,14 @@ def main():
                 "posthoc: --init-from a file that is no state dict",
                 ["pretrain", "--mode", "posthoc", "--init-from", str(root / "corrupt.pt"), *TINY, "--out", str(root / "r9")],
             ),
+            ("--sync-bn on the CPU", ["pretrain", "--sync-bn", "--device", "cpu"]),
+            ("--data-pipeline loader under torchrun (what rank 0 prints)", ["pretrain", "--data-pipeline", "loader"], {"WORLD_SIZE": "2"}),
+            ("batch not dividing by torchrun's ranks (what rank 0 prints)", ["pretrain", "--batch-size", "100"], {"WORLD_SIZE": "3"}),
+            (
+                "sweep under torchrun (what rank 0 prints)",
+                ["sweep", "--budgets", "0.3", "--out", str(root / "sw2")],
+                {"WORLD_SIZE": "2", "RANK": "0"},
+            ),
             (
                 "sweep: posthoc without the baseline",
                 ["sweep", "--modes", "posthoc", "--budgets", "0.3", "--no-baseline", "--out", str(root / "sw")],
@@ -213,8 +221,8 @@ def main():
         ]
         print("| # | bad input | exit | what the user sees (stderr) |")
         print("|---|---|---|---|")
-        for i, (name, args) in enumerate(cases, 1):
-            code, err = run(args, root)
+        for i, (name, args, *env) in enumerate(cases, 1):
+            code, err = run(args, root, *env)
             said = [line for line in err.strip().splitlines() if line.startswith(("error", "warning"))] or err.strip().splitlines()[-1:]
             shown = " / ".join(said).replace(str(root), "TMP").replace("|", "\\|")
             flag = " **TRACEBACK**" if "Traceback" in err else ""

@@ -3,8 +3,9 @@
 # Needs the CIFAR-10 JPEG copy as .data/cifar10-jpg.tar.gz (git-ignored; copy it from
 # ../shared/datasets/ and name .data/cifar10-jpg.tar.gz in the device tool's `carry`).
 # Writes every log under ${OUT:-gpu_out}/; each step prints its command first.
-#   scripts/gpu_checks.sh [quick|systems|all]   quick: throughput only (about 5 minutes);
+#   scripts/gpu_checks.sh [quick|systems|ddp|all]   quick: throughput only (about 5 minutes);
 #   systems: every system of issue 12 on CIFAR-10 (B1, Dual, B2, slimmable, post-hoc; ${EPOCHS:-5} epochs each) and the widths' speed
+#   ddp: torchrun on every GPU of the machine against one process (images/s per device, scaling efficiency; issue 13)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -26,6 +27,12 @@ step throughput_held $B
 step throughput_held_compile $B --compile --skip-baseline
 step throughput_stream $B --storage stream --skip-baseline
 [ "${1:-all}" = quick ] && exit 0
+if [ "${1:-all}" = ddp ]; then
+  GPUS=$(nvidia-smi -L | wc -l)
+  step ddp python benchmarks/distributed.py --device cuda --nproc "$GPUS" --dataset cifar10 --data-dir $DATA \
+    --batch-size $((512 * GPUS)) --epochs 3 --limit-per-class 2000
+  exit 0
+fi
 if [ "${1:-all}" = systems ]; then
   step widths python benchmarks/widths.py --device cuda --batch 256
   step systems python -m gatedssl sweep --modes dual gated slimmable posthoc --budgets 0.3 --dataset cifar10 --data-dir $DATA \

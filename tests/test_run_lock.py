@@ -75,6 +75,23 @@ def test_the_heartbeat_renews_the_lease(tmp_path):
     assert not lock.path.exists()
 
 
+def test_a_restart_of_the_same_job_takes_over_its_earlier_attempts_lock_at_once(tmp_path, monkeypatch):
+    """Rank 0 of a torchrun restart or a Slurm requeue may run on another host than the attempt before:
+    that attempt's fresh lease (a pid no one here can check) must not block the job it belongs to."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    (tmp_path / "run").mkdir()
+    with RunLock(tmp_path / "run", heartbeat_s=60):
+        record = json.loads((tmp_path / "run/.lock").read_text())
+    record.update(host="another-host", heartbeat=time.time())  # attempt 0's rank 0 ran elsewhere and just died
+    (tmp_path / "run/.lock").write_text(json.dumps(record))
+    assert RunLock(tmp_path / "run").holder() is not None, "the same attempt (or a stranger) still sees a live lease"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert RunLock(tmp_path / "run").holder() is None
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "another-job")
+    assert RunLock(tmp_path / "run").holder() is not None, "another job's live lease is still refused"
+
+
 def test_resume_auto_starts_continues_and_leaves_a_finished_run_alone(tmp_path):
     full = pretrain(tiny(tmp_path, "full"), progress=False)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -205,13 +206,32 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from .training.trainer import preflight, pretrain
 
     resolved = preflight(config_from_args(args), args.resume, args.overwrite)  # all checks before anything is printed or loaded
-    if not args.quiet:
+    global _started
+    _started = True  # from here on an error may be one rank's own (a file only it reads): every rank names its own
+    quiet = args.quiet or not _main_rank()
+    if not quiet:
         print(f"gatedssl {__version__}: pretraining into {resolved.out}", file=sys.stderr)
         print("settings: " + ", ".join(f"{k}={v}" for k, v in resolved.to_dict().items()), file=sys.stderr)
-    summary = pretrain(resolved, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(format_summary(summary))
-    print(f"run folder: {resolved.out} (summary.json, metrics.jsonl, checkpoints/last.pt)")
+    summary = pretrain(resolved, resume=args.resume, overwrite=args.overwrite, progress=not quiet)
+    if _main_rank():
+        print(format_summary(summary))
+        print(f"run folder: {resolved.out} (summary.json, metrics.jsonl, checkpoints/last.pt)")
     return 0
+
+
+_started = False
+
+
+def _main_rank() -> bool:
+    """Under torchrun rank 0 speaks for all; the others only once the run has started, prefixed with their rank."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _speaker() -> str | None:
+    """The prefix of this process's error lines, or None if it keeps quiet (checks every rank repeats)."""
+    if _main_rank():
+        return "error: "
+    return f"error (rank {os.environ['RANK']}): " if _started else None
 
 
 def sweep_runs(args: argparse.Namespace) -> list[tuple[str, PretrainConfig]]:
@@ -353,16 +373,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        if args.command != "pretrain" and os.environ.get("WORLD_SIZE", "1") != "1":
+            raise UserError(f"under torchrun only `gatedssl pretrain` runs (on every rank); run `gatedssl {args.command}` as one process")
         return {"pretrain": run_pretrain, "sweep": run_sweep, "eval": run_eval, "export": run_export, "report": run_report}[args.command](
             args
         )
     except UserError as exc:
-        for line in str(exc).splitlines():
-            print(f"error: {line}", file=sys.stderr)
+        prefix = _speaker()
+        for line in str(exc).splitlines() if prefix else ():
+            print(f"{prefix}{line}", file=sys.stderr)
         return 2
     except RunStopped as exc:
-        print(str(exc), file=sys.stderr)
+        if _main_rank():  # a stop is agreed by every rank (gatedssl.distributed.agree): one says it
+            print(str(exc), file=sys.stderr)
         return exc.exit_code
+    except RuntimeError as exc:
+        from .distributed import lost_contact
+
+        if not lost_contact(exc):
+            raise
+        if _main_rank() and "TORCHELASTIC_RUN_ID" not in os.environ:  # under torchrun its summary names the rank that failed
+            print(
+                f"error: lost contact with another rank ({str(exc).splitlines()[0][:160]}); its own message, or torchrun's summary, says why",
+                file=sys.stderr,
+            )
+        return 1
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
         return 130

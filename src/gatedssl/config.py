@@ -194,6 +194,12 @@ class PretrainConfig:
         "device: views made on the training device in whole batches; loader: torchvision transforms per image in DataLoader workers (the common baseline)",
         ("device", "loader"),
     )
+    gather: bool = _opt(
+        True,
+        "under torchrun, losses that couple samples (VICReg's variance and covariance, Barlow Twins, SimCLR's negatives) "
+        "see the global batch; --no-gather: each rank's own batch (the reference's per-GPU VICReg, with --sync-bn)",
+    )
+    sync_bn: bool = _opt(False, "under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm, as the reference); CUDA only")
     storage: str = _opt(
         "auto",
         "folder datasets: memory decodes every image once and holds it (on the device for training); stream decodes from the files every epoch in DataLoader workers (on the GPU with nvJPEG under CUDA); auto holds what fits in half the free memory",
@@ -400,8 +406,18 @@ def validate(cfg: PretrainConfig) -> list[str]:
         check(os.path.exists(cfg.init_from), f"init_from: {cfg.init_from} does not exist; give a gatedssl run folder or a state dict file")
     if cfg.mode in ("slimmable", "posthoc"):
         check(cfg.gate_warmup_epochs == 0, f"gate_warmup_epochs: --mode {cfg.mode} has no dense warm-up; leave it at 0")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's
     if cfg.batch_size is not None:
         check(cfg.batch_size >= 2, "batch_size: SSL losses need at least 2 images per batch")
+        check(
+            cfg.batch_size % world == 0,
+            f"batch_size: {cfg.batch_size} (the global batch) does not divide by the {world} ranks torchrun started; "
+            f"use a multiple of {world}, e.g. {max(world, cfg.batch_size // world * world)}",
+        )
+    check(
+        world == 1 or cfg.data_pipeline == "device",
+        "data_pipeline: --data-pipeline loader is the single-process baseline; under torchrun use the device pipeline (the default)",
+    )
     check(
         cfg.dataset == "embedded" or cfg.data_dir is not None or cfg.dataset != "imagefolder",
         "data_dir: --dataset imagefolder needs --data-dir DIR (with DIR/train/<class>/ and DIR/val/<class>/)",
@@ -416,10 +432,17 @@ def validate(cfg: PretrainConfig) -> list[str]:
     )
     if cfg.data_dir is not None and cfg.dataset != "embedded":
         check(os.path.isdir(cfg.data_dir), f"data_dir: {cfg.data_dir} is not a folder; give the folder that holds the {cfg.dataset} files")
-    if cfg.device.startswith("cuda"):
+    if cfg.device.startswith("cuda") or cfg.sync_bn:
         import torch
 
-        check(torch.cuda.is_available(), f"device: {cfg.device} asked for but no CUDA device is available; use --device cpu or auto")
+        check(
+            not cfg.device.startswith("cuda") or torch.cuda.is_available(),
+            f"device: {cfg.device} asked for but no CUDA device is available; use --device cpu or auto",
+        )
+        check(
+            not cfg.sync_bn or (cfg.device != "cpu" and torch.cuda.is_available()),
+            "sync_bn: PyTorch's SyncBatchNorm runs on CUDA only, and this run is on the CPU; drop --sync-bn",
+        )
     elif cfg.device not in ("auto", "cpu"):
         problems.append(f"device: {cfg.device!r} is not one of auto, cpu, cuda, cuda:N")
     return problems
@@ -468,6 +491,8 @@ def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
         "slim_random": 1,
         "finetune_dense": False,
         "checkpoint_minutes": 0.0,
+        "gather": True,
+        "sync_bn": False,
         **values,
     }
     if "blur_p" not in values:
@@ -485,6 +510,9 @@ def load_stored(run_folder: str | os.PathLike) -> dict[str, Any] | None:
     return upgrade_stored(values) if isinstance(values, dict) else None
 
 
-def save_yaml(cfg: PretrainConfig, path: str | os.PathLike) -> None:
+def save_yaml(cfg: PretrainConfig, path: str | os.PathLike, launch: dict | None = None) -> None:
+    """The settings; `launch` (world size, per-rank batch) goes in as a comment: facts of the launch, not settings."""
     with open(path, "w") as fh:
+        if launch:
+            fh.write("# launched with " + ", ".join(f"{k}: {v}" for k, v in launch.items()) + "\n")
         yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)

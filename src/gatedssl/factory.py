@@ -53,4 +53,5 @@ def build_objective(cfg: PretrainConfig) -> JointObjective:
         anneal_offset=anneal_offset,
         anneal_epochs=cfg.epochs if cfg.anneal_clock == "epoch" else None,
         ema_momentum=cfg.ema_momentum,
+        gather=cfg.gather,
     )

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..distributed import global_rows
+
 __all__ = ["INTERPOLATIONS", "AugmentConfig", "BatchAugment", "center_crop", "normalize", "recipe"]
 
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
@@ -481,26 +483,29 @@ class BatchAugment:
         cfg = self.cfg
         n, _, height, width = images.shape
         device = images.device
+        # Under torchrun, every draw is for the global batch and this rank keeps its rows (gatedssl.distributed).
+        total, rows = global_rows(n)
         # All Bernoulli draws at once: flip, jitter, gray, blur, solarize.
         # (Compared with Python floats: a torch.tensor(list, device=cuda) would be a blocking copy.)
-        coin = torch.rand(5, n, device=device, generator=generator)
+        coin = torch.rand(5, total, device=device, generator=generator)[:, rows]
         flip, jitter, gray, blur, solarize = (
             coin[i] < p for i, p in enumerate((cfg.flip_p, cfg.jitter_p, cfg.gray_p, cfg.blur_p, cfg.solarize_p))
         )
 
-        boxes = _sample_boxes(n, height, width, cfg.scale, cfg.ratio, device, generator)
+        boxes = _sample_boxes(total, height, width, cfg.scale, cfg.ratio, device, generator)[rows]
         flip = flip if cfg.flip_p > 0 else None
         if cfg.interpolation == "bicubic":
             x = _bicubic_crop(_to_levels(images), boxes, flip, cfg.crop_size).mul_(1.0 / 255.0)
         else:
             x = _resized_crop(_to_unit_float(images), boxes, flip, cfg.crop_size)
         if cfg.jitter_p > 0 and self.jitter_ranges:
-            order, factors = self._jitter_params(n, device, generator)
+            order, factors = self._jitter_params(total, device, generator)
+            factors = {idx: f[rows] for idx, f in factors.items()}
             x = torch.where(jitter.view(-1, 1, 1, 1), _apply_jitter(x, order, factors), x)
         if cfg.gray_p > 0:
             x = _grayscale(x, gray)
         if cfg.blur_p > 0:
-            sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], device, generator)
+            sigma = _uniform(total, cfg.blur_sigma[0], cfg.blur_sigma[1], device, generator)[rows]
             x = _gaussian_blur(x, sigma, self.blur_kernel, blur)
         if cfg.solarize_p > 0:
             x = _solarize(x, solarize)

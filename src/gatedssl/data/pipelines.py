@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from ..distributed import shard
 from .augment import AugmentConfig, BatchAugment
 from .streaming import ImageFiles, read_batches
 
@@ -53,8 +54,13 @@ class DeviceViews:
         return torch.randperm(len(self.images), device=self.device)
 
     def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[torch.Tensor]:
-        """The epoch's uint8 batches from step `start` on, before augmentation."""
-        return read_batches(self.images, order[start * self.batch_size : len(self) * self.batch_size], self.batch_size, self.device)
+        """The epoch's uint8 batches from step `start` on, before augmentation: under torchrun, this
+        rank's contiguous share of each global batch (one order for all ranks)."""
+        indices, s = order[start * self.batch_size : len(self) * self.batch_size], shard()
+        if s.world > 1:
+            local = self.batch_size // s.world
+            indices = indices.view(-1, self.batch_size)[:, s.rows(local)].reshape(-1)
+        return read_batches(self.images, indices, self.batch_size // s.world, self.device)
 
     def pair(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """View 1, then view 2: with one recipe, the random stream of calling it twice."""

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .. import losses
+from .. import distributed, losses
 from ..models.resnet import BackboneOutput, GatedResNet
 from ..models.subnets import as_subnet
 from .modes import MODES, Mode, ModeOptions, Side, get_mode
@@ -44,6 +44,7 @@ class JointObjective(nn.Module):
         anneal_offset: float = 0.0,
         anneal_epochs: int | None = None,
         ema_momentum: float = 0.99,
+        gather: bool = True,
     ):
         super().__init__()
         if mode not in MODES or pairing not in PAIRINGS:
@@ -55,6 +56,7 @@ class JointObjective(nn.Module):
         self.bound_target, self.bound_density, self.ema_momentum = bound_target, bound_density, ema_momentum
         self.anneal, self.anneal_offset = anneal, anneal_offset  # the bounds' clock starts at progress anneal_offset
         self.anneal_epochs = anneal_epochs  # set: p moves once per epoch of that many, as the reference; None: every step
+        self.gather = gather  # False: batch statistics per rank (the reference's per-GPU VICReg)
         self.backbone = backbone
         backbone.add_widths(self.options.widths)
         self.subnets = self.mode.subnets(self.options)
@@ -118,7 +120,7 @@ class JointObjective(nn.Module):
                     sides[side] = (None, self.backbone(views[view], name))
         ref = next(iter(sides.values()))[1].features
         zero = ref.new_zeros((), dtype=torch.float32)
-        ssl = sum(self.method(sides[a][0], sides[b][0]) for a, b in pairs) / len(pairs) if pairs else zero
+        ssl = sum(self._ssl(sides[a][0], sides[b][0]) for a, b in pairs) / len(pairs) if pairs else zero
         terms = {}
         if mode.distill_pairs:
 
@@ -132,9 +134,12 @@ class JointObjective(nn.Module):
         budget_term, bound_term = zero, zero
         if gated_outs:
             dense_macs = float(gated_outs[0].dense_macs)
-            macs = torch.cat([o.macs for o in gated_outs])
-            density = torch.stack([losses.block_densities(o.masks, self.bound_density) for o in gated_outs]).mean(0)
-            macs_ratio = macs.mean().detach() / dense_macs
+            # global means under torchrun: the budget holds for the global batch, as in one process
+            macs = distributed.global_mean(torch.cat([o.macs for o in gated_outs]).float().mean())
+            density = distributed.global_mean(
+                torch.stack([losses.block_densities(o.masks, self.bound_density) for o in gated_outs]).mean(0)
+            )
+            macs_ratio = macs.detach() / dense_macs
             if mode.budget:
                 budget_term = losses.budget_loss(macs, dense_macs, self.budget, self.budget_weight)
                 clock = progress if self.anneal_epochs is None else math.floor(progress * self.anneal_epochs + 1e-9) / self.anneal_epochs
@@ -155,6 +160,12 @@ class JointObjective(nn.Module):
             "macs_ratio": macs_ratio.detach().float(),
             "density": density.detach().float(),
         }
+
+    def _ssl(self, a: Embeddings, b: Embeddings) -> torch.Tensor:
+        """The method's loss; one that couples samples sees the global batch under torchrun (unless gather is off)."""
+        if self.gather and self.method.couples_samples:
+            a, b = (Embeddings(*(None if t is None else distributed.gather_rows(t) for t in (e.z, e.p, e.target))) for e in (a, b))
+        return self.method(a, b)
 
     @torch.no_grad()
     def update_teacher(self, progress: float) -> None:

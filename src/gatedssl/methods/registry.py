@@ -42,6 +42,7 @@ class Method:
     loss: Callable[..., torch.Tensor]  # (a: Embeddings, b: Embeddings, **options) -> loss
     predictor: Callable[[int], nn.Module] | None = None  # proj_dim -> module
     ema_teacher: bool = False
+    couples_samples: bool = False  # the loss of a sample depends on the others (negatives, batch statistics): gathered across ranks
     summary: str = ""
     options: dict = field(default_factory=dict)  # the method's settings, passed to `loss` (e.g. VICReg's weights)
 
@@ -63,6 +64,7 @@ METHODS: dict[str, Method] = {
             loss=lambda a, b, weights=(25.0, 25.0, 1.0), variance_form="mean": losses.vicreg_loss(
                 a.z, b.z, *weights, variance_form=variance_form
             ),
+            couples_samples=True,
             summary="VICReg (the paper's method): invariance + variance + covariance, weights 25/25/1; "
             "options: weights, variance_form (mean: the original code's; sum: solo-learn's, the reference)",
         ),
@@ -71,6 +73,7 @@ METHODS: dict[str, Method] = {
             2048,
             projector=lambda d, p: mlp([d, p, p, p], last_bias=False),
             loss=lambda a, b: losses.barlow_twins_loss(a.z, b.z),
+            couples_samples=True,
             summary="Barlow Twins: cross-correlation to identity, lambda 0.0051",
         ),
         Method(
@@ -78,6 +81,7 @@ METHODS: dict[str, Method] = {
             2048,
             projector=lambda d, p: mlp([d, p, 128]),
             loss=lambda a, b: losses.nt_xent_loss(a.z, b.z, temperature=0.1),
+            couples_samples=True,
             summary="SimCLR: NT-Xent over 2N anchors, temperature 0.1",
         ),
         Method(

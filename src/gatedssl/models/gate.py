@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed import global_rows
+
 
 class _HardThreshold(torch.autograd.Function):
     """Forward: exact 0/1 mask (soft >= 0.5). Backward: identity, so the soft value learns.
@@ -29,8 +31,12 @@ class _HardThreshold(torch.autograd.Function):
 
 
 def logistic_noise(shape_like: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """log(u) - log(1 - u), u ~ U(0, 1): the difference of two Gumbels."""
-    u = torch.rand_like(shape_like, dtype=torch.float32).clamp_(eps, 1 - eps)
+    """log(u) - log(1 - u), u ~ U(0, 1): the difference of two Gumbels.
+
+    (n, ...) rows drawn for the global batch, this rank's kept (gatedssl.distributed): N ranks
+    draw the noise one process would."""
+    total, rows = global_rows(shape_like.shape[0])
+    u = torch.rand((total, *shape_like.shape[1:]), device=shape_like.device)[rows].clamp_(eps, 1 - eps)
     return torch.log(u) - torch.log1p(-u)
 
 

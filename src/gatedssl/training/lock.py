@@ -4,7 +4,9 @@ A second `gatedssl pretrain` on a folder that a live run holds (a forgotten proc
 while the old one still runs) is refused with one line naming the holder. A pid can only be checked
 on its own host, so the lock is a lease: the holder rewrites its heartbeat every HEARTBEAT_S seconds
 from a daemon thread, and a lock whose heartbeat is older than STALE_S is taken over (on the holder's
-own host, a lock whose process is gone is taken over at once).
+own host, a lock whose process is gone is taken over at once). A restart of the same job (torchrun's
+--max-restarts, a Slurm requeue) takes over its earlier attempt's lock at once, wherever rank 0 now
+runs: torchrun and Slurm start an attempt only after the previous one has ended.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _job() -> dict:
+    """The scheduler's job and this attempt of it: Slurm's job id and requeue count, torchrun's run id and restart count."""
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
+    attempt = f"{os.environ.get('SLURM_RESTART_COUNT', '0')}.{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return {"job": job, "attempt": attempt}
+
+
 class RunLock:
     """`with RunLock(folder):` holds the folder for this process; raises UserError if a live run holds it."""
 
@@ -40,6 +49,7 @@ class RunLock:
         self.path = Path(folder) / ".lock"
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
         self.me = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.job = _job()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.created = False
@@ -52,6 +62,8 @@ class RunLock:
             return None
         if not isinstance(held, dict) or {k: held.get(k) for k in self.me} == self.me:
             return None
+        if self.job["job"] is not None and held.get("job") == self.job["job"] and held.get("attempt") != self.job["attempt"]:
+            return None  # an earlier attempt of this same job: ended before this one began
         age = time.time() - float(held.get("heartbeat", 0))
         if age > self.stale_s:
             return None
@@ -76,7 +88,7 @@ class RunLock:
         return self
 
     def _beat(self) -> None:
-        record = {**self.me, "started": self.started, "heartbeat": time.time()}
+        record = {**self.me, **self.job, "started": self.started, "heartbeat": time.time()}
         atomic_write(self.path, lambda fh: fh.write(json.dumps(record).encode()))
 
     def _renew(self) -> None:

@@ -8,6 +8,7 @@ waits on the host. The loop knows nothing of VICReg or gates: that is the object
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,9 +23,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .. import __version__, distributed
 from ..checkpoint import atomic_write, first_mismatch, load_latest, rng_state, save_run_checkpoint, set_rng_state
 from ..config import PretrainConfig, load_stored, resolve, save_yaml, upgrade_stored, validate, warmup_steps
 from ..data.augment import recipe
@@ -34,6 +36,7 @@ from ..errors import EXIT_NONFINITE, EXIT_SIGNAL, RunStopped, UserError
 from ..evaluation.evaluate import evaluate, online_knn
 from ..factory import build_objective, select_device
 from ..methods import JointObjective
+from ..models.syncbn import convert_sync_bn
 from ..precision import autocast, grad_scaler
 from ..reporting.curves import plot_training_curves
 from ..summary import make_summary, write_summary
@@ -190,7 +193,8 @@ _MAY_CHANGE_ON_RESUME = {
     "data_workers",
     "eval_every",
     "checkpoint_minutes",
-}  # how the same images are read, not which; what is watched
+    "out",
+}  # how the same images are read, not which; what is watched; where the folder lives now (a moved run resumes)
 
 
 class StopSignals:
@@ -198,6 +202,7 @@ class StopSignals:
 
     def __init__(self):
         self.received: str | None = None
+        self.finishing = False  # a rank stopping on purpose: torchrun's SIGTERM to it must not cut its exit 75 short
         self._previous = {}
 
     def __enter__(self):
@@ -212,6 +217,8 @@ class StopSignals:
         self.received = signal.Signals(signum).name
 
     def __exit__(self, *exc):
+        if self.finishing and distributed.shard().world > 1:
+            return  # the worker is on its way out: further SIGTERMs are only noted
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -251,7 +258,11 @@ class Checkpointer:
         self.paths, self.cfg, self.steps_per_epoch = paths, cfg, steps_per_epoch
         self.objective, self.optimizer, self.scheduler, self.scaler = objective, optimizer, scheduler, scaler
 
-    def save(self, state: TrainState) -> Path:
+    def save(self, state: TrainState) -> Path | None:
+        """Every rank calls it at the same step (its RNG state goes in); rank 0 writes."""
+        rngs = distributed.all_objects(rng_state())
+        if not distributed.shard().is_main:
+            return None
         return save_run_checkpoint(
             self.paths.checkpoints,
             state.epoch * self.steps_per_epoch + state.step,
@@ -262,7 +273,9 @@ class Checkpointer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": None if self.scaler is None else self.scaler.state_dict(),
                 **state.state_dict(),
-                "rng": rng_state(),
+                "rng": rngs[0],
+                "rng_per_rank": rngs,  # equal by the global-draw rule (gatedssl.distributed); kept per rank all the same
+                "world_size": len(rngs),
                 "gatedssl_version": __version__,
             },
             keep=self.cfg.keep_checkpoints,
@@ -270,8 +283,11 @@ class Checkpointer:
 
     def restore(self, device: torch.device, log) -> TrainState:
         """The newest readable checkpoint's state, after checking that it was written with these settings."""
-        for stale in self.paths.checkpoints.glob(".*.tmp-*"):  # left by a process killed while writing
-            stale.unlink()
+        me = distributed.shard()
+        if me.is_main:
+            for stale in self.paths.checkpoints.glob(".*.tmp-*"):  # left by a process killed while writing
+                stale.unlink()
+        distributed.barrier()
         saved, path = load_latest(self.paths.checkpoints, report=log)
         stored, now = upgrade_stored(saved["config"]), self.cfg.to_dict()
         changed = sorted(k for k in now if k not in _MAY_CHANGE_ON_RESUME and stored.get(k) != now[k])
@@ -289,9 +305,17 @@ class Checkpointer:
             self.scaler.load_state_dict(saved["scaler"])
         state = TrainState()
         state.load_state_dict(saved, device)
-        set_rng_state(saved["rng"])
-        _truncate_metrics(self.paths.metrics, state.epoch)
+        per_rank, was = saved.get("rng_per_rank"), saved.get("world_size", 1)
+        set_rng_state(per_rank[me.rank] if per_rank and was == me.world else saved["rng"])
+        if me.is_main:
+            _truncate_metrics(self.paths.metrics, state.epoch)
         log(f"resuming from {path}: epoch {state.epoch + 1}, step {state.step + 1} of {self.steps_per_epoch}")
+        if was != me.world:
+            log(
+                f"note: the checkpoint was written by {was} process(es), this run has {me.world}: the global batches, their order "
+                f"and their views are the same (drawn for the global batch), but BatchNorm now sees {self.cfg.batch_size // me.world} "
+                f"images per rank instead of {self.cfg.batch_size // was}, so the run is not bit-identical to one that kept {was}"
+            )
         return state
 
 
@@ -313,6 +337,9 @@ class NonFiniteWatch:
     def check(self, epoch: int) -> None:
         """One host read: stop on the first non-finite loss, naming the step and the terms."""
         step = int(self.first_bad.item())
+        (anywhere,) = distributed.agree(step >= 0)  # every rank stops, or none
+        if anywhere and step < 0:
+            raise RunStopped(f"non-finite loss on another rank at epoch {epoch + 1}; stopped without saving this epoch", EXIT_NONFINITE)
         if step >= 0:
             named = ", ".join(f"{key}={value.item():.4g}" for key, value in self.terms.items())
             raise RunStopped(
@@ -340,28 +367,41 @@ def pretrain(
     Raises RunStopped when a signal or a non-finite loss ends the run early (with a checkpoint
     of the last good state), UserError for anything the user can fix.
     """
-    log = log or (lambda message: print(message, file=sys.stderr))
+    joined = distributed.init(distributed.local_device(select_device(cfg.device)))  # under torchrun: join its ranks
+    try:
+        return _pretrain(cfg, resume, overwrite, on_epoch_end, on_step_end, progress, log)
+    finally:
+        if joined:
+            distributed.close()
+
+
+def _pretrain(cfg: PretrainConfig, resume: bool | str, overwrite: bool, on_epoch_end, on_step_end, progress: bool, log) -> dict:
+    main = distributed.shard().is_main  # only rank 0 prints and writes
+    log = (log or (lambda message: print(message, file=sys.stderr))) if main else (lambda message: None)
     cfg = preflight(cfg, resume, overwrite)
     paths = RunPaths(Path(cfg.out))
     if finished_already(cfg, resume):
         log(f"--resume auto: {paths.root} holds a finished run; nothing to do")
         return json.loads(paths.summary.read_text())
     resume = resume_wanted(cfg, resume)
-    with RunLock(paths.root):
+    distributed.barrier()  # every rank has read the folder before rank 0 takes it and changes it
+    with RunLock(paths.root) if main else contextlib.nullcontext():
         try:
-            return _run(cfg, paths, resume, overwrite, on_epoch_end, on_step_end, progress, log)
+            return _run(cfg, paths, resume, overwrite, on_epoch_end, on_step_end, progress and main, log)
         except RunStopped as exc:
-            if exc.exit_code != EXIT_SIGNAL:  # a stop asked for is no failure
+            if exc.exit_code != EXIT_SIGNAL and main:  # a stop asked for is no failure
                 record_failure(paths, exc.exit_code, str(exc))
             raise
         except (Exception, KeyboardInterrupt) as exc:
-            record_failure(paths, 2 if isinstance(exc, UserError) else 1, f"{type(exc).__name__}: {exc}")
+            if main:
+                record_failure(paths, 2 if isinstance(exc, UserError) else 1, f"{type(exc).__name__}: {exc}")
             raise
 
 
 def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on_epoch_end, on_step_end, progress: bool, log) -> dict:
-    device = select_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    device = distributed.local_device(select_device(cfg.device))
+    me = distributed.shard()
+    torch.manual_seed(cfg.seed)  # the same on every rank: all draws are for the global batch
 
     splits = load_run_data(cfg, device, warn=log)
     if not splits.labeled:
@@ -379,6 +419,8 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
 
     objective = build_objective(cfg)
     pretraining = load_pretrained(cfg, objective.backbone) if cfg.init_from and not resume else None
+    if cfg.sync_bn:
+        convert_sync_bn(objective)
     objective = objective.to(device, memory_format=torch.channels_last)
     if cfg.compile:
         objective.backbone.compile()
@@ -395,19 +437,29 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
     if resume:
         state = checkpoints.restore(device, log)
     else:
-        if overwrite and paths.checkpoints.is_dir():
-            shutil.rmtree(paths.checkpoints)
-        if overwrite:
-            paths.failures.unlink(missing_ok=True)  # an earlier run's attempts are not this one's
-        paths.checkpoints.mkdir(parents=True, exist_ok=True)
-        for stale in (paths.metrics, paths.summary):
-            stale.unlink(missing_ok=True)
-        save_yaml(cfg, paths.root / "config.yaml")
         state = TrainState(pretraining=pretraining)
-        state.init_eval = _evaluate(objective, splits, device, cfg)
+        if me.is_main:
+            if overwrite and paths.checkpoints.is_dir():
+                shutil.rmtree(paths.checkpoints)
+            if overwrite:
+                paths.failures.unlink(missing_ok=True)  # an earlier run's attempts are not this one's
+            paths.checkpoints.mkdir(parents=True, exist_ok=True)
+            for stale in (paths.metrics, paths.summary):
+                stale.unlink(missing_ok=True)
+            save_yaml(cfg, paths.root / "config.yaml", launch=_launch(cfg, me))
+            state.init_eval = _evaluate(objective, splits, device, cfg)  # rank 0 alone; the others wait in DDP's first broadcast
         torch.manual_seed(cfg.seed)  # the training stream does not depend on evaluation
+    # One process per device: gradients are averaged over ranks in backward. Parameters a step leaves unused
+    # (gates in the warm-up, widths not drawn) keep no gradient, as in one process.
+    model = (
+        objective
+        if me.world == 1
+        else DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=_leaves_parameters_unused(cfg)
+        )
+    )
 
-    writer = _tensorboard(paths.root / "tb")
+    writer = _tensorboard(paths.root / "tb") if me.is_main else None
     bar = tqdm(
         total=total_steps * cfg.batch_size,
         initial=(state.epoch * steps_per_epoch + state.step) * cfg.batch_size,
@@ -419,7 +471,7 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
         mininterval=1.0,
     )
     objective.train()
-    skipped, last_save = 0, time.monotonic()
+    skipped, last_save, stopping, signal_name = 0, time.monotonic(), False, ""
     with StopSignals() as stop:
         for epoch in range(state.epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -429,7 +481,7 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
             watch = NonFiniteWatch(device, paths)
             for step, (x1, x2) in enumerate(views.epoch(state.order, state.step), start=state.step):
                 terms = train_step(
-                    objective,
+                    model,
                     optimizer,
                     scheduler,
                     x1,
@@ -457,18 +509,25 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
                 bar.update(cfg.batch_size)
                 if on_step_end is not None:
                     on_step_end(epoch, step)
-                if cfg.checkpoint_minutes and time.monotonic() - last_save > 60 * cfg.checkpoint_minutes and step + 1 < steps_per_epoch:
+                # every rank stops or saves at the same step: a signal to any rank, a due time on any clock
+                stopping, due = distributed.agree(
+                    stop.received is not None, bool(cfg.checkpoint_minutes) and time.monotonic() - last_save > 60 * cfg.checkpoint_minutes
+                )
+                signal_name = stop.received or "a signal to another rank"
+                if due and step + 1 < steps_per_epoch:
                     watch.check(epoch)  # a preempted long epoch loses at most this long
                     elapsed = time.perf_counter() - t0
                     checkpoints.save(dataclasses.replace(state, epoch=epoch, step=step + 1, train_seconds=state.train_seconds + elapsed))
                     last_save = time.monotonic()
-                if stop.received and step + 1 < steps_per_epoch:
+                if stopping and step + 1 < steps_per_epoch:
                     watch.check(epoch)
                     state.train_seconds += time.perf_counter() - t0
                     state.epoch, state.step = epoch, step + 1
                     saved = checkpoints.save(state)
+                    stop.finishing = True
+                    distributed.barrier()  # no rank leaves before rank 0 has written: torchrun stops the rest when one exits
                     raise RunStopped(
-                        f"stopped by {stop.received} at epoch {epoch + 1}, step {step + 1}; checkpoint {saved} written; continue with --resume",
+                        f"stopped by {signal_name} at epoch {epoch + 1}, step {step + 1}; checkpoint {saved} written; continue with --resume",
                         EXIT_SIGNAL,
                     )
             watch.check(epoch)
@@ -476,9 +535,10 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             state.train_seconds += seconds
-            record = _epoch_record(epoch, state.sums, steps_per_epoch - skipped, seconds, cfg.batch_size, scheduler.get_last_lr()[0])
+            sums = distributed.mean_over_ranks(state.sums)  # what the log shows: the global batch's terms
+            record = _epoch_record(epoch, sums, steps_per_epoch - skipped, seconds, cfg.batch_size, scheduler.get_last_lr()[0])
             _count_compute(state, costs[gates_on], steps_per_epoch, record["macs_ratio"], cfg.batch_size)
-            if cfg.eval_every and splits.labeled and (epoch + 1) % cfg.eval_every == 0:
+            if cfg.eval_every and splits.labeled and (epoch + 1) % cfg.eval_every == 0 and me.is_main:
                 t_eval = time.perf_counter()
                 record.update(
                     online_knn(
@@ -493,15 +553,18 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
                     )
                 )
                 record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
-            _log(paths, writer, record)
+            if me.is_main:
+                _log(paths, writer, record)
             bar.set_postfix(loss=f"{record['loss']:.3g}", macs=f"{record['macs_ratio']:.2f}", refresh=False)
             state.epoch, state.step, state.order, state.sums = epoch + 1, 0, None, {}
-            if stop.received or (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            if stopping or (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 saved = checkpoints.save(state)
                 last_save = time.monotonic()
-            if stop.received and epoch + 1 < cfg.epochs:
+            if stopping and epoch + 1 < cfg.epochs:
+                stop.finishing = True
+                distributed.barrier()
                 raise RunStopped(
-                    f"stopped by {stop.received} after epoch {epoch + 1}; checkpoint {saved} written; continue with --resume", EXIT_SIGNAL
+                    f"stopped by {signal_name} after epoch {epoch + 1}; checkpoint {saved} written; continue with --resume", EXIT_SIGNAL
                 )
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
@@ -509,9 +572,12 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
     if writer is not None:
         writer.close()
 
+    if not me.is_main:
+        return distributed.from_main(None)  # rank 0 evaluates (kNN, probe) alone and writes; every rank returns its summary
     summary = make_summary(cfg, splits, _evaluate(objective, splits, device, cfg), state.init_eval, state.train_seconds, device)
     summary["warmup_steps"] = warmup_steps(cfg, steps_per_epoch)
     summary["training_compute"] = training_compute(cfg, state, device)
+    summary.update(_launch(cfg, me))
     plot_training_curves(
         paths.metrics,
         paths.root / "curves.png",
@@ -519,7 +585,18 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
         f"{cfg.dataset} | {cfg.arch} w{cfg.width} | {cfg.method} {cfg.mode} | budget {cfg.budget:g}",
     )
     write_summary(paths.summary, summary)
-    return summary
+    return distributed.from_main(summary)
+
+
+def _leaves_parameters_unused(cfg: PretrainConfig) -> bool:
+    """Whether some step uses only part of the network: DDP must then look for the unused parameters (a graph
+    traversal per step). Dual and gated runs without a warm-up use all of it every step."""
+    return not (cfg.mode in ("dual", "gated") and cfg.gate_warmup_epochs == 0)
+
+
+def _launch(cfg: PretrainConfig, me: distributed.Shard) -> dict:
+    """How the run was spread: the global batch is cfg.batch_size, split evenly over the ranks."""
+    return {"world_size": me.world, "per_rank_batch": cfg.batch_size // me.world}
 
 
 def _evaluate(objective: JointObjective, splits, device: torch.device, cfg: PretrainConfig) -> dict:
@@ -552,7 +629,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def train_step(
-    objective: JointObjective,
+    objective: JointObjective | DistributedDataParallel,
     optimizer,
     scheduler,
     x1: torch.Tensor,
@@ -577,7 +654,7 @@ def train_step(
         x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
     with autocast(x1.device, precision if fast else "fp32"):
         terms = objective(x1, x2, progress, gates_on)
-    if guard and not torch.isfinite(terms["loss"]).item():
+    if guard and any(distributed.agree(not torch.isfinite(terms["loss"]).item())):  # every rank skips, or none
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()  # the schedule stays on the run's step count
         return None
@@ -590,7 +667,7 @@ def train_step(
         scaler.step(optimizer)
         scaler.update()
     scheduler.step()
-    objective.update_teacher(progress)
+    getattr(objective, "module", objective).update_teacher(progress)  # DDP wraps the objective under torchrun
     return {key: value.detach().float() for key, value in terms.items()}
 
 
