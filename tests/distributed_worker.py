@@ -22,7 +22,7 @@ from gatedssl.config import PretrainConfig, resolve
 from gatedssl.factory import build_objective
 
 METHODS = ("vicreg", "simclr", "barlow")
-VARIANTS = ("ddp", "no_allreduce", "no_gather")
+VARIANTS = ("ddp", "no_allreduce", "no_gather", "warmup")  # warmup: a gate warm-up step (gates unused), as the trainer wraps it
 GLOBAL_BATCH = 8
 
 
@@ -51,9 +51,10 @@ def _step_gradients(method: str, variant: str, rank: int, world: int) -> dict[st
     g = torch.Generator().manual_seed(1)
     x1, x2 = (torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g) for _ in range(2))
     rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
-    model = DistributedDataParallel(objective) if variant != "no_allreduce" and world > 1 else objective
+    ddp = {"find_unused_parameters": True} if variant == "warmup" else {}
+    model = DistributedDataParallel(objective, **ddp) if variant != "no_allreduce" and world > 1 else objective
     torch.manual_seed(2)  # the gate noise: drawn for the global batch on every rank
-    terms = model(x1[rows], x2[rows], 0.5, True)
+    terms = model(x1[rows], x2[rows], 0.5, variant != "warmup")
     terms["loss"].backward()
     return {name: p.grad.detach().clone() for name, p in objective.named_parameters() if p.grad is not None}
 

@@ -42,8 +42,23 @@ def torchrun(*args, nproc=2, restarts=0, timeout=240, env=None):
 # ---------------------------------------------------------------- the global-draw rule, in one process
 
 
-def test_ranks_see_their_contiguous_share_of_the_one_process_views():
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+def _images(kind: str, folder):
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    if kind == "held":
+        return images
+    from torchvision.io import write_png
+
+    from gatedssl.data.streaming import ImageFiles
+
+    paths = [str(folder / f"{i}.png") for i in range(len(images))]
+    for image, path in zip(images, paths):
+        write_png(image, path)
+    return ImageFiles(paths, 32, workers=0)
+
+
+@pytest.mark.parametrize("kind", ["held", "streamed"])
+def test_ranks_see_their_contiguous_share_of_the_one_process_views(kind, tmp_path):
+    images = _images(kind, tmp_path)
     augment = recipe(32, (0.5,) * 3, (0.25,) * 3, blur_p=0.5)
 
     def views(rank, world):
@@ -53,7 +68,7 @@ def test_ranks_see_their_contiguous_share_of_the_one_process_views():
             return list(pipeline.epoch(pipeline.new_order()))
 
     one, ranks = views(0, 1), [views(r, 2) for r in (0, 1)]
-    assert len(one) == 4 and all(len(r) == 4 for r in ranks)
+    assert len(one) == 2 and all(len(r) == 2 for r in ranks)
     for step, (x1, x2) in enumerate(one):
         assert ranks[0][step][0].shape[0] == 8
         assert torch.equal(x1, torch.cat([r[step][0] for r in ranks])), "view 1 of a step is not the ranks' views joined"
@@ -134,6 +149,18 @@ def test_two_ranks_give_the_one_process_gradient(method, rank_gradients):
     assert worst("no_gather") > 1e-2, "the test must see a missing embedding gather"
 
 
+def test_a_gate_warm_up_step_leaves_the_gates_without_gradient_on_every_rank(rank_gradients):
+    """In the warm-up the gates are not used: under DDP they must keep no gradient (not a zero one, which
+    weight decay and momentum would turn into a step), and the rest must match one process."""
+    one = step_gradients("vicreg", "warmup")
+    assert not any(".gate." in name for name in one)
+    for rank in (0, 1):
+        got = rank_gradients[rank][("vicreg", "warmup")]
+        assert got.keys() == one.keys()
+        scale = max(g.abs().max().item() for g in one.values())
+        assert all(torch.allclose(got[n], g, rtol=0, atol=1e-12 * scale) for n, g in one.items())
+
+
 def _args(**kw):
     settings = {**TINY, **kw}
     settings.pop("device")
@@ -203,29 +230,6 @@ def test_sigterm_to_one_rank_checkpoints_every_rank_at_one_step_and_resumes_exac
     summary = pretrain(PretrainConfig(out=str(tmp_path / "one"), **TINY), resume=True, progress=False)  # one process now
     assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
     assert summary["world_size"] == 1 and summary["per_rank_batch"] == 50
-
-
-def test_streamed_folders_give_each_rank_its_share(tmp_path):
-    from PIL import Image
-
-    from gatedssl.data.streaming import ImageFiles
-
-    paths = []
-    for i in range(16):
-        paths.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(torch.randint(0, 256, (40, 36, 3), dtype=torch.uint8).numpy()).save(paths[-1])
-    files = ImageFiles(paths, 32, workers=0)
-    augment = recipe(32, (0.5,) * 3, (0.25,) * 3)
-
-    def views(rank, world):
-        torch.manual_seed(0)
-        with distributed.simulate(rank, world):
-            pipeline = make_views("device", files, (augment, augment), 8, torch.device("cpu"))
-            return list(pipeline.epoch(pipeline.new_order()))
-
-    one, ranks = views(0, 1), [views(r, 2) for r in (0, 1)]
-    for step, (x1, x2) in enumerate(one):
-        assert torch.equal(x1, torch.cat([r[step][0] for r in ranks])) and torch.equal(x2, torch.cat([r[step][1] for r in ranks]))
 
 
 def test_commands_other_than_pretrain_refuse_torchrun_with_one_line(monkeypatch, capsys):
