@@ -32,6 +32,7 @@ from ..config import PretrainConfig, load_stored, resolve, save_yaml, upgrade_st
 from ..data.augment import recipe
 from ..data.pipelines import make_views
 from ..data.sources import load_run_data
+from ..data.streaming import ImageFiles
 from ..errors import EXIT_NONFINITE, EXIT_SIGNAL, RunStopped, UserError
 from ..evaluation.evaluate import evaluate, online_knn
 from ..factory import build_objective, select_device
@@ -367,7 +368,8 @@ def pretrain(
     Raises RunStopped when a signal or a non-finite loss ends the run early (with a checkpoint
     of the last good state), UserError for anything the user can fix.
     """
-    joined = distributed.init(distributed.local_device(select_device(cfg.device)))  # under torchrun: join its ranks
+    # under torchrun: join its ranks (the device is checked with the other settings in preflight)
+    joined = distributed.env_world_size() > 1 and distributed.init(distributed.local_device(select_device(cfg.device)))
     try:
         return _pretrain(cfg, resume, overwrite, on_epoch_end, on_step_end, progress, log)
     finally:
@@ -404,6 +406,8 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
     torch.manual_seed(cfg.seed)  # the same on every rank: all draws are for the global batch
 
     splits = load_run_data(cfg, device, warn=log)
+    if not me.is_main and isinstance(splits.pretrain.images, ImageFiles):  # a file only this rank reads: it says so itself
+        splits.pretrain.images.warn = lambda message: print(f"rank {me.rank}: {message}", file=sys.stderr)
     if not splits.labeled:
         log(
             f"kNN{' (--eval-every)' if cfg.eval_every else ''} and linear probe skipped: {splits.unlabeled_reason} "
