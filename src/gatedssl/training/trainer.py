@@ -203,7 +203,7 @@ class StopSignals:
 
     def __init__(self):
         self.received: str | None = None
-        self.finishing = False  # a rank stopping on purpose: torchrun's SIGTERM to it must not cut its exit 75 short
+        self.finishing = False  # a rank stopping on purpose (exit 75)
         self._previous = {}
 
     def __enter__(self):
@@ -218,10 +218,12 @@ class StopSignals:
         self.received = signal.Signals(signum).name
 
     def __exit__(self, *exc):
-        if self.finishing and distributed.shard().world > 1:
-            return  # the worker is on its way out: further SIGTERMs are only noted
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self.finishing and self._previous and distributed.shard().world > 1:
+            # on its way out with exit 75: when another rank exits first, torchrun SIGTERMs this one (even during
+            # interpreter shutdown, where a Python handler no longer runs), which would turn 75 into -15
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @dataclass
