@@ -1,4 +1,4 @@
-"""The throughput benchmark runs end to end and prints both measurements and their ratio (no speed is asserted)."""
+"""The benchmarks run end to end and print their measurements side by side with their ratios (no speed is asserted)."""
 
 import os
 import re
@@ -7,6 +7,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(name: str, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """benchmarks/NAME.py run as a user runs it, from the source tree."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / f"benchmarks/{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
 
 
 def test_throughput_benchmark_prints_ours_baseline_ratio_and_stages():
@@ -28,13 +39,7 @@ def test_throughput_benchmark_prints_ours_baseline_ratio_and_stages():
         "--workers",
         "1",
     ]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/throughput.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
+    proc = run_benchmark("throughput", args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     ours = float(re.search(r"^ours\s+([\d.]+) img/s", out, re.M).group(1))
@@ -68,13 +73,7 @@ def test_latency_benchmark_prints_every_variant_with_its_ratios(tmp_path):
         "--plot",
         str(tmp_path / "latency.png"),
     ]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/latency.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
+    proc = run_benchmark("latency", args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "SETS THE GATE BIASES".lower() in (ROOT / "benchmarks/latency.py").read_text().lower() and "gate biases set" in proc.stdout
     rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^\s+32\s+[12]\s", line)]
@@ -102,16 +101,26 @@ def test_latency_benchmark_prints_every_variant_with_its_ratios(tmp_path):
 
 def test_widths_benchmark_prints_every_width_with_its_ratios():
     args = ["--width", "8", "--batch", "4", "--reps", "1", "--widths", "0.5", "0.25"]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/widths.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
+    proc = run_benchmark("widths", args)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| dense") or line.startswith("| width")]
     assert [r[0].strip() for r in rows] == ["dense", "width0.5", "width0.25"]
     macs_ratio = [float(r[2]) for r in rows]
     assert macs_ratio[0] == 1.0 and macs_ratio[1] > macs_ratio[2] > 0
     assert all(float(r[4]) > 0 and float(r[6]) > 0 for r in rows), "the time ratios are printed, whatever they are"
+
+
+def test_distributed_benchmark_prints_one_process_ranks_and_efficiency():
+    proc = run_benchmark("distributed", ["--epochs", "2", "--limit-per-class", "10", "--batch-size", "32"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = {
+        key: float(re.search(pattern, proc.stdout, re.M).group(1))
+        for key, pattern in {
+            "one": r"^  1 process \(\d+ threads?\)\s+([\d.]+)",
+            "ranks": r"^  2 ranks .*?\s([\d.]+)\s+ratio to 1 process",
+            "alone": r"^  1 process, batch 16, .*?\s([\d.]+)\s+x2 = ideal",
+            "efficiency": r"scaling efficiency \(ranks / ideal\)\s+([\d.]+)",
+        }.items()
+    }
+    assert all(v > 0 for v in figures.values())
+    assert abs(figures["efficiency"] - figures["ranks"] / (2 * figures["alone"])) < 0.01
