@@ -161,6 +161,28 @@ def test_a_gate_warm_up_step_leaves_the_gates_without_gradient_on_every_rank(ran
         assert all(torch.allclose(got[n], g, rtol=0, atol=1e-12 * scale) for n, g in one.items())
 
 
+@pytest.mark.parametrize("mode", ["dual", "dense", "gated", "slimmable", "posthoc"])
+def test_ddp_looks_for_unused_parameters_wherever_a_step_leaves_some(mode):
+    """DDP without find_unused_parameters fails at the second step if a step leaves a parameter without
+    gradient: one step of every mode and method (and the warm-up) must agree with the trainer's choice."""
+    from gatedssl.methods import METHODS
+    from gatedssl.training.trainer import leaves_parameters_unused
+
+    for method in METHODS:
+        for warmup in (0, 1) if mode in ("dual", "gated") else (0,):
+            cfg = resolve(
+                PretrainConfig(mode=mode, method=method, width=4, proj_dim=32, epochs=2, gate_warmup_epochs=warmup)
+                if mode != "slimmable"
+                else PretrainConfig(mode=mode, method=method, width=4, proj_dim=32, widths=[0.25, 0.5, 0.75, 1.0])
+            )
+            torch.manual_seed(0)
+            objective = build_objective(cfg).train()
+            objective(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), 0.5, gates_on=warmup == 0)["loss"].backward()
+            unused = [n for n, p in objective.named_parameters() if p.requires_grad and p.grad is None]
+            if unused:
+                assert leaves_parameters_unused(cfg), f"{mode} {method} warm-up {warmup}: {unused[:3]} get no gradient"
+
+
 def _args(**kw):
     settings = {**TINY, **kw}
     settings.pop("device")
