@@ -148,15 +148,11 @@ def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per-rank metric sums as their global means (once per epoch, for the log)."""
     if shard().world == 1:
         return values
-    keys = sorted(values)
-    flat = torch.cat([values[k].reshape(-1).float() for k in keys])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    out, i = {}, 0
-    for k in keys:
-        n = values[k].numel()
-        out[k] = flat[i : i + n].view_as(values[k])
-        i += n
+    out = {}
+    for key, value in sorted(values.items()):  # the same order on every rank
+        total = value.float().clone()
+        dist.all_reduce(total)
+        out[key] = total / dist.get_world_size()
     return out
 
 
