@@ -84,7 +84,7 @@ def save_run_checkpoint(folder: Path, global_step: int, state: dict[str, Any], k
 def load_latest(folder: Path, report=print) -> tuple[dict[str, Any], Path]:
     """The newest readable checkpoint: last.pt, else the retained ones newest first, saying so."""
     folder = Path(folder)
-    candidates = [folder / "last.pt", *sorted(folder.glob("step_*.pt"), reverse=True)]
+    candidates = checkpoint_candidates(folder)
     seen, problems = set(), []
     for path in candidates:
         if not path.exists():
@@ -104,6 +104,24 @@ def load_latest(folder: Path, report=print) -> tuple[dict[str, Any], Path]:
     if problems:
         raise UserError(f"no readable checkpoint in {folder}: {problems[0]}")
     raise UserError(f"--resume: no checkpoint in {folder}; start the run without --resume")
+
+
+def checkpoint_candidates(folder: Path) -> list[Path]:
+    """A run's checkpoints in the order a resume tries them: last.pt, then the retained ones newest first."""
+    folder = Path(folder)
+    return [folder / "last.pt", *sorted(folder.glob("step_*.pt"), reverse=True)]
+
+
+def trained_epochs(folder: Path) -> tuple[int, int] | None:
+    """(epochs done, epochs planned) by the newest readable checkpoint, or None if none is readable. Read as a
+    memory map: only the few numbers asked for leave the disk, so a large checkpoint costs no time."""
+    for path in checkpoint_candidates(folder):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return int(state["epoch"]), int(state["config"]["epochs"])
+        except Exception:  # missing, torn, foreign: the next one is what a resume would use
+            continue
+    return None
 
 
 def read_weights(path: str | os.PathLike, what: str = "checkpoint") -> Any:
@@ -149,3 +167,67 @@ def first_mismatch(exc: RuntimeError) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     detail = lines[1] if len(lines) > 1 else lines[0] if lines else "state dict mismatch"
     return detail if len(detail) <= 200 else detail[:197] + "..."
+
+
+# Where a command may write. Checked before anything is written: an output that is one of the command's own inputs,
+# or a file a run folder needs, would be lost the moment the command succeeds.
+RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "failures.jsonl", ".lock", "curves.png")
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """A folder `gatedssl pretrain` wrote into: it holds the run's settings and its checkpoint folder."""
+    folder = Path(folder)
+    return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
+
+
+def run_folder_of(checkpoint: str | os.PathLike) -> Path | None:
+    """RUN when the checkpoint sits in RUN/checkpoints/ beside RUN/config.yaml (as given, or where a link points), else None:
+    a checkpoint copied elsewhere has no run folder, and its parent's parent is nobody's."""
+    for path in dict.fromkeys((Path(checkpoint).absolute(), Path(checkpoint).resolve())):
+        if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+            return path.parent.parent
+    return None
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """The same file after links: symbolic (resolve) and hard (last.pt is a hard link to the newest step_*.pt)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def is_checkpoint_name(name: str) -> bool:
+    """A name gatedssl gives the files in RUN/checkpoints/: last.pt, step_*.pt, and their temporary files (.NAME.tmp-PID)."""
+    return name == "last.pt" or (name.startswith("step_") and name.endswith(".pt")) or (name.startswith(".") and ".tmp-" in name)
+
+
+def write_problems(flag: str, out: str | os.PathLike, reads: tuple = (), allowed: tuple = ()) -> list[str]:
+    """What is wrong with writing `out`: it is a file the command reads, or a file a run folder needs
+    (a checkpoint, config.yaml, summary.json, ...) other than the `allowed` ones."""
+    out = Path(out)
+    for path in reads:
+        if same_file(out, path):
+            return [f"{flag} {out} is {path}, which this command reads; choose another {flag}"]
+    if any(same_file(out, path) for path in allowed):
+        return []
+    target = out.resolve()
+    if target.is_dir():
+        return [f"{flag} {out} is a folder; give a file name"]
+    folder = target.parent
+    if folder.name == "checkpoints" and is_run_folder(folder.parent) and is_checkpoint_name(target.name):
+        return [f"{flag} {out} would replace a checkpoint of the run in {folder.parent}; write it outside its checkpoints/ folder"]
+    if target.name in RUN_FILES and is_run_folder(folder):
+        return [f"{flag} {out} would replace the {target.name} of the run in {folder}; choose another {flag}"]
+    return []
+
+
+def report_out_problems(out: str | os.PathLike) -> list[str]:
+    """A report writes report.md, tables and PNGs (and removes its own older PNGs) in its folder: never in or under a run folder."""
+    out = Path(out).resolve()
+    inside = next((p for p in (out, *out.parents) if is_run_folder(p)), None)
+    if inside is None:
+        return []
+    return [f"--out {out} is inside the run folder {inside}; the report would write among the run's files; choose a folder outside it"]

@@ -195,17 +195,24 @@ def _add_probe_flags(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    return PretrainConfig(**given_settings(args))
+
+
+def given_settings(args: argparse.Namespace) -> dict:
+    """The settings the user gave: --config FILE's, then the flags (argparse leaves flags not given out: SUPPRESS).
+    On --resume the others are the run's own, whatever today's defaults."""
     values = load_yaml(args.config) if args.config else {}
     names = {f.name for f in fields(PretrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
-    return PretrainConfig(**values)
+    return values
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
     from .summary import format_summary
     from .training.trainer import preflight, pretrain
 
-    resolved = preflight(config_from_args(args), args.resume, args.overwrite)  # all checks before anything is printed or loaded
+    given = given_settings(args)  # all checks before anything is printed or loaded
+    resolved = preflight(PretrainConfig(**given), args.resume, args.overwrite, set(given))
     global _started
     _started = True  # from here on an error may be one rank's own (a file only it reads): every rank names its own
     quiet = args.quiet or not _main_rank()
@@ -236,9 +243,18 @@ def _speaker() -> str | None:
 
 def sweep_runs(args: argparse.Namespace) -> list[tuple[str, PretrainConfig]]:
     """(folder name, settings) of every run of the sweep, in training order: B1 first (post-hoc starts from it)."""
-    repeated = sorted({f"{b:g}" for b in args.budgets if args.budgets.count(b) > 1})
+    named: dict[str, list[float]] = {}
+    for b in args.budgets:  # a run folder is named by its budget: two budgets of one name would share it
+        named.setdefault(f"{b:g}", []).append(b)
+    repeated = {name: values for name, values in named.items() if len(values) > 1}
     if repeated:
-        raise UserError(f"--budgets: {', '.join(repeated)} given more than once; each budget is one run (use --seed for repeats)")
+        which = "; ".join(
+            f"{name} given more than once"
+            if len(set(values)) == 1
+            else f"{' and '.join(map(repr, dict.fromkeys(values)))} share the folder name b{name} (6 significant digits)"
+            for name, values in repeated.items()
+        )
+        raise UserError(f"--budgets: {which}; each budget is one run in its own folder: give distinct budgets (use --seed for repeats)")
     modes = list(dict.fromkeys(args.modes))
     if "posthoc" in modes and args.no_baseline:
         raise UserError("--modes posthoc starts from the sweep's B1 encoder; drop --no-baseline")
@@ -264,16 +280,16 @@ def sweep_runs(args: argparse.Namespace) -> list[tuple[str, PretrainConfig]]:
 
 def run_sweep(args: argparse.Namespace) -> int:
     from .summary import format_summary, subnet_names
-    from .training.trainer import RunPaths, preflight, pretrain
+    from .training.trainer import RunPaths, finished_summary, has_checkpoint, preflight, pretrain
 
     runs = sweep_runs(args)
     plans = []
     for name, cfg in runs:  # check every run before the first one trains
         paths = RunPaths(Path(cfg.out))
-        done = paths.summary.exists()
-        resume = not done and paths.last.exists()
+        done = finished_summary(paths) is not None  # the training ended (not merely a summary.json from `gatedssl eval`)
+        resume = not done and has_checkpoint(paths)
         if not done:
-            source_pending = cfg.init_from is not None and not (Path(cfg.init_from) / "summary.json").exists()
+            source_pending = cfg.init_from is not None and finished_summary(RunPaths(Path(cfg.init_from))) is None
             # a post-hoc run's source is the sweep's B1, trained first: check everything else now
             preflight(dataclasses.replace(cfg, init_from=".") if source_pending else cfg, resume, overwrite=False)
         plans.append((name, cfg, done, resume))
@@ -333,8 +349,14 @@ def run_eval(args: argparse.Namespace) -> int:
         probe=None if args.probe == "none" else args.probe,
         probe_seeds=args.probe_seeds,
     )
+    from .checkpoint import run_folder_of
+
+    where = ""
+    if not args.out:
+        inside = run_folder_of(args.checkpoint) is not None
+        where = " (the run's summary)" if inside else " (beside the checkpoint: it is not in a run's checkpoints/ folder)"
     print(format_summary(summary))
-    print(f"summary written to {written}")
+    print(f"summary written to {written}{where}")
     return 0
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..checkpoint import first_mismatch, load_checkpoint
+from ..checkpoint import first_mismatch, load_checkpoint, run_folder_of, write_problems
 from ..config import PretrainConfig, upgrade_stored, validate
 from ..data.sources import load_run_data
 from ..errors import UserError
@@ -48,6 +48,11 @@ def evaluate_checkpoint(
     """
     if probe_seeds < 1:
         raise UserError(f"--probe-seeds must be at least 1, got {probe_seeds}")
+    run = run_folder_of(path)
+    target = Path(out) if out else summary_target(path)
+    problems = write_problems("--out", target, reads=(path,), allowed=(run / "summary.json",) if run else ())
+    if problems:
+        raise UserError("\n".join(problems))
     state = load_checkpoint(path)
     objective, cfg = restore_objective(state, path)
     cfg = dataclasses.replace(
@@ -66,19 +71,32 @@ def evaluate_checkpoint(
         )
     result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision, objective.subnets)
     summary = make_summary(cfg, splits, result, state.get("init_eval"), state.get("train_seconds"), dev)
-    summary["epochs_trained"] = state["epoch"]
+    summary["epochs_trained"] = state.get("epoch")
     if probe is not None:
         for name in objective.subnets:
             result = linear_probe(
                 objective.backbone, splits, name, dev, protocol=probe, seeds=probe_seeds, progress=progress, precision=cfg.precision
             )
             summary[name]["probe"] = result.to_dict()
-    target = Path(out) if out else Path(path).resolve().parent.parent / "summary.json"
-    previous = Path(path).resolve().parent.parent / "summary.json"
-    if previous.exists():  # what training recorded, and the latest static export (gatedssl export), stay with the run
-        earlier = json.loads(previous.read_text())
-        for key in ("training_compute", "warmup_steps", "static"):
-            if key in earlier:
-                summary[key] = earlier[key]
+    earlier = read_summary(run / "summary.json") if run else None
+    for key in ("training_compute", "warmup_steps", "static"):  # what training recorded, and the latest static export, stay with the run
+        if earlier and key in earlier:
+            summary[key] = earlier[key]
     write_summary(target, summary)
     return summary, target
+
+
+def summary_target(checkpoint: str) -> Path:
+    """Where `gatedssl eval` writes without --out: the run's summary.json when the checkpoint sits in RUN/checkpoints/,
+    else beside the checkpoint as NAME.summary.json (a checkpoint copied elsewhere has no run folder to write into)."""
+    run = run_folder_of(checkpoint)
+    return run / "summary.json" if run else Path(checkpoint).absolute().with_name(Path(checkpoint).stem + ".summary.json")
+
+
+def read_summary(path: Path) -> dict | None:
+    """A summary.json as a dict, or None when it is missing or unreadable (torn, not a mapping): it is rewritten whole."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None

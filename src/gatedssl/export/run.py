@@ -6,7 +6,6 @@ run's summary.json under "static", so the report can set static pruning beside p
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,13 +13,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, run_folder_of, write_problems
 from ..data.sources import load_run_data
 from ..errors import UserError
 from ..evaluation.evaluate import extract
 from ..evaluation.knn import knn_top1
 from ..evaluation.probe import linear_probe
-from ..evaluation.runs import restore_objective
+from ..evaluation.runs import read_summary, restore_objective
 from ..factory import select_device
 from ..models.resnet import BackboneOutput
 from ..names import parse_subnet
@@ -116,6 +115,8 @@ def export(
     """Write the export; returns what was measured (and, for static, recorded in the run's summary)."""
     log = log or (lambda message: print(message, file=sys.stderr))
     problems = check_request(subnet, fmt, out, keep_rate, macs_ratio, channel_multiple)
+    if not problems:  # never over the checkpoint it reads, nor over a file a run needs
+        problems = write_problems("--out", out, reads=(checkpoint,))
     if problems:
         raise UserError("\n".join(problems))
     state = load_checkpoint(checkpoint)
@@ -174,7 +175,7 @@ def export(
     else:
         write_state_dict(Path(out), torchvision_state_dict(backbone.cpu()))
     if subnet == "static":
-        record_static(Path(checkpoint), result)
+        record_static(Path(checkpoint), result, log)
     return result
 
 
@@ -199,11 +200,16 @@ def measure(net: PlainResNet, splits, device: torch.device, cfg, probe: bool) ->
     return measured
 
 
-def record_static(checkpoint: Path, result: dict) -> None:
-    """The latest static export goes under "static" in RUN/summary.json (when the run has one)."""
-    summary_path = checkpoint.resolve().parent.parent / "summary.json"
-    if not summary_path.exists():
+def record_static(checkpoint: Path, result: dict, log=None) -> None:
+    """The latest static export goes under "static" in RUN/summary.json (when the checkpoint is a run's and the run has one)."""
+    run = run_folder_of(checkpoint)
+    if run is None or not (run / "summary.json").exists():
         return
-    summary = json.loads(summary_path.read_text())
+    summary = read_summary(run / "summary.json")
+    if summary is None:
+        (log or print)(
+            f"warning: {run / 'summary.json'} is unreadable; the static export is not recorded in it (`gatedssl eval` writes it)"
+        )
+        return
     summary["static"] = result
-    write_summary(summary_path, summary)
+    write_summary(run / "summary.json", summary)

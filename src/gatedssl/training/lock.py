@@ -64,10 +64,14 @@ class RunLock:
             return None
         if self.job["job"] is not None and held.get("job") == self.job["job"] and held.get("attempt") != self.job["attempt"]:
             return None  # an earlier attempt of this same job: ended before this one began
-        age = time.time() - float(held.get("heartbeat", 0))
+        try:
+            age = time.time() - float(held.get("heartbeat", 0))
+            pid = int(held.get("pid", -1))
+        except (TypeError, ValueError, OverflowError):  # a lock gatedssl did not write whole: no live run renews it
+            return None
         if age > self.stale_s:
             return None
-        if held.get("host") == self.me["host"] and not _alive(int(held.get("pid", -1))):
+        if held.get("host") == self.me["host"] and not _alive(pid):
             return None
         return {**held, "age": age}
 
@@ -103,7 +107,8 @@ class RunLock:
         if self._thread is not None:
             self._thread.join()
         try:
-            if {k: json.loads(self.path.read_text()).get(k) for k in self.me} == self.me:
+            held = json.loads(self.path.read_text())
+            if isinstance(held, dict) and {k: held.get(k) for k in self.me} == self.me:
                 self.path.unlink()
             if self.created and not any(self.path.parent.iterdir()):  # a run that failed before writing anything leaves no folder
                 self.path.parent.rmdir()

@@ -27,7 +27,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .. import __version__, distributed
-from ..checkpoint import atomic_write, first_mismatch, load_latest, rng_state, save_run_checkpoint, set_rng_state
+from ..checkpoint import (
+    atomic_write,
+    first_mismatch,
+    is_checkpoint_name,
+    load_latest,
+    rng_state,
+    save_run_checkpoint,
+    set_rng_state,
+    trained_epochs,
+)
 from ..config import PretrainConfig, load_stored, resolve, save_yaml, upgrade_stored, validate, warmup_steps
 from ..data.augment import recipe
 from ..data.pipelines import make_views
@@ -83,14 +92,15 @@ def run_folder_problems(paths: RunPaths, resume: bool, overwrite: bool) -> list[
             f"stop it first, or wait: a lock whose heartbeat stops for {STALE_S:.0f} s is taken over"
         ]
     if resume:
-        has_checkpoint = paths.checkpoints.is_dir() and any(paths.checkpoints.glob("*.pt"))
-        return [] if has_checkpoint else [f"--resume: no checkpoint in {paths.checkpoints}; start the run without --resume"]
+        return [] if has_checkpoint(paths) else [f"--resume: no checkpoint in {paths.checkpoints}; start the run without --resume"]
     if overwrite or not paths.root.exists():
         return []
-    if paths.summary.exists():
+    if training_finished(paths):
         return [f"{paths.root} already holds a finished run; choose another --out or pass --overwrite"]
-    if paths.checkpoints.is_dir() and any(paths.checkpoints.glob("*.pt")):
+    if has_checkpoint(paths):
         return [f"{paths.root} holds an unfinished run; pass --resume to continue it or --overwrite to start again"]
+    if paths.summary.exists():
+        return [f"{paths.root} already holds a run's summary.json; choose another --out or pass --overwrite"]
     return []
 
 
@@ -111,18 +121,54 @@ def storage_problems(cfg: PretrainConfig) -> list[str]:
     return []
 
 
-def with_run_settings(cfg: PretrainConfig) -> PretrainConfig:
-    """On --resume, settings left unset take the run's own values, not today's defaults: a run written
-    before a default changed (gatedssl 0.1.0's runs have no recipe) continues as it began."""
+def with_run_settings(cfg: PretrainConfig, given: set[str] | None = None) -> PretrainConfig:
+    """On --resume, settings the user did not give take the run's own values, not today's defaults: a run
+    continues as it began (also one written before a default changed: gatedssl 0.1.0's runs have no recipe).
+    given: the settings given on the command line (or --config); None (the API): those that are not None."""
     stored = load_stored(resolve(cfg).out)
     if stored is None:
         return cfg
     values = cfg.to_dict()
-    return PretrainConfig(**{k: stored[k] if v is None and k in stored else v for k, v in values.items()})
+    unset = {k for k, v in values.items() if v is None} if given is None else set(values) - set(given) - {"out"}
+    return PretrainConfig(**{k: stored[k] if k in unset and k in stored else v for k, v in values.items()})
+
+
+def given_differ(cfg: PretrainConfig, given: set[str]) -> list[str]:
+    """--resume with a setting given that differs from the run's own: one problem naming them all."""
+    stored = load_stored(cfg.out)
+    if stored is None:
+        return []
+    values = cfg.to_dict()
+    changed = sorted(k for k in given if k not in _MAY_CHANGE_ON_RESUME and k in stored and stored[k] != values.get(k))
+    if not changed:
+        return []
+    named = "; ".join(f"--{k.replace('_', '-')} {values[k]} (the run has {stored[k]})" for k in changed)
+    return [
+        f"--resume: the settings differ from the run's own: {named}; drop them to continue the run with its own settings, "
+        f"or start a new run (another --out, or --overwrite)"
+    ]
 
 
 def has_checkpoint(paths: RunPaths) -> bool:
-    return paths.checkpoints.is_dir() and any(paths.checkpoints.glob("*.pt"))
+    return paths.checkpoints.is_dir() and any(p.name == "last.pt" or p.name.startswith("step_") for p in paths.checkpoints.glob("*.pt"))
+
+
+def training_finished(paths: RunPaths) -> bool:
+    """The training ended: the newest readable checkpoint holds every epoch. Not "summary.json exists": `gatedssl eval`
+    writes one for any checkpoint, also of a run stopped half-way."""
+    done = trained_epochs(paths.checkpoints)
+    return done is not None and done[0] >= done[1]
+
+
+def finished_summary(paths: RunPaths) -> dict | None:
+    """A finished run's summary; None if the training did not finish or its summary is unreadable (its end is then done again)."""
+    if not training_finished(paths):
+        return None
+    try:
+        summary = json.loads(paths.summary.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def resume_wanted(cfg: PretrainConfig, resume: bool | str) -> bool:
@@ -130,23 +176,27 @@ def resume_wanted(cfg: PretrainConfig, resume: bool | str) -> bool:
     if resume != "auto":
         return bool(resume)
     paths = RunPaths(Path(resolve(cfg).out))
-    return has_checkpoint(paths) and not paths.summary.exists()
+    return has_checkpoint(paths) and finished_summary(paths) is None
 
 
 def finished_already(cfg: PretrainConfig, resume: bool | str) -> bool:
     """--resume auto on a finished run: nothing to do (a requeue after the end)."""
-    return resume == "auto" and RunPaths(Path(resolve(cfg).out)).summary.exists()
+    return resume == "auto" and finished_summary(RunPaths(Path(resolve(cfg).out))) is not None
 
 
-def preflight(cfg: PretrainConfig, resume: bool | str, overwrite: bool) -> PretrainConfig:
-    """Every check that needs no data or compute, all problems reported at once."""
+def preflight(cfg: PretrainConfig, resume: bool | str, overwrite: bool, given: set[str] | None = None) -> PretrainConfig:
+    """Every check that needs no data or compute, all problems reported at once.
+
+    given: the settings the user gave (the CLI's flags and --config); on --resume the others are the run's own."""
     if finished_already(cfg, resume):
-        return resolve(with_run_settings(cfg))
+        return resolve(with_run_settings(cfg, given))
     auto, resume = resume == "auto", resume_wanted(cfg, resume)
     if resume or auto:
-        cfg = with_run_settings(cfg)
+        cfg = with_run_settings(cfg, given if resume else None)
     cfg = resolve(cfg)
     problems = validate(cfg)
+    if not problems and resume and given is not None:
+        problems = given_differ(cfg, given)
     if not problems:
         problems = run_folder_problems(RunPaths(Path(cfg.out)), resume, overwrite) + storage_problems(cfg)
     if problems:
@@ -172,19 +222,33 @@ def _newest(paths: RunPaths) -> str | None:
     return names[-1] if names else None
 
 
+def _records(path: Path) -> list[dict]:
+    """The JSON-object lines of a .jsonl file gatedssl appends to; a torn line (a crash mid-write) or garbage is skipped:
+    a requeue after a crash is exactly when one is there."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def repeated_failure_problem(paths: RunPaths) -> None:
     """--resume auto stops a run whose last two attempts failed the same way (the same error, from the same
     checkpoint, which is still the newest): under torchrun --max-restarts or a requeue loop, a third attempt
     would only fail again. A run that got further since (a fix, then a checkpoint) is tried again."""
-    try:
-        lines = paths.failures.read_text().splitlines()[-2:]
-    except OSError:
-        return
-    last = [json.loads(line) for line in lines if line.strip()]
+    last = _records(paths.failures)[-2:]
     same = len(last) == 2 and all(last[0].get(k) == last[1].get(k) for k in ("exit_code", "error", "from"))
     if same and last[1].get("from") == _newest(paths):
         raise UserError(
-            f"--resume auto: the last two attempts failed the same way ({last[1]['error'][:200]}); not trying again. "
+            f"--resume auto: the last two attempts failed the same way ({str(last[1].get('error'))[:200]}); not trying again. "
             f"Fix the cause, then resume (the attempts are in {paths.failures})"
         )
 
@@ -384,9 +448,10 @@ def _pretrain(cfg: PretrainConfig, resume: bool | str, overwrite: bool, on_epoch
     log = (log or (lambda message: print(message, file=sys.stderr))) if main else (lambda message: None)
     cfg = preflight(cfg, resume, overwrite)
     paths = RunPaths(Path(cfg.out))
-    if finished_already(cfg, resume):
+    summary = finished_summary(paths) if resume == "auto" else None
+    if summary is not None:
         log(f"--resume auto: {paths.root} holds a finished run; nothing to do")
-        return json.loads(paths.summary.read_text())
+        return summary
     resume = resume_wanted(cfg, resume)
     distributed.barrier()  # every rank has read the folder before rank 0 takes it and changes it
     with RunLock(paths.root) if main else contextlib.nullcontext():
@@ -445,10 +510,8 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
     else:
         state = TrainState(pretraining=pretraining)
         if me.is_main:
-            if overwrite and paths.checkpoints.is_dir():
-                shutil.rmtree(paths.checkpoints)
             if overwrite:
-                paths.failures.unlink(missing_ok=True)  # an earlier run's attempts are not this one's
+                remove_own_files(paths)
             paths.checkpoints.mkdir(parents=True, exist_ok=True)
             for stale in (paths.metrics, paths.summary):
                 stale.unlink(missing_ok=True)
@@ -688,12 +751,24 @@ def _epoch_record(epoch: int, sums: dict, steps: int, seconds: float, batch_size
     return record
 
 
+def remove_own_files(paths: RunPaths) -> None:
+    """--overwrite removes what gatedssl wrote into the run folder, and nothing else: a file of the user's own stays."""
+    if paths.checkpoints.is_dir():
+        for path in paths.checkpoints.iterdir():
+            if path.is_file() and is_checkpoint_name(path.name):
+                path.unlink()
+    for path in (paths.metrics, paths.summary, paths.failures, paths.root / "curves.png"):
+        path.unlink(missing_ok=True)  # an earlier run's attempts and results are not this one's
+    for path in (paths.root / "tb").glob("events.out.tfevents.*"):
+        path.unlink()
+
+
 def _truncate_metrics(path: Path, epochs_kept: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (they will be trained again)."""
+    """Keep the metric lines of the epochs the checkpoint holds (later ones will be trained again); a torn or garbage line goes."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epochs_kept]
-    atomic_write(path, lambda fh: fh.write("".join(line + "\n" for line in lines).encode()))
+    kept = [r for r in _records(path) if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs_kept]
+    atomic_write(path, lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
 
 
 def _tensorboard(log_dir: Path):
