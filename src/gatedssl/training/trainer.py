@@ -51,6 +51,7 @@ from ..precision import autocast, grad_scaler
 from ..reporting.curves import plot_training_curves
 from ..summary import make_summary, write_summary
 from .compute import StepCost, mask_flops, step_cost
+from .guards import LossGuard
 from .init_from import load_pretrained
 from .lock import STALE_S, RunLock
 from .optim import build_optimizer, warmup_cosine
@@ -303,6 +304,7 @@ class TrainState:
     executed_flops: float = 0.0  # what the hardware did (gatedssl.training.compute)
     mask_flops: float = 0.0  # what the masks imply
     pretraining: dict | None = None  # posthoc: the source run's training compute
+    loss_reference: float | None = None  # the run's first loss: the loss guard's yardstick (gatedssl.training.guards)
 
     def state_dict(self) -> dict:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -386,35 +388,21 @@ class Checkpointer:
         return state
 
 
-class NonFiniteWatch:
-    """Finds an epoch's first non-finite loss without a host sync per step, and names the objective's terms at it."""
-
-    def __init__(self, device: torch.device, paths: RunPaths):
-        self.first_bad = torch.full((), -1, device=device)
-        self.terms: dict[str, torch.Tensor] = {}  # whatever scalar terms the objective returns
-        self.paths = paths
-
-    def observe(self, step: int, terms: dict[str, torch.Tensor]) -> None:
-        new_bad = (self.first_bad < 0) & ~torch.isfinite(terms["loss"])
-        self.first_bad = torch.where(new_bad, step, self.first_bad)
-        for key, value in terms.items():
-            if key != "loss" and value.ndim == 0:
-                self.terms[key] = torch.where(new_bad, value, self.terms.get(key, torch.zeros_like(value)))
-
-    def check(self, epoch: int) -> None:
-        """One host read: stop on the first non-finite loss, naming the step and the terms."""
-        step = int(self.first_bad.item())
-        (anywhere,) = distributed.agree(step >= 0)  # every rank stops, or none
-        if anywhere and step < 0:
-            raise RunStopped(f"non-finite loss on another rank at epoch {epoch + 1}; stopped without saving this epoch", EXIT_NONFINITE)
-        if step >= 0:
-            named = ", ".join(f"{key}={value.item():.4g}" for key, value in self.terms.items())
-            raise RunStopped(
-                f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({named}); "
-                f"stopped without saving this epoch; the last good checkpoint is kept in {self.paths.checkpoints} "
-                f"(lower --lr, or --skip-nonfinite N to skip such batches)",
-                EXIT_NONFINITE,
-            )
+def stop_on_bad_loss(guard: LossGuard, state: TrainState, epoch: int, cfg: PretrainConfig, paths: RunPaths, warmup: int) -> None:
+    """Before a checkpoint and at every epoch end (one host read): keep the guard's yardstick in the state, and stop
+    every rank if any rank's loss exploded or stopped being finite, saying what to change."""
+    state.loss_reference = guard.reference_value()
+    problem = guard.problem(epoch)
+    (anywhere,) = distributed.agree(problem is not None)  # every rank stops, or none
+    if anywhere and problem is None:
+        raise RunStopped(f"the loss diverged on another rank at epoch {epoch + 1}; stopped without saving this epoch", EXIT_NONFINITE)
+    if problem is not None:
+        raise RunStopped(
+            f"{problem}; stopped without saving this epoch; the last good checkpoint is kept in {paths.checkpoints}. "
+            f"The run diverged: lower --lr (now {cfg.lr:g} per 256 images) or lengthen the warm-up (--warmup-epochs; now {warmup} steps)"
+            + ("" if cfg.skip_nonfinite else ", or skip rare bad batches with --skip-nonfinite N"),
+            EXIT_NONFINITE,
+        )
 
 
 def pretrain(
@@ -541,13 +529,14 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
     )
     objective.train()
     skipped, last_save, stopping, signal_name = 0, time.monotonic(), False, ""
+    guard, warmup = LossGuard(device, state.loss_reference), warmup_steps(cfg, steps_per_epoch)
     with StopSignals() as stop:
         for epoch in range(state.epoch, cfg.epochs):
             t0 = time.perf_counter()
             gates_on = epoch >= cfg.gate_warmup_epochs
             if state.step == 0 or state.order is None:
                 state.order, state.sums = views.new_order(), {}
-            watch = NonFiniteWatch(device, paths)
+            guard.new_epoch()
             for step, (x1, x2) in enumerate(views.epoch(state.order, state.step), start=state.step):
                 terms = train_step(
                     model,
@@ -572,24 +561,29 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
                             EXIT_NONFINITE,
                         )
                 else:
-                    watch.observe(step, terms)
+                    guard.observe(step, terms)
                     for key, value in terms.items():
                         state.sums[key] = state.sums.get(key, 0) + value
                 bar.update(cfg.batch_size)
                 if on_step_end is not None:
                     on_step_end(epoch, step)
                 # every rank stops or saves at the same step: a signal to any rank, a due time on any clock
-                stopping, due = distributed.agree(
-                    stop.received is not None, bool(cfg.checkpoint_minutes) and time.monotonic() - last_save > 60 * cfg.checkpoint_minutes
+                # and a loss that exploded on any rank stops them all at once, not at the epoch's end
+                stopping, due, diverged = distributed.agree(
+                    stop.received is not None,
+                    bool(cfg.checkpoint_minutes) and time.monotonic() - last_save > 60 * cfg.checkpoint_minutes,
+                    guard.tripped(),
                 )
+                if diverged:
+                    stop_on_bad_loss(guard, state, epoch, cfg, paths, warmup)
                 signal_name = stop.received or "a signal to another rank"
                 if due and step + 1 < steps_per_epoch:
-                    watch.check(epoch)  # a preempted long epoch loses at most this long
+                    stop_on_bad_loss(guard, state, epoch, cfg, paths, warmup)  # a preempted long epoch loses at most this long
                     elapsed = time.perf_counter() - t0
                     checkpoints.save(dataclasses.replace(state, epoch=epoch, step=step + 1, train_seconds=state.train_seconds + elapsed))
                     last_save = time.monotonic()
                 if stopping and step + 1 < steps_per_epoch:
-                    watch.check(epoch)
+                    stop_on_bad_loss(guard, state, epoch, cfg, paths, warmup)
                     state.train_seconds += time.perf_counter() - t0
                     state.epoch, state.step = epoch, step + 1
                     saved = checkpoints.save(state)
@@ -599,7 +593,7 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
                         f"stopped by {signal_name} at epoch {epoch + 1}, step {step + 1}; checkpoint {saved} written; continue with --resume",
                         EXIT_SIGNAL,
                     )
-            watch.check(epoch)
+            stop_on_bad_loss(guard, state, epoch, cfg, paths, warmup)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
