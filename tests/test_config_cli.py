@@ -48,9 +48,9 @@ def test_validate_reports_every_problem_at_once():
 
 
 def test_validate_catches_wrong_types_and_choices():
-    problems = validate(resolve(PretrainConfig(method="moco", width="wide")))
+    problems = validate(PretrainConfig(method="moco", width="wide"))
     assert any("method" in p and "moco" in p for p in problems)
-    assert any("width" in p and "expected int" in p for p in problems)
+    assert any("width" in p and "expected an integer" in p for p in problems)
 
 
 def test_yaml_then_flags(tmp_path):
@@ -133,3 +133,127 @@ def test_shipped_configs_load_by_name(tmp_path, capsys):
     assert (cfg.dataset, cfg.width, cfg.budget) == ("cifar10", 64, 0.3)
     code, _, err = run_cli(capsys, "pretrain", "--config", "cifar11")
     assert_one_clear_line(code, err, "cifar11", "cifar10, cifar100")
+
+
+@pytest.mark.parametrize(
+    "text,needles",
+    [
+        ("1: 2\n", ["key(s) 1", "not setting names"]),
+        ("null: 1\n", ["key(s) null", "not setting names"]),
+        ("budget: 0.3\n[a]: 1\n", ["not valid YAML", "unhashable key", "line 2"]),
+        ("blur_p: 0.1\n", ["blur_p", "2 numbers, got 1"]),
+        ("epochs: ten\n", ["epochs", "expected an integer", "'ten'"]),
+        ("crop_size: abc\ndataset: imagefolder\n", ["crop_size", "expected an integer"]),  # was a TypeError in resolve()
+        ("optimizer: [lars]\n", ["optimizer", "expected text"]),  # was unhashable in resolve()
+        ("budget: half\n", ["budget", "expected a number"]),  # was a format error naming the run folder
+        ("mode: slimmable\nwidths: [a]\n", ["widths", "a list of numbers"]),
+        ("seed: " + "9" * 40 + "\n", ["seed", "expected an integer"]),
+        ("budget: " + "9" * 5000 + "\n", ["cannot be read", "digits"]),  # beyond Python's int-to-text limit
+    ],
+)
+def test_yaml_of_the_wrong_shape_gets_one_clear_line(tmp_path, capsys, text, needles):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    code, _, err = run_cli(capsys, "pretrain", "--config", str(path), "--out", str(tmp_path / "run"))
+    assert_one_clear_line(code, err, *needles)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("lr: 1e-1\n", {"lr": 0.1}),  # YAML 1.1 reads 1e-1 as text: the user means a number
+        ("lr: '0.5'\nepochs: '3'\n", {"lr": 0.5, "epochs": 3}),
+        ("mode: slimmable\nwidths: 0.5\n", {"widths": [1.0, 0.5]}),  # one number where a list is expected: a list of one
+        ("blur_p: [0, 2e-1]\n", {"blur_p": [0.0, 0.2]}),
+    ],
+)
+def test_yaml_values_are_read_as_meant(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    cfg = resolve(config_from_args(build_parser().parse_args(["pretrain", "--config", str(path)])))
+    assert not validate(cfg)
+    assert {k: getattr(cfg, k) for k in expected} == expected
+
+
+def test_a_config_that_is_not_utf8_or_is_a_folder_is_named(tmp_path, capsys):
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("method: vicreg # réglages\n".encode("latin-1"))
+    code, _, err = run_cli(capsys, "pretrain", "--config", str(latin))
+    assert_one_clear_line(code, err, str(latin), "not UTF-8")
+    code, _, err = run_cli(capsys, "pretrain", "--config", str(tmp_path))
+    assert_one_clear_line(code, err, str(tmp_path), "is a folder")
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("width", [8]),
+        ("method", {"a": 1}),
+        ("epochs", 10**400),
+        ("lr", 10**400),
+        ("lr", True),
+        ("separate_bn", "yes"),
+        ("blur_p", [0.1, None]),
+        ("out", "a\x00b"),
+        ("crop_size", 2.5),
+    ],
+    ids=[
+        "list-for-int",
+        "dict-for-str",
+        "huge-int",
+        "huge-int-for-float",
+        "bool-for-float",
+        "str-for-bool",
+        "none-in-list",
+        "nul",
+        "float-for-int",
+    ],
+)
+def test_resolve_and_validate_name_a_value_of_any_type(name, value):
+    """resolve() looks defaults up by these values: a wrong type must be a line, never a TypeError there."""
+    cfg = dataclasses.replace(PretrainConfig(), **{name: value})
+    assert any(p.startswith(f"{name}: expected") for p in validate(cfg))
+    with pytest.raises(UserError, match=f"^{name}: expected"):
+        resolve(cfg)
+
+
+def test_data_dir_without_a_dataset_is_an_error(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "pretrain", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert_one_clear_line(code, err, "data_dir", str(tmp_path), "--dataset imagefolder")
+    assert not (tmp_path / "run").exists()
+
+
+def test_widths_are_what_their_names_say():
+    """0.3333333 is named width0.333333: a width is found by its name, so it must be that number (and 0.9999999 is dense)."""
+    cfg = resolve(PretrainConfig(mode="slimmable", widths=[0.3333333, 0.33333333, 0.9999999]))
+    assert cfg.widths == [1.0, 0.333333]
+
+
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (["--dataset", "imagefolder", "--crop-size", "1"], ["crop_size", "1 px", "--crop-size 7"]),
+        (["--dataset", "imagefolder", "--crop-size", "8", "--stem-padding", "1"], ["crop_size", "--crop-size 9"]),
+        (["--dataset", "imagefolder", "--crop-size", "32", "--stem", "imagenet"], ["crop_size", "--crop-size 33"]),
+        (["--stem", "imagenet"], ["stem", "embedded's 32 px", "--stem cifar"]),
+    ],
+)
+def test_crops_too_small_for_the_network_are_named(tmp_path, capsys, argv, needles):
+    code, _, err = run_cli(capsys, "pretrain", *argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
+    if "--dataset" not in argv:
+        code, _, err = run_cli(capsys, "pretrain", *argv, "--out", str(tmp_path / "run"))
+    assert_one_clear_line(code, err, *needles)
+
+
+def test_the_smallest_crops_pass():
+    from gatedssl.config import last_map_side
+
+    for stem, padding, smallest in (("cifar", 2, 7), ("cifar", 1, 9), ("imagenet", 2, 33)):
+        assert last_map_side(smallest, stem, padding) == 2 and last_map_side(smallest - 1, stem, padding) == 1
+
+
+def test_one_image_per_rank_is_an_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_cli(capsys, "pretrain", "--batch-size", "2", "--out", str(tmp_path / "run"))
+    assert_one_clear_line(code, err, "batch_size", "1 image per rank", "--batch-size 4")
+    assert not validate(resolve(PretrainConfig(batch_size=4)))

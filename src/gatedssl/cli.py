@@ -389,8 +389,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    args = None
     try:
+        parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
@@ -409,20 +410,78 @@ def main(argv: list[str] | None = None) -> int:
         if _main_rank():  # a stop is agreed by every rank (gatedssl.distributed.agree): one says it
             print(str(exc), file=sys.stderr)
         return exc.exit_code
-    except RuntimeError as exc:
-        from .distributed import lost_contact
-
-        if not lost_contact(exc):
-            raise
-        if _main_rank() and "TORCHELASTIC_RUN_ID" not in os.environ:  # under torchrun its summary names the rank that failed
-            print(
-                f"error: lost contact with another rank ({str(exc).splitlines()[0][:160]}); its own message, or torchrun's summary, says why",
-                file=sys.stderr,
-            )
-        return 1
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if _lost_rank(exc):
+            if _main_rank() and "TORCHELASTIC_RUN_ID" not in os.environ:  # under torchrun its summary names the rank that failed
+                print(
+                    f"error: lost contact with another rank ({str(exc).splitlines()[0][:160]}); its own message, or torchrun's summary, says why",
+                    file=sys.stderr,
+                )
+            return 1
+        return _crash(exc, args, argv)
+
+
+def _lost_rank(exc: Exception) -> bool:
+    """A collective that failed because another rank is gone (torch is only imported under torchrun)."""
+    if not isinstance(exc, RuntimeError) or os.environ.get("WORLD_SIZE", "1") == "1":
+        return False
+    from .distributed import lost_contact
+
+    return lost_contact(exc)
+
+
+def _crash(exc: Exception, args: argparse.Namespace | None, argv: list[str] | None) -> int:
+    """The net under every command: an exception no check foresaw is a bug. One line says so and where the full
+    traceback is (RUN/crash.log when the run folder exists, else a temporary file), exit code 1."""
+    import tempfile
+    import traceback
+
+    rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
+    text = (
+        f"gatedssl {__version__}, Python {sys.version.split()[0]}, rank {rank}\n"
+        f"command: gatedssl {' '.join(sys.argv[1:] if argv is None else argv)}\n\n"
+        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    )
+    written = None
+    folder = _crash_folder(args)
+    if folder is not None:
+        try:
+            written = folder / ("crash.log" if rank == "0" else f"crash-rank{rank}.log")
+            written.write_text(text)
+        except OSError:
+            written = None
+    if written is None:
+        try:
+            handle, name = tempfile.mkstemp(prefix="gatedssl-crash-", suffix=".log")
+            with os.fdopen(handle, "w") as fh:
+                fh.write(text)
+            written = Path(name)
+        except OSError:
+            written = None
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    prefix = "error: " if rank == "0" else f"error (rank {rank}): "
+    where = f"the full traceback is in {written}" if written else "the traceback follows (no file could be written)"
+    print(f"{prefix}gatedssl {__version__} hit a bug ({what}); {where}; please report it", file=sys.stderr)
+    if written is None:
+        print(text, file=sys.stderr)
+    return 1
+
+
+def _crash_folder(args: argparse.Namespace | None) -> Path | None:
+    """The run folder a crash log belongs in: pretrain's resolved --out, if it exists."""
+    if args is None or getattr(args, "command", None) != "pretrain":
+        return None
+    try:
+        from .config import resolve
+
+        out = Path(resolve(config_from_args(args)).out)
+    except Exception:  # the settings themselves may be what failed
+        return None
+    return out if out.is_dir() else None
 
 
 if __name__ == "__main__":

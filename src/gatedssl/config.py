@@ -261,7 +261,12 @@ def size_blur(crop_size: int) -> list[float]:
 
 
 def resolve(cfg: PretrainConfig) -> PretrainConfig:
-    """Fill the sizes and the recipe's choices (settings left as None). Returns a new config."""
+    """Fill the sizes and the recipe's choices (settings left as None). Returns a new config.
+
+    Raises UserError for settings of the wrong type: the defaults are looked up by them."""
+    problems = type_problems(cfg)
+    if problems:
+        raise UserError("\n".join(problems))
     values = cfg.to_dict()
     if values["recipe"] is None:
         values["recipe"] = default_recipe(cfg.dataset)
@@ -282,7 +287,7 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
         values["epochs"] = max(1, round(POSTHOC_EPOCH_SHARE * values["epochs"]))
     if cfg.mode == "slimmable" and values["widths"] != []:  # an empty list stays empty: validate() names it
         values["widths"] = sorted(
-            {1.0, *[float(w) for w in (DEFAULT_WIDTHS if values["widths"] is None else values["widths"])]}, reverse=True
+            {1.0, *[canonical_width(w) for w in (DEFAULT_WIDTHS if values["widths"] is None else values["widths"])]}, reverse=True
         )
     if values["out"] is None:
         values["out"] = str(Path("runs") / default_run_name(values))
@@ -290,6 +295,15 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
 
 
 DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
+
+
+def canonical_width(width: float) -> float:
+    """The width its sub-network's name says (width0.333333 for 0.3333333): the name is how a width's BN set,
+    checkpoints and reports find it, so two widths of one name are one width (and 0.9999999 is the dense network)."""
+    width = float(width)
+    return float(f"{width:g}") if math.isfinite(width) else width
+
+
 POSTHOC_EPOCH_SHARE = 0.2  # post-hoc gating trains a fifth of the dataset's pretraining epochs (embedded: 3, others: 100)
 
 
@@ -308,6 +322,9 @@ def default_run_name(v: dict[str, Any]) -> str:
     return f"{v['dataset']}-{v['arch']}-w{v['width']}-{v['method']}-{v['mode']}-b{v['budget']:g}-s{v['seed']}"
 
 
+_INT64 = 2**63  # what torch (seeds, sizes) can hold; a float field's int must also convert to a float
+
+
 def _type_ok(value: Any, annotation: str) -> bool:
     base = annotation.replace(" | None", "")
     if value is None:
@@ -315,21 +332,41 @@ def _type_ok(value: Any, annotation: str) -> bool:
     if base == "bool":
         return isinstance(value, bool)
     if base == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and -_INT64 < value < _INT64
     if base == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and -_INT64 < value < _INT64)
     if base == "list[float]":
         return isinstance(value, (list, tuple)) and all(_type_ok(v, "float") for v in value)
-    return isinstance(value, str)
+    return isinstance(value, str) and "\x00" not in value
+
+
+def _show(value: Any) -> str:
+    """A value for an error line: short, and never an exception (Python refuses to print ints of over 4,300 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = "a number of over 4,300 digits"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def type_problems(cfg: PretrainConfig) -> list[str]:
+    """One line per setting of the wrong type (or a number out of any sensible range): resolve() and validate() need typed values."""
+    problems = []
+    for f in fields(cfg):
+        value, annotation = getattr(cfg, f.name), str(f.type)
+        if not _type_ok(value, annotation):
+            kind = annotation.replace(" | None", "").replace("list[float]", "a list of numbers").replace("str", "text")
+            kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(kind, kind)
+            problems.append(f"{f.name}: expected {kind}, got {_show(value)}")
+    return problems
 
 
 def validate(cfg: PretrainConfig) -> list[str]:
     """Every problem with the settings, one line each (empty when all is well)."""
-    problems = []
+    problems = type_problems(cfg)
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        if not _type_ok(value, str(f.type)):
-            problems.append(f"{f.name}: expected {str(f.type).replace(' | None', '')}, got {value!r}")
+        if any(p.startswith(f"{f.name}: ") for p in problems):
             continue
         choices, nargs = f.metadata.get("choices"), f.metadata.get("nargs")
         if choices and value is not None and value not in choices:
@@ -414,6 +451,11 @@ def validate(cfg: PretrainConfig) -> list[str]:
             f"batch_size: {cfg.batch_size} (the global batch) does not divide by the {world} ranks torchrun started; "
             f"use a multiple of {world}, e.g. {max(world, cfg.batch_size // world * world)}",
         )
+        check(
+            cfg.batch_size < 2 or cfg.batch_size % world or cfg.batch_size // world >= 2,
+            f"batch_size: {cfg.batch_size} over the {world} ranks torchrun started is {cfg.batch_size // world} image per rank; "
+            f"BatchNorm and the losses need at least 2 on each: use --batch-size {2 * world} or more",
+        )
     check(
         world == 1 or cfg.data_pipeline == "device",
         "data_pipeline: --data-pipeline loader is the single-process baseline; under torchrun use the device pipeline (the default)",
@@ -426,6 +468,12 @@ def validate(cfg: PretrainConfig) -> list[str]:
         cfg.crop_size is None or cfg.dataset == "imagefolder",
         f"crop_size: applies to --dataset imagefolder; {cfg.dataset} has a fixed size",
     )
+    check(
+        cfg.data_dir is None or cfg.dataset != "embedded",
+        f"data_dir: the embedded dataset ships with gatedssl and reads no folder; to train on {cfg.data_dir} add "
+        "--dataset imagefolder (class folders; or cifar10, cifar100, stl10 for torchvision's files)",
+    )
+    problems += crop_problems(cfg)
     check(
         cfg.storage != "stream" or cfg.dataset != "embedded",
         "storage: the embedded dataset is held in memory; --storage stream reads image folders (--dataset imagefolder)",
@@ -448,6 +496,30 @@ def validate(cfg: PretrainConfig) -> list[str]:
     return problems
 
 
+def last_map_side(crop_size: int, stem: str, stem_padding: int) -> int:
+    """Side of the last stage's feature map: the stem (cifar: 3x3 conv, stride 1; imagenet: 7x7/2 conv and a
+    3x3/2 max-pool), then three stride-2 stages, each rounding up."""
+    side = crop_size + 2 * stem_padding - 2 if stem == "cifar" else -(-crop_size // 4)
+    for _ in range(3):
+        side = -(-side // 2)
+    return side
+
+
+def crop_problems(cfg: PretrainConfig) -> list[str]:
+    """The images must leave the last stage at least a 2x2 map: at 1x1 a single image has one value per channel,
+    which BatchNorm cannot normalise in training (the MACs are counted on one image)."""
+    if cfg.stem is None or (cfg.stem == "cifar" and cfg.stem_padding is None):
+        return []  # not resolved yet
+    crop, padding = cfg.crop_size or CROP_SIZES.get(cfg.dataset, 224), cfg.stem_padding or 1
+    if crop < 1 or last_map_side(crop, cfg.stem, padding) >= 2:
+        return []
+    smallest = next(n for n in range(1, 1000) if last_map_side(n, cfg.stem, padding) >= 2)
+    stem = f"the {cfg.stem} stem" + (f" padded by {padding}" if cfg.stem == "cifar" else "")
+    if cfg.crop_size is None:
+        return [f"stem: {stem} shrinks {cfg.dataset}'s {crop} px images to a 1x1 map in the last stage; use --stem cifar"]
+    return [f"crop_size: {crop} px is too small for {stem} (a 1x1 map in the last stage); use --crop-size {smallest} or more"]
+
+
 SHIPPED_CONFIGS = Path(__file__).with_name("configs")  # the paper's runs: --config cifar10 | cifar100 | stl10 | imagenet100
 
 
@@ -456,26 +528,69 @@ def shipped_configs() -> list[str]:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config, a file or a shipped config's name; unknown keys are an error (a typo must not be silently ignored)."""
+    """Read a YAML config, a file or a shipped config's name; unknown keys are an error (a typo must not be silently ignored).
+
+    Values are read as a user means them: a number YAML 1.1 reads as text (`lr: 1e-1`) is a number, and one
+    number where a list is expected (`widths: 0.5`) a list of one; resolve() and validate() judge the rest."""
     if not os.path.exists(path) and str(path) in shipped_configs():
         path = SHIPPED_CONFIGS / f"{path}.yaml"
     try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
     except FileNotFoundError:
         raise UserError(
             f"config file {path} not found; give a YAML file or one of the shipped configs: {', '.join(shipped_configs())}"
         ) from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a folder; give the YAML file itself (e.g. {Path(path) / 'config.yaml'})") from None
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
+    except (ValueError, RecursionError) as exc:  # PyYAML's own limits, e.g. an integer of over 4,300 digits, nesting
+        raise UserError(f"config file {path} cannot be read: {str(exc).splitlines()[0][:200] or type(exc).__name__}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of setting: value")
-    known = {f.name for f in fields(PretrainConfig)}
+    names = {f.name: str(f.type).replace(" | None", "") for f in fields(PretrainConfig)}
+    not_names = [("null" if k is None else str(k).lower() if isinstance(k, bool) else _show(k)) for k in data if not isinstance(k, str)]
+    if not_names:
+        raise UserError(
+            f"config file {path}: key(s) {', '.join(not_names)} are not setting names; write `setting: value`, e.g. `budget: 0.3`"
+        )
     data = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - set(names))
     if unknown:
         raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}; see `gatedssl pretrain --help` for the settings")
-    return data
+    return {k: _as_meant(v, names[k]) for k, v in data.items()}
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's reason and where, in one line ("found unhashable key at line 1, column 1")."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if not problem:
+        return str(exc).splitlines()[0]
+    return f"{problem}" + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
+def _as_meant(value: Any, kind: str) -> Any:
+    """A YAML value as the setting's type means it, where that is unambiguous; anything else unchanged (validate names it)."""
+    if kind == "list[float]":
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        return [_as_meant(v, "float") for v in value] if isinstance(value, list) else value
+    if kind in ("float", "int") and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if kind == "float":
+            return number
+        return int(number) if number.is_integer() and abs(number) < _INT64 else value
+    return value
 
 
 def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
