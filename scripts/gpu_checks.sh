@@ -6,6 +6,8 @@
 #   scripts/gpu_checks.sh [quick|systems|ddp|all]   quick: throughput only (about 5 minutes);
 #   systems: every system of issue 12 on CIFAR-10 (B1, Dual, B2, slimmable, post-hoc; ${EPOCHS:-5} epochs each) and the widths' speed
 #   ddp: torchrun on every GPU of the machine against one process (images/s per device, scaling efficiency; issue 13)
+#   grid: short runs of the default recipe (2,000 CIFAR-10 images, epochs 1-10, widths 8/16/64, 4 modes, 3 seeds): none may
+#   explode (issue 20); about 180 short runs, so give it several 10-minute commands: finished cells are not rerun
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -31,6 +33,10 @@ if [ "${1:-all}" = ddp ]; then
   GPUS=$(nvidia-smi -L | wc -l)
   step ddp python benchmarks/distributed.py --device cuda --nproc "$GPUS" --dataset cifar10 --data-dir $DATA \
     --batch-size $((512 * GPUS)) --epochs 3 --limit-per-class 2000
+  exit 0
+fi
+if [ "${1:-all}" = grid ]; then
+  step grid python benchmarks/divergence_grid.py --data-dir $DATA --out "$OUT/grid" --device cuda --jobs 4 -- --limit-per-class 200
   exit 0
 fi
 if [ "${1:-all}" = systems ]; then

@@ -124,3 +124,13 @@ def test_distributed_benchmark_prints_one_process_ranks_and_efficiency():
     }
     assert all(v > 0 for v in figures.values())
     assert abs(figures["efficiency"] - figures["ranks"] / (2 * figures["alone"])) < 0.01
+
+
+def test_divergence_grid_runs_the_cli_and_counts_explosions(tmp_path):
+    """Two one-epoch runs of the real command (one fails on purpose: an lr of 1e6 must explode and be counted)."""
+    common = ["--dataset", "embedded", "--out", str(tmp_path), "--epochs", "1", "--widths", "8", "--modes", "dense", "--batch-size", "50"]
+    proc = run_benchmark("divergence_grid", [*common, "--seeds", "0", "--", "--limit-per-class", "20", "--proj-dim", "64"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exploded or non-finite: 0 of 1 runs" in proc.stdout and (tmp_path / "grid.png").stat().st_size > 0
+    proc = run_benchmark("divergence_grid", [*common, "--seeds", "1", "--", "--limit-per-class", "20", "--proj-dim", "64", "--lr", "1e6"])
+    assert "exploded or non-finite: 1 of 1 runs" in proc.stdout, proc.stdout[-2000:]

@@ -145,6 +145,8 @@ def test_bounds_move_once_per_epoch():
         ("40 epochs over 2,000 images at batch 128: a quarter of the run", 40, 15, 150),
         ("the embedded demo under the reference recipe", 16, 39, 156),
         ("a medium run: the 500-step floor", 100, 20, 500),
+        ("a user's first trial, 3 epochs over 2,000 images: warms up throughout", 3, 15, 150),
+        ("10 epochs over 2,000 images: a quarter would be 37 steps", 10, 15, 150),
     ],
 )
 def test_warmup_steps(run, epochs, steps_per_epoch, expected):
@@ -239,5 +241,5 @@ def test_cli_reference_run_records_every_choice(tmp_path, capsys):
         "gate_lr_scale": 1.0,
     }
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["recipe"], summary["stem_padding"], summary["warmup_steps"]) == ("reference", 2, 0)  # 3 steps: a quarter is 0
+    assert (summary["recipe"], summary["stem_padding"], summary["warmup_steps"]) == ("reference", 2, 150)  # 3 steps: all warm-up
     assert summary["dense"]["macs"] == 703_560_448

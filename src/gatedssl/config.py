@@ -307,15 +307,20 @@ def canonical_width(width: float) -> float:
 POSTHOC_EPOCH_SHARE = 0.2  # post-hoc gating trains a fifth of the dataset's pretraining epochs (embedded: 3, others: 100)
 
 
+MIN_WARMUP_STEPS = 150  # the fewest steps the lr takes to rise to its peak (BENCHMARKS.md, "Short runs of the default recipe")
+
+
 def warmup_steps(cfg: PretrainConfig, steps_per_epoch: int) -> int:
     """Linear warm-up length in steps: --warmup-epochs if set, else 10 epochs, at least 500 steps, at most a
-    quarter of the run. The reference's run gets its 10 epochs (970 steps); a short run gets enough steps for
-    LARS's early updates to settle (12 steps let a 40-epoch CIFAR subset run diverge), and keeps most of its
-    length for training."""
+    quarter of the run, and never fewer than MIN_WARMUP_STEPS. The reference's run gets its 10 epochs (970
+    steps). A fresh network cannot take the peak lr within a few dozen steps: a 45-step run warmed up in 11
+    diverged in 3 of 3 seeds, so a run shorter than 150 steps warms up throughout (its lr ends below the
+    peak, as the reference's own 10-epoch warm-up would leave it) and a longer one keeps most of its length
+    for training after the warm-up."""
     if cfg.warmup_epochs is not None:
         return round(cfg.warmup_epochs * steps_per_epoch)
     total = cfg.epochs * steps_per_epoch
-    return min(max(10 * steps_per_epoch, 500), total // 4)
+    return max(min(max(10 * steps_per_epoch, 500), total // 4), MIN_WARMUP_STEPS)
 
 
 def default_run_name(v: dict[str, Any]) -> str:
