@@ -1,5 +1,8 @@
 """Writing an exported encoder: our own `.pt`, TorchScript, ONNX, or a torchvision state dict.
 
+A torchvision export also writes the construction (stem conv, max-pool or not) beside the weights,
+since a state dict loads strictly into a wrongly built stem and silently gives other features.
+
 Every file is written to a temporary name and renamed, so an existing export is never left
 half-written.
 """
@@ -9,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
+import os
 import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_write, read_weights
 from ..errors import UserError
 from ..models.resnet import GatedResNet
-from ..models.torchvision_names import torchvision_names
+from ..models.torchvision_names import read_construction, sidecar_path, torchvision_arch, torchvision_construction, torchvision_names
 from .encoder import EXPORT_FORMAT, EvalTransform
 from .plain import PlainResNet
 
@@ -92,15 +98,89 @@ def verify_onnx(data: bytes, net: PlainResNet, size: int, batches=(1, 5)) -> flo
 def torchvision_state_dict(backbone: GatedResNet) -> dict[str, torch.Tensor]:
     """The dense encoder under torchvision's ResNet names (conv1, bn1, layerS.B..., downsample), no fc.
 
-    The dense BN set is kept as BatchNorm (not folded) so the network fine-tunes as usual.
+    The dense BN set is kept as BatchNorm (not folded) so the network fine-tunes as usual. Refuses
+    what torchvision's constructors cannot build (another width, other blocks per stage): such a
+    state dict would only load into a hand-made network.
     """
     if backbone.width != 64:
         raise UserError(
             f"--format torchvision: torchvision's ResNets have width 64 and this run has width {backbone.width}; "
             f"export with --format pt, torchscript or onnx instead"
         )
+    if torchvision_arch(backbone) is None:
+        raise UserError(
+            f"--format torchvision: torchvision has no ResNet with these blocks per stage ({len(backbone.blocks)} blocks); "
+            f"export with --format pt, torchscript or onnx instead"
+        )
     ours = backbone.state_dict()
     return {theirs: ours[key].detach().clone() for key, theirs in torchvision_names(backbone).items()}
+
+
+def torchvision_code(construction: dict, weights: str | Path) -> str:
+    """The Python lines that build the torchvision model an export fits and load it (printed by the export)."""
+    conv1 = construction["conv1"]
+    lines = [
+        "import torch, torchvision",
+        f"model = torchvision.models.{construction['arch']}()",
+        "model.fc = torch.nn.Identity()",
+    ]
+    if (conv1["kernel_size"], conv1["stride"], conv1["padding"]) != (7, 2, 3):  # torchvision's own conv1
+        lines.append(
+            f"model.conv1 = torch.nn.Conv2d(3, 64, kernel_size={conv1['kernel_size']}, stride={conv1['stride']}, "
+            f"padding={conv1['padding']}, bias=False)"
+        )
+    if not construction["maxpool"]:
+        lines.append("model.maxpool = torch.nn.Identity()")
+    lines.append(f"model.load_state_dict(torch.load({str(weights)!r}, weights_only=True), strict=True)")
+    return "\n".join(lines)
+
+
+def write_torchvision(backbone: GatedResNet, transform: EvalTransform, out: Path) -> dict:
+    """The state dict at `out` and, beside it (resnet18.pth -> resnet18.json), how to build the model it fits.
+
+    A state dict cannot carry the stem's padding or the missing max-pool, and a torchvision model
+    built with another stem loads it under strict=True without complaint and gives other features;
+    the sidecar (read by `torchvision_model`) and the printed lines make the construction explicit.
+    Returns {"construction": ..., "sidecar": path, "torchvision_code": lines} for the driver to print.
+    """
+    out, sidecar = Path(out), sidecar_path(out)
+    if sidecar == out:
+        raise UserError(
+            f"--format torchvision: --out {out} ends in .json, the name of the construction file written beside the weights; use e.g. resnet18.pth"
+        )
+    if sidecar.exists() and read_construction(sidecar) is None:  # e.g. --out RUN/summary.pth next to a run's summary.json
+        raise UserError(
+            f"--format torchvision: the construction file {sidecar} would replace a file an earlier export did not write; "
+            f"choose another --out name"
+        )
+    state = torchvision_state_dict(backbone.cpu())
+    construction = {**torchvision_construction(backbone), "transform": dataclasses.asdict(transform)}
+    write_state_dict(out, state)
+    write_bytes(sidecar, (json.dumps(construction, indent=2) + "\n").encode())
+    return {"construction": construction, "sidecar": str(sidecar), "torchvision_code": torchvision_code(construction, out)}
+
+
+def torchvision_model(weights: str | os.PathLike) -> nn.Module:
+    """The torchvision ResNet a `gatedssl export --format torchvision` file fits, its weights loaded (eval mode).
+
+    Reads the construction from the sidecar beside the weights (resnet18.pth -> resnet18.json).
+    """
+    import torchvision
+
+    sidecar = sidecar_path(weights)
+    construction = read_construction(sidecar)
+    if construction is None:
+        raise UserError(
+            f"{weights}: {sidecar} is missing or not a construction file of `gatedssl export --format torchvision`; "
+            f"export again, or build the model by hand with the stem the run used"
+        )
+    model = getattr(torchvision.models, construction["arch"])()
+    model.fc = nn.Identity()
+    model.conv1 = nn.Conv2d(3, 64, bias=False, **construction["conv1"])
+    if not construction["maxpool"]:
+        model.maxpool = nn.Identity()
+    model.load_state_dict(read_weights(weights), strict=True)
+    return model.eval()
 
 
 def _write(out: Path, write) -> None:

@@ -1,8 +1,16 @@
-"""Post-hoc gating's starting point: a pretrained dense encoder, from a gatedssl run or a torchvision state dict."""
+"""Post-hoc gating's starting point: a pretrained dense encoder from a gatedssl run or another library's file.
+
+Read: a gatedssl run (folder or checkpoint); a torchvision ResNet state dict (what `gatedssl export
+--format torchvision` writes); a Lightning checkpoint such as solo-learn's (`{"state_dict": ...}`
+with `backbone.*` beside `projector.*`, `classifier.*`, `momentum_*`); a lightly model's state dict
+(`backbone = nn.Sequential(*list(resnet.children())[:-1])`: `backbone.0.weight` is conv1). Heads and
+momentum copies are ignored: the encoder is the `backbone` (or `encoder`) module.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -11,9 +19,15 @@ from ..checkpoint import check_checkpoint, read_weights
 from ..config import PretrainConfig, upgrade_stored
 from ..errors import UserError
 from ..models.resnet import GatedResNet
-from ..models.torchvision_names import torchvision_names
+from ..models.torchvision_names import canonical_resnet, describe_resnet, read_construction, sidecar_path, torchvision_names
 
-PREFIXES = ("backbone.", "encoder.", "module.")  # a gatedssl objective, solo-learn, lightly, DataParallel wrappers
+WRAPPERS = ("module.", "model.")  # DataParallel/DDP; a Lightning module's `model` attribute
+BACKBONES = ("backbone", "encoder")  # solo-learn and lightly name the encoder `backbone`
+HEADS = ("projector", "projection_head", "classifier", "prediction_head", "predictor", "head", "fc", "linear")
+LOADS = (
+    "a gatedssl run, a torchvision ResNet state dict (conv1, bn1, layer1-4; `gatedssl export --format torchvision`), "
+    "a solo-learn checkpoint (backbone.*) or a lightly model's state dict (backbone = nn.Sequential of a torchvision ResNet's children)"
+)
 
 
 def _source_file(path: Path) -> Path:
@@ -25,31 +39,115 @@ def _source_file(path: Path) -> Path:
     return path
 
 
-def _dense_state(state: dict, backbone: GatedResNet, path: Path) -> dict[str, torch.Tensor]:
-    """The dense encoder's tensors under gatedssl's names, from a gatedssl checkpoint or a torchvision-named state dict."""
+def _ignored(module: str) -> bool:
+    """A head or a momentum/EMA copy (solo-learn's momentum_backbone, lightly's backbone_momentum): not the encoder."""
+    return module in HEADS or "momentum" in module
+
+
+def _found(tensors: dict[str, torch.Tensor]) -> str:
+    """The file's top-level modules and their tensor counts, for an error line."""
+    counts: dict[str, int] = {}
+    for key in tensors:
+        counts[key.split(".")[0]] = counts.get(key.split(".")[0], 0) + 1
+    shown = ", ".join(f"{name} ({n} tensors)" for name, n in list(counts.items())[:8])
+    return shown + (f" and {len(counts) - 8} more" if len(counts) > 8 else "")
+
+
+def find_resnet(state: dict, path) -> dict[str, torch.Tensor]:
+    """The ResNet encoder in a state dict or checkpoint of another library, under torchvision's names."""
+    if isinstance(state.get("state_dict"), dict):  # a Lightning checkpoint (solo-learn)
+        state = state["state_dict"]
+    elif isinstance(state.get("model"), dict):
+        state = state["model"]
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UserError(f"init_from: {path} holds no tensors (keys: {', '.join(map(str, list(state)[:6]))}); it should hold {LOADS}")
+    for wrapper in WRAPPERS:
+        if all(k.startswith(wrapper) for k in tensors):
+            tensors = {k[len(wrapper) :]: v for k, v in tensors.items()}
+    try:
+        root = canonical_resnet(tensors)
+        if root is not None:
+            return root
+        modules: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            module, _, rest = key.partition(".")
+            if rest and not _ignored(module):
+                modules.setdefault(module, {})[rest] = value
+        found = {name: net for name, net in ((m, canonical_resnet(t)) for m, t in modules.items()) if net is not None}
+    except UserError as exc:
+        raise UserError(f"init_from: {path}: {exc}") from None
+    for name in BACKBONES:
+        if name in found:
+            return found[name]
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if found:
+        raise UserError(
+            f"init_from: {path} holds several ResNets ({', '.join(found)}) and none is named backbone or encoder; "
+            f"save the one to start from as a torchvision state dict (e.g. torch.save(model.{next(iter(found))}.state_dict(), 'resnet.pt'))"
+        )
+    raise UserError(f"init_from: {path} holds no ResNet encoder: found {_found(tensors)}; it should hold {LOADS}")
+
+
+def _check_fits(resnet: dict[str, torch.Tensor], cfg: PretrainConfig, path: Path) -> None:
+    """One line naming every setting the file's ResNet does not match (its blocks, width, stem kernel), and the flags to pass."""
+    held = describe_resnet(resnet)
+    differ = [key for key in ("arch", "width", "stem") if held[key] != getattr(cfg, key)]
+    if differ:
+        asked = ", ".join(f"{key} {getattr(cfg, key)}" for key in differ)
+        flags = " ".join(f"--{key} {held[key]}" for key in differ if held[key] in _allowed(key))
+        raise UserError(
+            f"init_from: {path} holds a {held['arch']} of width {held['width']} with the {held['stem']} stem and this run asks for {asked}; "
+            + (f"pass {flags} (post-hoc gating keeps the source's architecture)" if flags else "gatedssl cannot build that network")
+        )
+    sidecar = sidecar_path(path)
+    spec = read_construction(sidecar)
+    if spec is not None:  # written by `gatedssl export --format torchvision`
+        padding = spec["conv1"]["padding"]
+        if cfg.stem == "cifar" and padding != cfg.stem_padding:
+            raise UserError(
+                f"init_from: {path} was trained with stem padding {padding} ({sidecar}) and this run asks for "
+                f"stem_padding {cfg.stem_padding}; pass --stem-padding {padding}"
+            )
+
+
+def _allowed(key: str) -> tuple:
+    from ..config import ARCHS
+
+    return {"arch": ARCHS, "stem": ("cifar", "imagenet")}.get(key, range(1, 1 << 16))
+
+
+def _dense_state(state: dict, backbone: GatedResNet, cfg: PretrainConfig, path: Path, log) -> dict[str, torch.Tensor]:
+    """The dense encoder's tensors under gatedssl's names, from a gatedssl checkpoint or another library's ResNet."""
     if "model" in state and "config" in state:  # a gatedssl checkpoint: its objective's backbone
         model = state["model"]
         return {k[len("backbone.") :]: v for k, v in model.items() if k.startswith("backbone.")}
-    for prefix in PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+    resnet = find_resnet(state, path)
+    _check_fits(resnet, cfg, path)
+    if cfg.stem == "cifar" and read_construction(sidecar_path(path)) is None:
+        log(
+            f"init_from: a state dict does not record the 3x3 stem's padding; this run pads by {cfg.stem_padding} "
+            f"(solo-learn's CIFAR ResNets: 2, lightly's CIFAR examples: 1); pass --stem-padding N if {path.name} was trained otherwise"
+        )
     names = torchvision_names(backbone)
-    missing = [theirs for theirs in names.values() if theirs not in state]
+    missing = [theirs for theirs in names.values() if theirs not in resnet]
     if missing:
         raise UserError(
-            f"init_from: {path} is not a torchvision-format ResNet state dict of this architecture (no {missing[0]}); "
-            f"give a gatedssl run, or a file from `gatedssl export --format torchvision`"
+            f"init_from: {path} is not a ResNet of this architecture (no {missing[0]}; {describe_resnet(resnet)['arch']} found); "
+            f"it should hold {LOADS}"
         )
-    return {ours: state[theirs] for ours, theirs in names.items()}
+    return {ours: resnet[theirs] for ours, theirs in names.items()}
 
 
-def load_pretrained(cfg: PretrainConfig, backbone: GatedResNet) -> dict | None:
+def load_pretrained(cfg: PretrainConfig, backbone: GatedResNet, log=None) -> dict | None:
     """Load the dense encoder of cfg.init_from into `backbone`, start its gated BN set as a copy of the dense one,
     and return what the pretraining cost (the source run's training_compute; None when unknown)."""
+    log = log or (lambda message: print(message, file=sys.stderr))
     path = Path(cfg.init_from)
     source = _source_file(path)
     state = read_weights(source, "init_from")
-    is_run = isinstance(state, dict) and "model" in state
+    is_run = isinstance(state, dict) and "model" in state and "config" in state
     if is_run:
         state = check_checkpoint(state, source)
         stored = upgrade_stored(state["config"])
@@ -58,11 +156,11 @@ def load_pretrained(cfg: PretrainConfig, backbone: GatedResNet) -> dict | None:
             if theirs != getattr(cfg, key):
                 raise UserError(
                     f"init_from: {path} is a {key} {theirs} network and this run asks for {key} {getattr(cfg, key)}; "
-                    f"pass --{key} {theirs} (post-hoc gating keeps the source's architecture)"
+                    f"pass --{key.replace('_', '-')} {theirs} (post-hoc gating keeps the source's architecture)"
                 )
     elif not isinstance(state, dict):
-        raise UserError(f"init_from: {source} holds no state dict; give a gatedssl run or a torchvision-format state dict")
-    dense = _dense_state(state, backbone, path)
+        raise UserError(f"init_from: {source} holds no state dict (a {type(state).__name__}); it should hold {LOADS}")
+    dense = _dense_state(state, backbone, cfg, source, log)
     wanted = set(torchvision_names(backbone))
     try:
         backbone.load_state_dict({k: v for k, v in dense.items() if k in wanted}, strict=False)
