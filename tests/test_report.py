@@ -306,3 +306,23 @@ def test_the_comparison_of_systems_reads_the_real_summaries(report, sweep):
     else:
         assert systems["dual"]["training_compute"]["executed_flops"]["mean"] == cost["executed_flops"]
     assert "## Systems compared" in (out / "report.md").read_text()
+
+
+def test_names_from_user_data_are_drawn_as_written(sweep, tmp_path):
+    """Class, run and folder names reach titles, ticks and legends: matplotlib must not read `$...$` in them as
+    mathtext (`$\\bad$` is an unknown symbol: the report failed), nor choke on _ % ^ { } or a lone $."""
+    import shutil
+
+    odd = ["$\\bad$", "a_b", "50%", "x^2", "{c}", "lone $ sign"]
+    run = tmp_path / "runs" / "run $\\bad$ 1_%^"
+    shutil.copytree(sweep["root"] / "real-dual", run)
+    summary = json.loads((run / "summary.json").read_text())
+    per_class = summary["gated"]["macs_ratio_per_class"]
+    summary["gated"]["macs_ratio_per_class"] = {name: value for name, value in zip(odd, per_class.values())}
+    (run / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "report"
+    write_report([run, sweep["root"] / "real-dense"], out)
+    pngs = [p.name for p in out.glob("*.png")]
+    for kind in ("per_class_", "channels_", "curves_", "tradeoff"):
+        assert any(name.startswith(kind) and (kind == "tradeoff" or "bad" in name) for name in pngs), (kind, pngs)
+    assert "run $\\bad$ 1_%^" in (out / "report.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -392,3 +393,49 @@ def test_empty_or_imageless_train_is_one_line_error(tmp_path):
     _save(tmp_path / "no_train" / "a.png", Image.new("RGB", (8, 8), RED))  # images in DIR itself: not read
     message = _user_error("imagefolder", str(tmp_path / "no_train"))
     assert "no train/ folder" in message and "DIR" not in message
+
+
+def bomb_png(path, side: int = 20_000) -> None:
+    """A 1-bit 8x8 PNG whose header says side x side: a few bytes announcing a decompression bomb."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("1", (8, 8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", side, side)  # IHDR's width and height, then its CRC
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+
+
+def animated_gif(path, first=BLUE, fmt: str = "GIF") -> None:
+    frames = [Image.new("RGB", (40, 40), colour) for colour in (first, RED, GREEN)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+
+@pytest.mark.parametrize("side", [20_000, 12_000])  # beyond twice PIL's limit (an error there), and within (a warning)
+def test_a_decompression_bomb_is_named_and_skipped(folders, side):
+    """torchvision's PNG decoder dies (segmentation fault) on such a header: it must be refused before decoding.
+    First in its folder, it is also the picture the upsampling check looks at."""
+    bomb_png(folders / "train/cat/0bomb.png", side)
+    messages = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # nor a warning printed per file
+        splits = load_dataset("imagefolder", str(folders), image_size=32, warn=messages.append)
+    assert splits.train.labels.tolist() == [0, 0, 0, 0, 1, 1]
+    assert len(messages) == 1 and "skipped 1 unreadable image(s) of 7" in messages[0] and "0bomb.png" in messages[0]
+    message = _user_error("imagefolder", str(folders), image_size=32, strict=True)
+    assert "0bomb.png" in message and "decompression-bomb limit" in message
+
+
+@pytest.mark.parametrize("name,fmt", [("anim.gif", "GIF"), ("anim_gif_named.png", "GIF")])
+def test_an_animated_gif_is_read_as_its_first_frame(folders, name, fmt):
+    animated_gif(folders / "train/dog" / name, first=GREEN, fmt=fmt)
+    messages = []
+    splits = load_dataset("imagefolder", str(folders), image_size=32, warn=messages.append)
+    assert not messages
+    assert splits.train.labels.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    first = splits.train.images[5]  # cat has 4 images; dog in name order: a.png, anim..., b.JPG
+    assert first[1].min() == 255 and first[0].max() == 0 and first[2].max() == 0, "all green: the first frame"

@@ -144,3 +144,23 @@ def test_streaming_needs_an_image_folder():
         load_dataset("cifar10", "/nonexistent", storage="stream")
     with pytest.raises(UserError, match="unknown storage"):
         load_dataset("embedded", storage="disk")
+
+
+def test_a_decompression_bomb_and_an_animated_gif_met_while_streaming(photo_folders, tmp_path):
+    """The bomb is named once and left black (its header alone would crash the decoder); the GIF is its first frame."""
+    from test_sources import animated_gif, bomb_png
+
+    paths = sorted(str(p) for p in (photo_folders / "val").rglob("*.jpg"))[:4]
+    bomb, gif = tmp_path / "bomb.png", tmp_path / "anim.gif"
+    bomb_png(bomb)
+    animated_gif(gif, first=(0, 255, 0))
+    messages = []
+    files = ImageFiles([*paths[:2], str(bomb), str(gif), *paths[2:]], 32, warn=messages.append, workers=1)
+    for decode_on in ("workers", "device"):
+        images = _all(files, batch_size=3, decode_on=decode_on)
+        assert images[2].sum() == 0
+        assert images[3][1].min() == 255 and images[3][0].max() == 0 and images[3][2].max() == 0, "the first frame: green"
+    assert len(messages) == 1 and str(bomb) in messages[0] and "decompression-bomb limit" in messages[0]
+    with pytest.raises(UserError, match="bomb.png.*decompression-bomb") as info:
+        _all(ImageFiles([str(bomb)], 32, strict=True, workers=1))
+    assert "\n" not in str(info.value)

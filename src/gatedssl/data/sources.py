@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,11 +289,11 @@ def _unlabeled_reason(root: Path) -> str | None:
 
     Unlabeled: train/ holds image files directly at its top level, or root has no val/ and no test/ folder.
     """
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+    from torchvision.datasets.folder import has_file_allowed_extension
 
     train = root / "train"
     with os.scandir(train) as entries:
-        direct = any(has_file_allowed_extension(e.name, IMG_EXTENSIONS) and e.is_file() for e in entries)
+        direct = any(has_file_allowed_extension(e.name, image_extensions()) and e.is_file() for e in entries)
     evaluation = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
     if direct:
         unused = "" if evaluation is None else f", so {evaluation}/ is not used"
@@ -309,14 +310,23 @@ def _eval_folder(root: Path) -> Path:
     raise UserError(f"{root} has no val/ (or test/) folder; expected {root}/val/<class>/<images> next to {root}/train/")
 
 
+def image_extensions() -> tuple[str, ...]:
+    """torchvision ImageFolder's, and GIF: an animated one is read as its first frame."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return (*IMG_EXTENSIONS, ".gif")
+
+
 def _warn_if_upsampled(paths: list[str], crop_size: int, stored: int, warn) -> None:
     """Small pictures blown up to a large crop train slowly and badly: say so, and what to pass instead."""
     from PIL import Image
 
     try:
-        with Image.open(paths[0]) as first:
-            side = min(first.size)
-    except (OSError, IndexError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # a bomb is named where it is decoded
+            with Image.open(paths[0]) as first:
+                side = min(first.size)
+    except (OSError, IndexError, Image.DecompressionBombError):
         return  # unreadable files are reported where they are decoded
     if side < crop_size:
         warn(
@@ -335,7 +345,7 @@ def _walk_images(
     folder) is read once, and so is each file: `seen_dirs` and `seen_files` (real paths) are updated,
     and can be shared by several walks. A folder whose real path is in `other_roots` is not entered.
     """
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+    from torchvision.datasets.folder import has_file_allowed_extension
 
     walked, skipped = [], 0
     for root, dirs, files in os.walk(top, followlinks=True):
@@ -350,7 +360,7 @@ def _walk_images(
     paths = []
     for root, files in sorted(walked):
         for file in sorted(files):
-            if not has_file_allowed_extension(file, IMG_EXTENSIONS):
+            if not has_file_allowed_extension(file, image_extensions()):
                 continue
             path = os.path.join(root, file)
             real = os.path.realpath(path)
@@ -371,7 +381,7 @@ def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str],
     Unlike ImageFolder's walk, a folder reached twice through symlinks (a loop such as
     `train/a/loop -> ..`, or two links to one folder) is read once, and so is each file.
     """
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+    from torchvision.datasets.folder import find_classes
 
     try:
         classes, class_to_idx = find_classes(str(folder))
@@ -390,7 +400,7 @@ def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str],
     if empty:
         raise UserError(
             f"no image file in {', '.join(str(folder / name) for name in empty)}; every <class>/ folder needs images "
-            f"({', '.join(IMG_EXTENSIONS)})"
+            f"({', '.join(image_extensions())})"
         )
     labels = torch.tensor(targets, dtype=torch.int64)
     keep = _first_per_class(labels, limit)
@@ -401,14 +411,12 @@ def _list_images(folder: Path, limit: int | None, warn=None) -> tuple[list[str],
 
 def _list_unlabeled(folder: Path, limit: int | None, reason: str, warn=None) -> tuple[list[str], torch.Tensor, list[str]]:
     """Every image under `folder` at any depth (the first `limit`), labelled -1, no classes; walked as `_list_images` walks a class."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     paths, skipped = _walk_images(folder, set(), set())
     _warn_revisited(folder, skipped, warn)
     if not paths:
         raise UserError(
             f"no image file under {folder} (read as unlabeled: {reason}); put the pretraining images there "
-            f"({', '.join(IMG_EXTENSIONS)}), or {folder.parent}/train/<class>/ and {folder.parent}/val/<class>/ for labelled data"
+            f"({', '.join(image_extensions())}), or {folder.parent}/train/<class>/ and {folder.parent}/val/<class>/ for labelled data"
         )
     paths = paths[:limit]
     return paths, torch.full((len(paths),), -1, dtype=torch.int64), []

@@ -19,8 +19,11 @@ device augmentation that follows.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import sys
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -39,13 +42,44 @@ def default_workers() -> int:
     return max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
+def _announced(source: str | io.BytesIO) -> tuple[int, str] | None:
+    """The pixels the file's header announces, and how to say them, without decoding; None if PIL cannot tell."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged by check_size, not printed per file
+        try:
+            with Image.open(source) as pil:
+                return pil.size[0] * pil.size[1], f"{pil.size[0]} x {pil.size[1]} pixels"
+        except Image.DecompressionBombError as e:  # PIL refuses to open beyond twice its limit, naming the pixels
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            pixels = int(found.group(1)) if found else 2 * Image.MAX_IMAGE_PIXELS + 1
+            return pixels, f"{pixels / 1e6:,.0f} M pixels"
+        except Exception:  # not for PIL to judge: the decoder names what is wrong
+            return None
+
+
+def check_size(source: str | io.BytesIO) -> None:
+    """Refuse a file whose header announces more pixels than PIL's decompression-bomb limit, before a decoder
+    allocates them: torchvision's PNG decoder kills the process (a segmentation fault) on a 20,000 x 20,000
+    header over a few bytes of data. Raises ValueError, which the readers report like any unreadable file."""
+    limit, announced = Image.MAX_IMAGE_PIXELS, _announced(source)
+    if limit and announced is not None and announced[0] > limit:
+        raise ValueError(
+            f"its header announces {announced[1]}, over the {limit / 1e6:.0f} M of PIL's decompression-bomb limit "
+            "(PIL.Image.MAX_IMAGE_PIXELS)"
+        )
+
+
 def read_rgb(path: str) -> torch.Tensor:
-    """(3, H, W) uint8 RGB, EXIF orientation applied; grayscale, RGBA, CMYK and 16-bit files converted."""
+    """(3, H, W) uint8 RGB, EXIF orientation applied; grayscale, RGBA, CMYK and 16-bit files converted;
+    an animated image's first frame."""
+    check_size(path)
     try:
         image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except RuntimeError:  # formats torchvision cannot decode (BMP, TIFF, PPM, ...)
-        with Image.open(path) as pil:
+    except RuntimeError:  # formats torchvision cannot decode (BMP, TIFF, PPM, animated WebP, ...)
+        with Image.open(path) as pil:  # PIL reads the first frame
             return F.pil_to_tensor(ImageOps.exif_transpose(pil).convert("RGB"))
+    if image.ndim == 4:  # an animated GIF: (frames, 3, H, W)
+        image = image[0]
     return F.to_dtype(image, torch.uint8, scale=True)  # 16-bit PNGs
 
 
@@ -86,7 +120,9 @@ class _RawFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         try:
-            return read_file(self.paths[i]), ""
+            raw = read_file(self.paths[i])
+            check_size(io.BytesIO(raw.numpy().tobytes()))  # a JPEG's too: nvJPEG would allocate what its header says
+            return raw, ""
         except Exception as e:
             return torch.zeros(0, dtype=torch.uint8), _reason(self.paths[i], e)
 

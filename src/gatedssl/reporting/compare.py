@@ -15,6 +15,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from .literal import literal_text
 from .report import COLORS, Accuracy, Run, RunGroup, _passes, _save, _stat, accuracy_groups, stem_padding
 
 SYSTEM_LABEL = {  # what the sources call each system
@@ -272,6 +273,7 @@ def cost_sentence(table: dict) -> str:
     return "Training cost per system — " + "; ".join(parts) + "."
 
 
+@literal_text
 def plot_compare(tables: list[dict], out_png: Path) -> Path:
     """Accuracy against MACs of every sub-network of every system, one panel per group; filled: the dense network."""
     fig = Figure(figsize=(10, 5.8 * len(tables)), constrained_layout=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 from matplotlib.figure import Figure  # a Figure saves to a file itself: no pyplot, no global backend to choose
 from matplotlib.ticker import MaxNLocator
 
+from .literal import literal_text
+
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -17,6 +19,7 @@ NOT_LOSS_TERMS = {"epoch", "loss", "macs_ratio", "lr", "epoch_seconds", "images_
 LOSS_LABELS = {"ssl": "SSL loss", "distill": "distillation loss"}
 
 
+@literal_text
 def plot_training_curves(metrics_path: Path, out_png: Path, budget: float | None = None, title: str = "") -> Path:
     """Panels over epochs (losses; gated MACs and block density unless dense-only; kNN with --eval-every); returns the PNG path."""
     records = read_metrics(metrics_path)

@@ -30,6 +30,7 @@ from .. import __version__
 from ..errors import UserError
 from . import paper
 from .curves import plot_training_curves
+from .literal import literal_text
 
 MODE_LABEL = {
     "dense": "B1 (dense only)",
@@ -608,6 +609,7 @@ def _errorbar(ax, x, y, xerr=None, yerr=None, **kw):
     return ax.errorbar(x, y, xerr=xerr, yerr=yerr, capsize=3, **kw)
 
 
+@literal_text
 def plot_tradeoff(sections: list[Section], tables: list[dict], out_png: Path, paper_overlay: bool = False) -> Path:
     """Per section: accuracy vs gated compute (left) and accuracy vs budget (right)."""
     fig = Figure(figsize=(14, 5.6 * len(sections)), constrained_layout=True)
@@ -837,6 +839,7 @@ def channel_shares(freq: list[np.ndarray]) -> np.ndarray:
     return np.asarray(out)
 
 
+@literal_text
 def plot_channels(run: Run, out_png: Path) -> Path:
     """Stacked bars of channel kinds per gated block, and the heat map of per-channel frequency."""
     freq = _frequency(run)
@@ -882,6 +885,7 @@ def plot_channels(run: Run, out_png: Path) -> Path:
     return _save(fig, out_png)
 
 
+@literal_text
 def plot_per_class(run: Run, out_png: Path) -> Path:
     """Mean gated MACs ratio per test class, sorted, drawn from the budget line."""
     per_class = run.summary["gated"]["macs_ratio_per_class"]
