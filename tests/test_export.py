@@ -175,6 +175,9 @@ def test_the_readme_snippet_and_the_printed_lines_build_the_model_the_export_fit
     for model in (readme["model"], printed["model"], torchvision_model(tmp_path / "resnet18.pth")):
         got = _torchvision_features(model, images, readme["spec"]["transform"])
         assert ((got - expected).norm() / expected.norm()).item() <= 1e-4
+    again = gatedssl.load(tmp_path / "resnet18.pth")  # the sidecar makes the torchvision file an Encoder too
+    assert again.transform == transform and again.subnets == ["dense"]
+    assert ((again.embed(images) - expected).norm() / expected.norm()).item() <= 1e-4
 
 
 def test_torchvision_model_without_its_sidecar_is_one_line(tmp_path):

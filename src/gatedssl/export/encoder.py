@@ -1,6 +1,6 @@
 """`gatedssl.load`: a trained encoder, ready for inference, outside the training tool.
 
-    model = gatedssl.load("RUN/checkpoints/last.pt")      # or a file from `gatedssl export`
+    model = gatedssl.load("RUN/checkpoints/last.pt")      # or a file from `gatedssl export` (pt; torchvision + its .json)
     features = model.embed(pil_images)                     # dense features
     light = model.embed(pil_images, subnet="gated")        # only the channels the gates open
 
@@ -108,11 +108,19 @@ class Encoder(nn.Module):
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: str = "union") -> Encoder:
-    """Load a training checkpoint or an exported `.pt` as an Encoder on `device`.
+    """Load a training checkpoint or an export (`.pt`, or torchvision weights with their sidecar) as an Encoder on `device`.
 
     strategy: how the real-skipping gated pass runs batches ("union" or "group", see
     gatedssl.export.skipping).
     """
+    from ..models.torchvision_names import read_construction, sidecar_path
+
+    construction = read_construction(sidecar_path(path))
+    if construction is not None:  # a torchvision export: the model its sidecar describes
+        from .formats import torchvision_model
+
+        transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in construction["transform"].items()})
+        return Encoder({"dense": torchvision_model(path)}, transform).to(device)
     state = read_weights(path)
     if isinstance(state, dict) and state.get("format") == EXPORT_FORMAT:
         net = PlainResNet(state["arch"])
