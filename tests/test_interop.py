@@ -87,7 +87,7 @@ class LightlyCifarResNet(nn.Module):
         self.projection_head = heads.SimCLRProjectionHead(512, 64, 32)
 
 
-def solo_learn_checkpoint(path, padding: int = 2) -> nn.Module:
+def solo_learn_checkpoint(path, padding: int = 2, wrapper: str = "") -> nn.Module:
     """A solo-learn checkpoint as its Lightning trainer writes it; returns the encoder it holds.
 
     solo-learn's CIFAR backbones: torchvision's ResNet with a 3x3 conv1 padded by 2, no max-pool, fc=Identity.
@@ -105,6 +105,7 @@ def solo_learn_checkpoint(path, padding: int = 2) -> nn.Module:
         **{f"classifier.{k}": v for k, v in nn.Linear(512, 10).state_dict().items()},
         **{f"momentum_projector.{k}": v for k, v in projector.state_dict().items()},
     }
+    state = {wrapper + k: v for k, v in state.items()}
     torch.save({"state_dict": state, "epoch": 3, "global_step": 120, "hyper_parameters": {"method": "byol", "cifar": True}}, path)
     return resnet
 
@@ -154,9 +155,10 @@ def test_lightlys_own_cifar_resnet_is_refused_as_a_sequential_and_loads_as_itsel
     _same_features(_posthoc(tmp_path / "resnet.pt"), resnet)
 
 
-def test_a_solo_learn_checkpoint_loads_its_backbone_not_the_momentum_one(tmp_path):
+@pytest.mark.parametrize("wrapper", ["", "module."])  # as saved, or from a DataParallel/DDP wrapper
+def test_a_solo_learn_checkpoint_loads_its_backbone_not_the_momentum_one(tmp_path, wrapper):
     torch.manual_seed(2)
-    encoder = solo_learn_checkpoint(tmp_path / "solo.ckpt").eval()
+    encoder = solo_learn_checkpoint(tmp_path / "solo.ckpt", wrapper=wrapper).eval()
     _same_features(_posthoc(tmp_path / "solo.ckpt", stem_padding=2), encoder)
 
 
@@ -196,7 +198,12 @@ def test_files_that_hold_no_single_resnet_are_one_line(tmp_path, capsys):
     )
     run = ["pretrain", "--mode", "posthoc", "--width", "64", "--device", "cpu", "--out", str(tmp_path / "r")]
     line = _one_line(
-        capsys, [*run, "--init-from", str(heads_only)], "holds no ResNet encoder", "found projector (2 tensors)", "solo-learn", "lightly"
+        capsys,
+        [*run, "--init-from", str(heads_only)],
+        "holds no ResNet encoder",
+        "found projector (2 tensors: weight, bias)",
+        "solo-learn",
+        "lightly",
     )
     assert str(heads_only) in line
     _one_line(capsys, [*run, "--init-from", str(two)], "several ResNets (student_backbone, teacher_backbone)")

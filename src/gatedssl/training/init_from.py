@@ -45,12 +45,16 @@ def _ignored(module: str) -> bool:
 
 
 def _found(tensors: dict[str, torch.Tensor]) -> str:
-    """The file's top-level modules and their tensor counts, for an error line."""
-    counts: dict[str, int] = {}
+    """The file's top-level modules, their tensor counts and first keys, for an error line."""
+    modules: dict[str, list[str]] = {}
     for key in tensors:
-        counts[key.split(".")[0]] = counts.get(key.split(".")[0], 0) + 1
-    shown = ", ".join(f"{name} ({n} tensors)" for name, n in list(counts.items())[:8])
-    return shown + (f" and {len(counts) - 8} more" if len(counts) > 8 else "")
+        module, _, rest = key.partition(".")
+        modules.setdefault(module, []).append(rest)
+    shown = [
+        f"{name} ({len(keys)} tensor{'s' if len(keys) > 1 else ''}: {', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"
+        for name, keys in list(modules.items())[:6]
+    ]
+    return "; ".join(shown) + (f" and {len(modules) - 6} more modules" if len(modules) > 6 else "")
 
 
 def find_resnet(state: dict, path) -> dict[str, torch.Tensor]:
