@@ -257,3 +257,15 @@ def test_one_image_per_rank_is_an_error(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(capsys, "pretrain", "--batch-size", "2", "--out", str(tmp_path / "run"))
     assert_one_clear_line(code, err, "batch_size", "1 image per rank", "--batch-size 4")
     assert not validate(resolve(PretrainConfig(batch_size=4)))
+
+
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (["--out", "x" * 300], ["out", "300 bytes", "at most 255"]),  # was an OSError (File name too long) in the run-folder checks
+        (["--width", "100000000"], ["width", "at most 4096"]),  # was a RuntimeError building the network to size its checkpoint
+    ],
+)
+def test_values_beyond_what_a_run_can_hold_are_named(capsys, argv, needles):
+    code, _, err = run_cli(capsys, "pretrain", *argv)
+    assert_one_clear_line(code, err, *needles)

@@ -77,3 +77,11 @@ def test_foreseen_errors_keep_their_own_line_and_code(monkeypatch, tmp_path, cap
     assert cli.main(["report", "x", "--out", "r"]) == code
     assert _one_line(capsys.readouterr().err).startswith(needle)
     assert not list(tmp_path.glob("gatedssl-crash-*")), "a foreseen error is no bug: no crash log"
+
+
+def test_the_net_holds_when_the_run_folder_cannot_even_be_looked_at(monkeypatch, tmp_path, capsys):
+    """A name too long for the file system makes `is_dir()` raise: the net must still give its one line."""
+    monkeypatch.setattr(cli, "run_pretrain", _bug)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    assert cli.main(["pretrain", "--out", "x" * 300]) == 1
+    assert _logged(_one_line(capsys.readouterr().err)).startswith(str(tmp_path / "gatedssl-crash-"))

@@ -479,9 +479,9 @@ def _crash_folder(args: argparse.Namespace | None) -> Path | None:
         from .config import resolve
 
         out = Path(resolve(config_from_args(args)).out)
-    except Exception:  # the settings themselves may be what failed
+        return out if out.is_dir() else None
+    except Exception:  # the settings themselves may be what failed, or the folder's name (too long)
         return None
-    return out if out.is_dir() else None
 
 
 if __name__ == "__main__":

@@ -342,7 +342,16 @@ def _type_ok(value: Any, annotation: str) -> bool:
         return isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and -_INT64 < value < _INT64)
     if base == "list[float]":
         return isinstance(value, (list, tuple)) and all(_type_ok(v, "float") for v in value)
-    return isinstance(value, str) and "\x00" not in value
+    return isinstance(value, str) and "\x00" not in value and _encodable(value)
+
+
+def _encodable(text: str) -> bool:
+    """Whether the system can take the text as a path (YAML can write a lone surrogate such as "\\ud800")."""
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        return False
+    return True
 
 
 def _show(value: Any) -> str:
@@ -401,6 +410,14 @@ def validate(cfg: PretrainConfig) -> list[str]:
     ):
         value = getattr(cfg, name)
         check(value is None or value >= 1, f"{name}: must be a positive integer, got {value}")
+    for name, most, why in (
+        ("width", 4096, "64 is the standard ResNet"),
+        ("proj_dim", 65536, "the papers use 2048 to 8192"),
+        ("crop_size", 4096, "ImageNet is trained at 224"),
+        ("data_workers", 256, "the default is the CPU cores, at most 16"),
+    ):
+        value = getattr(cfg, name)
+        check(value is None or value <= most, f"{name}: {value} is beyond what a run can hold ({why}); use at most {most}")
     for name in ("tau", "lr", "knn_temperature", "gate_lr_scale"):
         value = getattr(cfg, name)
         check(value is None or value > 0, f"{name}: must be > 0, got {value}")
@@ -483,6 +500,8 @@ def validate(cfg: PretrainConfig) -> list[str]:
         cfg.storage != "stream" or cfg.dataset != "embedded",
         "storage: the embedded dataset is held in memory; --storage stream reads image folders (--dataset imagefolder)",
     )
+    if cfg.out is not None:
+        problems += path_problems("out", cfg.out)
     if cfg.data_dir is not None and cfg.dataset != "embedded":
         check(os.path.isdir(cfg.data_dir), f"data_dir: {cfg.data_dir} is not a folder; give the folder that holds the {cfg.dataset} files")
     if cfg.device.startswith("cuda") or cfg.sync_bn:
@@ -499,6 +518,21 @@ def validate(cfg: PretrainConfig) -> list[str]:
     elif cfg.device not in ("auto", "cpu"):
         problems.append(f"device: {cfg.device!r} is not one of auto, cpu, cuda, cuda:N")
     return problems
+
+
+NAME_MAX, PATH_MAX = 255, 4095  # bytes of one file name and of a whole path (Linux, macOS)
+
+
+def path_problems(name: str, path: str) -> list[str]:
+    """A path the system cannot create: a name over NAME_MAX bytes or the whole over PATH_MAX."""
+    long = [part for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX]
+    if long:
+        return [
+            f"{name}: the name {long[0][:40]}... is {len(os.fsencode(long[0]))} bytes long; a file or folder name has at most {NAME_MAX}"
+        ]
+    if len(os.fsencode(path)) > PATH_MAX:
+        return [f"{name}: the path is {len(os.fsencode(path))} bytes long; a path has at most {PATH_MAX}"]
+    return []
 
 
 def last_map_side(crop_size: int, stem: str, stem_padding: int) -> int:
