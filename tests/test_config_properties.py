@@ -125,3 +125,24 @@ def test_the_properties_reach_training_too(sandbox, capsys):
         fh.write("lr: 1e-1\nwidths: 0.5\nmode: slimmable\n")
     assert _gatedssl(capsys, "--config", path)[0] == REACHED
     assert _gatedssl(capsys, "--budget=0.3")[0] == REACHED
+
+
+odd_values = values | st.tuples(scalars) | st.frozensets(st.integers(), max_size=3) | st.builds(object) | st.just(float("nan"))
+
+
+@PROPERTY
+@given(changes=st.dictionaries(st.sampled_from(NAMES), odd_values, max_size=4))
+def test_validate_and_resolve_take_any_value(changes):
+    """The library's own entry points, without the CLI: validate() answers lines, resolve() a config or a UserError."""
+    from gatedssl.config import resolve, validate
+    from gatedssl.errors import UserError
+
+    cfg = dataclasses.replace(PretrainConfig(), **changes)
+    problems = validate(cfg)
+    assert isinstance(problems, list) and all(isinstance(p, str) and "\n" not in p for p in problems)
+    try:
+        resolved = resolve(cfg)
+    except UserError as e:
+        assert str(e).strip()
+    else:
+        assert all(isinstance(p, str) for p in validate(resolved))
