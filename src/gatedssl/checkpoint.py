@@ -7,6 +7,8 @@ the uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import pickle
 import random
@@ -112,16 +114,31 @@ def checkpoint_candidates(folder: Path) -> list[Path]:
     return [folder / "last.pt", *sorted(folder.glob("step_*.pt"), reverse=True)]
 
 
-def trained_epochs(folder: Path) -> tuple[int, int] | None:
-    """(epochs done, epochs planned) by the newest readable checkpoint, or None if none is readable. Read as a
-    memory map: only the few numbers asked for leave the disk, so a large checkpoint costs no time."""
+def newest_progress(folder: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint's epoch, step and settings (what a resume continues from), or None. Read as a
+    memory map: only the few values asked for leave the disk, so a large checkpoint costs no time."""
     for path in checkpoint_candidates(folder):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return int(state["epoch"]), int(state["config"]["epochs"])
+            stat = path.stat()
+            return copy.deepcopy(_progress(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns))
         except Exception:  # missing, torn, foreign: the next one is what a resume would use
             continue
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _progress(path: str, inode: int, size: int, mtime_ns: int) -> dict[str, Any]:
+    """One file's progress, read once per version of it (preflight asks several times)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    progress = {"epoch": int(state["epoch"]), "step": int(state.get("step", 0)), "config": dict(state["config"])}
+    progress["epochs"] = int(progress["config"]["epochs"])
+    return progress
+
+
+def trained_epochs(folder: Path) -> tuple[int, int] | None:
+    """(epochs done, epochs planned) by the newest readable checkpoint, or None if none is readable."""
+    progress = newest_progress(folder)
+    return None if progress is None else (progress["epoch"], progress["epochs"])
 
 
 def read_weights(path: str | os.PathLike, what: str = "checkpoint") -> Any:
@@ -152,7 +169,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_checkpoint(state: Any, path: str | os.PathLike) -> dict[str, Any]:
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(state.get("config"), dict):
         raise UserError(f"checkpoint {path} is not a gatedssl checkpoint (no model/config inside)")
     if state.get("format_version") not in READABLE_VERSIONS:
         raise UserError(

@@ -32,6 +32,7 @@ from ..checkpoint import (
     first_mismatch,
     is_checkpoint_name,
     load_latest,
+    newest_progress,
     rng_state,
     save_run_checkpoint,
     set_rng_state,
@@ -126,7 +127,7 @@ def with_run_settings(cfg: PretrainConfig, given: set[str] | None = None) -> Pre
     """On --resume, settings the user did not give take the run's own values, not today's defaults: a run
     continues as it began (also one written before a default changed: gatedssl 0.1.0's runs have no recipe).
     given: the settings given on the command line (or --config); None (the API): those that are not None."""
-    stored = load_stored(resolve(cfg).out)
+    stored = run_settings(resolve(cfg).out)
     if stored is None:
         return cfg
     values = cfg.to_dict()
@@ -134,9 +135,16 @@ def with_run_settings(cfg: PretrainConfig, given: set[str] | None = None) -> Pre
     return PretrainConfig(**{k: stored[k] if k in unset and k in stored else v for k, v in values.items()})
 
 
+def run_settings(out: str) -> dict | None:
+    """The run's own settings: its newest readable checkpoint's (what a resume continues, and is checked against),
+    else config.yaml's (a run that has no checkpoint yet); None when neither can be read."""
+    progress = newest_progress(RunPaths(Path(out)).checkpoints)
+    return upgrade_stored(progress["config"]) if progress is not None else load_stored(out)
+
+
 def given_differ(cfg: PretrainConfig, given: set[str]) -> list[str]:
     """--resume with a setting given that differs from the run's own: one problem naming them all."""
-    stored = load_stored(cfg.out)
+    stored = run_settings(cfg.out)
     if stored is None:
         return []
     values = cfg.to_dict()
@@ -213,8 +221,15 @@ def record_failure(paths: RunPaths, exit_code: int, message: str) -> None:
     if not (paths.root / "config.yaml").exists():
         return
     record = {"time": round(time.time(), 1), "exit_code": exit_code, "error": message.splitlines()[0][:400], "from": _newest(paths)}
-    with open(paths.failures, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    _append_line(paths.failures, record)
+
+
+def _append_line(path: Path, record: dict) -> None:
+    """One JSON line at the end of `path`; after a torn last line (a crash mid-write) it starts a line of its own."""
+    with open(path, "ab+") as fh:  # appends go to the end whatever the read position
+        end = fh.seek(0, os.SEEK_END)
+        torn = end > 0 and fh.seek(end - 1) >= 0 and fh.read(1) != b"\n"
+        fh.write((b"\n" if torn else b"") + json.dumps(record).encode() + b"\n")
 
 
 def _newest(paths: RunPaths) -> str | None:
@@ -774,8 +789,7 @@ def _tensorboard(log_dir: Path):
 
 
 def _log(paths: RunPaths, writer, record: dict) -> None:
-    with open(paths.metrics, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    _append_line(paths.metrics, record)
     if writer is None:
         return
     step = record["epoch"]
