@@ -56,7 +56,41 @@ def folders(root: Path) -> dict[str, Path]:
     (root / "list.yaml").write_text("- 0.3\n- 0.5\n")
     (root / "broken.yaml").write_text("budget: [0.3\n")
     (root / "corrupt.pt").write_bytes(b"this is not a checkpoint")
+    # a decompression bomb (a PNG header announcing 20,000 x 20,000 pixels over 8 x 8 of data) and an animated GIF
+    out["bomb"] = root / "bomb"
+    for split, count in (("train", 30), ("val", 5)):
+        for cls in ("cat", "dog"):
+            for i in range(count):
+                image(out["bomb"] / f"{split}/{cls}/{i}.png")
+    bomb_png(out["bomb"] / "train/cat/0bomb.png")
+    frames = [Image.new("RGB", (40, 40), colour) for colour in ((0, 200, 0), (200, 0, 0))]
+    frames[0].save(out["bomb"] / "train/dog/0anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    # class folders whose names matplotlib would read as mathtext
+    out["odd_names"] = root / "odd_names"
+    for split, count in (("train", 20), ("val", 5)):
+        for cls in ("$\\bad$", "x_%^"):
+            for i in range(count):
+                image(out["odd_names"] / f"{split}/{cls}/{i}.png")
+    (root / "int_key.yaml").write_text("1: 2\n")
+    (root / "null_key.yaml").write_text("null: 1\n")
+    (root / "list_key.yaml").write_text("[a]: 1\n")
+    (root / "scalar_list.yaml").write_text("blur_p: 0.1\n")
+    (root / "wrong_type.yaml").write_text("dataset: imagefolder\ncrop_size: abc\n")
+    (root / "latin1.yaml").write_bytes("method: vicreg # réglages\n".encode("latin-1"))
     return out
+
+
+def bomb_png(path: Path, side: int = 20_000) -> None:
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("1", (8, 8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", side, side)  # IHDR's width and height, then its CRC
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
 
 
 def main():
@@ -73,6 +107,10 @@ def main():
         torch.save(state, root / "other_arch.pt")
         torch.save({"format_version": 1, "config": {}, "model": Payload()}, root / "evil.pt")
         last = str(done / "checkpoints/last.pt")
+        odd = root / "odd-run"
+        odd_args = ["--dataset", "imagefolder", "--data-dir", str(f["odd_names"]), "--crop-size", "32", *TINY[:-3], "--batch-size", "20"]
+        code, err = run(["pretrain", *odd_args, "--quiet", "--out", str(odd)], root)
+        assert code == 0, err
         holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)"])  # a live run's stand-in
         held = root / "held"
         held.mkdir()
@@ -218,6 +256,30 @@ def main():
                 "sweep: posthoc without the baseline",
                 ["sweep", "--modes", "posthoc", "--budgets", "0.3", "--no-baseline", "--out", str(root / "sw")],
             ),
+        ]
+        bomb = ["pretrain", "--dataset", "imagefolder", "--data-dir", str(f["bomb"]), "--crop-size", "32", *TINY[:-3], "--batch-size", "20"]
+        cases += [
+            ("YAML key that is a number", ["pretrain", "--config", str(root / "int_key.yaml")]),
+            ("YAML key null", ["pretrain", "--config", str(root / "null_key.yaml")]),
+            ("YAML key that is a list", ["pretrain", "--config", str(root / "list_key.yaml")]),
+            ("YAML number where a pair is expected", ["pretrain", "--config", str(root / "scalar_list.yaml")]),
+            ("YAML value of the wrong type", ["pretrain", "--config", str(root / "wrong_type.yaml")]),
+            ("config file not UTF-8", ["pretrain", "--config", str(root / "latin1.yaml")]),
+            ("config file is a folder", ["pretrain", "--config", str(root)]),
+            ("--data-dir without --dataset", ["pretrain", "--data-dir", str(f["broken"])]),
+            ("decompression bomb and animated GIF (held)", [*bomb, "--out", str(root / "r10")]),
+            ("the same, streamed", [*bomb, "--storage", "stream", "--out", str(root / "r11")]),
+            ("the same with --strict", [*bomb, "--strict", "--out", str(root / "r12")]),
+            (
+                "slimmable: --widths 0.3333333 (trains)",
+                ["pretrain", "--mode", "slimmable", "--widths", "0.3333333", *TINY, "--out", str(root / "r13")],
+            ),
+            ("--crop-size 1", ["pretrain", "--dataset", "imagefolder", "--data-dir", str(f["broken"]), "--crop-size", "1"]),
+            ("--stem imagenet on 32 px images", ["pretrain", "--stem", "imagenet"]),
+            ("one image per rank (what rank 0 prints)", ["pretrain", "--batch-size", "2"], {"WORLD_SIZE": "2"}),
+            ("--width 100000000", ["pretrain", "--width", "100000000"]),
+            ("--out name over 255 bytes", ["pretrain", "--out", "x" * 300]),
+            ("report: class names with $\\bad$, _ % ^ (writes it)", ["report", str(odd), "--out", str(root / "odd-report")]),
         ]
         print("| # | bad input | exit | what the user sees (stderr) |")
         print("|---|---|---|---|")
