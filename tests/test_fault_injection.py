@@ -175,13 +175,12 @@ READS = [
     ("config.yaml", "stopped", resume, "ok"),  # the checkpoint holds the run's settings too
     ("config.yaml", "finished", evaluate, "ok"),
     (".lock", "stopped", resume_auto, "ok"),  # no live run renews it
-    ("checkpoints/last.pt", "stopped", resume, "ok"),  # falls back to the newest step_*.pt
     ("checkpoints/last.pt", "finished", resume_auto_finished, "ok"),
     ("checkpoints/last.pt", "finished", evaluate, "last.pt"),
     ("checkpoints/last.pt", "finished", export, "last.pt"),
     ("checkpoints/last.pt", "finished", sweep, "ok"),  # finished by its step_*.pt: skipped
-    ("newest checkpoints", "stopped", resume_auto, "ok"),  # falls back to epoch 1's
-    ("all checkpoints", "stopped", resume, "no readable checkpoint"),
+    ("newest checkpoints", "stopped", resume, "ok"),  # falls back to epoch 1's
+    ("all checkpoints", "stopped", resume_auto, "no readable checkpoint"),
 ]
 
 

@@ -99,6 +99,17 @@ def test_overwrite_keeps_the_users_own_files_in_the_run_folder(runs, tmp_path):
     assert not any(path.exists() for path in tb_old)
 
 
+@pytest.mark.parametrize("source", ["checkpoints/last.pt", "checkpoints/STEP", "."])
+def test_overwrite_of_the_run_that_init_from_reads_is_refused(runs, tmp_path, capsys, source):
+    run = copy_of(runs, "finished", tmp_path)
+    step = next((run / "checkpoints").glob("step_*.pt")).name
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    argv = ["pretrain", "--out", str(run), "--overwrite", "--mode", "posthoc", "--init-from", str(run / source.replace("STEP", step))]
+    code = main([*argv, "--epochs", "1", *FLAGS])
+    one_error_line(code, capsys.readouterr().err, "--init-from", "--overwrite")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 # 2. an output is never an input, nor a file a run needs
 
 

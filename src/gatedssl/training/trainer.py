@@ -34,6 +34,7 @@ from ..checkpoint import (
     load_latest,
     newest_progress,
     rng_state,
+    same_file,
     save_run_checkpoint,
     set_rng_state,
     trained_epochs,
@@ -208,11 +209,28 @@ def preflight(cfg: PretrainConfig, resume: bool | str, overwrite: bool, given: s
         problems = given_differ(cfg, given)
     if not problems:
         problems = run_folder_problems(RunPaths(Path(cfg.out)), resume, overwrite) + storage_problems(cfg)
+    if not problems and overwrite and not resume:
+        problems = init_from_problems(cfg)
     if problems:
         raise UserError("\n".join(problems))
     if auto:
         repeated_failure_problem(RunPaths(Path(cfg.out)))
     return cfg
+
+
+def init_from_problems(cfg: PretrainConfig) -> list[str]:
+    """--overwrite removes the run's checkpoints: --init-from must not be one of them (nor the run folder itself)."""
+    if cfg.init_from is None:
+        return []
+    paths, source = RunPaths(Path(cfg.out)), Path(cfg.init_from)
+    inside = same_file(source, paths.root) or any(
+        same_file(source, p) for p in paths.checkpoints.glob("*.pt") if is_checkpoint_name(p.name)
+    )
+    if not inside:
+        return []
+    return [
+        f"--init-from {cfg.init_from} is the run in {cfg.out} that --overwrite would replace; copy it elsewhere first, or choose another --out"
+    ]
 
 
 def record_failure(paths: RunPaths, exit_code: int, message: str) -> None:
