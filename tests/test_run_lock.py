@@ -63,6 +63,25 @@ def test_a_stale_lock_is_taken_over(tmp_path, holder):
     assert not (tmp_path / "run/.lock").exists(), "and let it go at the end"
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"pid": "x", "host": "elsewhere", "heartbeat": 0.0},
+        {"pid": 1, "host": "elsewhere", "heartbeat": "soon"},
+        {"pid": 1, "host": "elsewhere", "heartbeat": [1]},
+        {"pid": 1e400, "host": socket.gethostname(), "heartbeat": 1e400},
+    ],
+)
+def test_a_lock_with_fields_of_the_wrong_type_is_no_live_holder(tmp_path, record):
+    """No live run writes such a lock (its own are whole, atomically): a damaged one must not stop the folder's next run."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/.lock").write_text(json.dumps(record))
+    assert RunLock(tmp_path / "run").holder() is None
+    with RunLock(tmp_path / "run"):
+        assert json.loads((tmp_path / "run/.lock").read_text())["pid"] == os.getpid()
+    assert not (tmp_path / "run/.lock").exists()
+
+
 def test_the_heartbeat_renews_the_lease(tmp_path):
     with RunLock(tmp_path / "run", heartbeat_s=0.05) as lock:
         first = json.loads(lock.path.read_text())["heartbeat"]
