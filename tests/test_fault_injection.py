@@ -120,6 +120,11 @@ def resume_auto_finished(run, capsys, tmp_path):
     return code
 
 
+def pretrain_again(run, capsys, tmp_path):
+    """The same command again, without --resume or --overwrite: refused, the run left as it is."""
+    return main(["pretrain", "--out", str(run), "--epochs", "1", *FLAGS])
+
+
 def evaluate(run, capsys, tmp_path):
     code = main(["eval", "--checkpoint", str(run / "checkpoints/last.pt")])
     if code == 0:
@@ -172,6 +177,7 @@ READS = [
     ("summary.json", "finished", export_static, "ok"),  # not recorded in it, with a warning
     ("summary.json", "finished", report, "summary.json"),
     ("summary.json", "finished", sweep, "ok"),  # the run's end is done again
+    ("summary.json", "finished", pretrain_again, "already holds a finished run"),  # finished: its checkpoint says so
     ("config.yaml", "stopped", resume, "ok"),  # the checkpoint holds the run's settings too
     ("config.yaml", "finished", evaluate, "ok"),
     (".lock", "stopped", resume_auto, "ok"),  # no live run renews it
@@ -179,6 +185,7 @@ READS = [
     ("checkpoints/last.pt", "finished", evaluate, "last.pt"),
     ("checkpoints/last.pt", "finished", export, "last.pt"),
     ("checkpoints/last.pt", "finished", sweep, "ok"),  # finished by its step_*.pt: skipped
+    ("checkpoints/last.pt", "finished", pretrain_again, "already holds a finished run"),
     ("newest checkpoints", "stopped", resume, "ok"),  # falls back to epoch 1's
     ("all checkpoints", "stopped", resume_auto, "no readable checkpoint"),
 ]
