@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+import yaml
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -33,6 +34,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     (root / "checkpoints").mkdir()
     shutil.copy(FIXTURE, root / "checkpoints" / "last.pt")
+    (root / "config.yaml").write_text(yaml.safe_dump(torch.load(FIXTURE, weights_only=True)["config"]))  # what makes it a run folder
     assert main(["eval", "--checkpoint", str(root / "checkpoints" / "last.pt"), "--device", "cpu"]) == 0
     return root
 
@@ -219,7 +221,6 @@ def wide_checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="needs gatedssl/export/run.py to call formats.write_torchvision and cli.py to print its lines")
 def test_the_torchvision_export_writes_and_prints_its_construction(wide_checkpoint, tmp_path, capsys, monkeypatch):
     out = tmp_path / "resnet18.pth"
     assert main(["export", "--checkpoint", str(wide_checkpoint), "--format", "torchvision", "--out", str(out), "--device", "cpu"]) == 0

@@ -271,3 +271,13 @@ def test_resume_with_a_flag_that_differs_names_it_in_one_line(runs, tmp_path, ca
     one_error_line(code, err, "settings differ", "--budget 0.7 (the run has 0.3)")
     assert "--seed" not in err and "--epochs" not in err  # given, but as the run has them
     assert (run / "checkpoints/last.pt").read_bytes() == before
+
+
+def test_eval_of_an_embedded_run_with_a_data_dir_is_one_line(runs, tmp_path, capsys):
+    """The embedded data reads no folder: a --data-dir given to eval would be ignored, so it is refused, naming what to drop."""
+    code = main(
+        ["eval", "--checkpoint", str(runs / "finished/checkpoints/last.pt"), "--data-dir", str(tmp_path), "--out", str(tmp_path / "s.json")]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --data-dir:") and "drop --data-dir" in err[0]
+    assert not (tmp_path / "s.json").exists()

@@ -382,6 +382,8 @@ def run_export(args: argparse.Namespace) -> int:
         if "probe" in result:
             line += f", linear probe (fast) {result['probe']['top1']:.2f} %"
         line += "; recorded under 'static' in the run's summary.json"
+    if "torchvision_code" in result:
+        line += f"\nthe torchvision model it fits (also in {result['sidecar']}):\n{result['torchvision_code']}"
     if "onnx_max_abs_diff" in result:
         line += f"\nverified with onnxruntime at batch 1 and 5: max |difference| {result['onnx_max_abs_diff']:.2g}"
     print(line)

@@ -55,6 +55,12 @@ def evaluate_checkpoint(
         raise UserError("\n".join(problems))
     state = load_checkpoint(path)
     objective, cfg = restore_objective(state, path)
+    if cfg.dataset == "embedded":  # the shipped images: no folder is read (older runs may have stored one anyway)
+        if data_dir:
+            raise UserError(
+                f"--data-dir: {path} was trained on the embedded data, which ships with gatedssl and reads no folder; drop --data-dir"
+            )
+        cfg = dataclasses.replace(cfg, data_dir=None)
     cfg = dataclasses.replace(
         cfg, device=device, **({"data_dir": data_dir} if data_dir else {}), **({"knn_protocol": knn_protocol} if knn_protocol else {})
     )

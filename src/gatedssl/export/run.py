@@ -22,6 +22,7 @@ from ..evaluation.probe import linear_probe
 from ..evaluation.runs import read_summary, restore_objective
 from ..factory import select_device
 from ..models.resnet import BackboneOutput
+from ..models.torchvision_names import sidecar_path
 from ..names import parse_subnet
 from ..summary import write_summary
 from .encoder import EvalTransform
@@ -29,12 +30,11 @@ from .formats import (
     FORMATS,
     onnx_bytes,
     require,
-    torchvision_state_dict,
     verify_onnx,
     write_bytes,
     write_pt,
-    write_state_dict,
     write_torchscript,
+    write_torchvision,
 )
 from .plain import PlainResNet, plain_spec, spec_macs
 from .static import keep_rate_for, kept_channels
@@ -117,6 +117,8 @@ def export(
     problems = check_request(subnet, fmt, out, keep_rate, macs_ratio, channel_multiple)
     if not problems:  # never over the checkpoint it reads, nor over a file a run needs
         problems = write_problems("--out", out, reads=(checkpoint,))
+        if fmt == "torchvision":  # its construction file is written beside it
+            problems += write_problems("--out's construction file", sidecar_path(out), reads=(checkpoint,))
     if problems:
         raise UserError("\n".join(problems))
     state = load_checkpoint(checkpoint)
@@ -173,7 +175,7 @@ def export(
         result["onnx_max_abs_diff"] = verify_onnx(data, net, size)
         write_bytes(Path(out), data)
     else:
-        write_state_dict(Path(out), torchvision_state_dict(backbone.cpu()))
+        result.update(write_torchvision(backbone.cpu(), transform, Path(out)))
     if subnet == "static":
         record_static(Path(checkpoint), result, log)
     return result

@@ -510,7 +510,7 @@ def _run(cfg: PretrainConfig, paths: RunPaths, resume: bool, overwrite: bool, on
         )
 
     objective = build_objective(cfg)
-    pretraining = load_pretrained(cfg, objective.backbone) if cfg.init_from and not resume else None
+    pretraining = load_pretrained(cfg, objective.backbone, log=log) if cfg.init_from and not resume else None
     if cfg.sync_bn:
         convert_sync_bn(objective)
     objective = objective.to(device, memory_format=torch.channels_last)
