@@ -141,8 +141,9 @@ class PretrainConfig:
     warmup_epochs: float | None = _opt(
         None,
         "linear lr warm-up epochs before the cosine decay; default: 10 epochs, at least 500 steps, at most "
-        "a quarter of the run (the paper's 500 epochs x 97 steps: 970 steps, its 10 epochs; 40 epochs x 15 "
-        "steps: 150; the embedded demo's 16 x 39: 156). gatedssl 0.1.0 used 2% of the epochs",
+        "a quarter of the run, never under 150 steps (the paper's 500 epochs x 97 steps: 970 steps, its 10 epochs; "
+        "40 epochs x 15 steps: 150; the embedded demo's 16 x 39: 156; a run shorter than 150 steps warms up "
+        "throughout). gatedssl 0.1.0 used 2% of the epochs",
     )
     ema_momentum: float = _opt(0.99, "BYOL teacher momentum at the start (rises to 1)")
     # augmentation
