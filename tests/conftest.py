@@ -38,3 +38,15 @@ NEW_IN_FORMAT_2 = (
     "blur_p",
     "eval_every",
 )
+
+
+def cli_error_lines(capsys, argv: list[str], *needles: str) -> list[str]:
+    """Run the CLI expecting a user error: exit 2, no traceback, the last line an `error:` holding every needle; the lines."""
+    from gatedssl.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert lines[-1].startswith("error: ") and all(n in lines[-1] for n in needles), lines[-1]
+    return lines

@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 import torchvision
+from conftest import cli_error_lines
 from torch import nn
 
 from gatedssl.cli import main
@@ -162,23 +163,14 @@ def test_a_solo_learn_checkpoint_loads_its_backbone_not_the_momentum_one(tmp_pat
     _same_features(_posthoc(tmp_path / "solo.ckpt", stem_padding=2), encoder)
 
 
-def _one_line(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and "Traceback" not in err, err
-    assert lines[-1].startswith("error: ") and all(n in lines[-1] for n in needles), lines[-1]
-    return lines[-1]
-
-
 def test_a_stem_mismatch_is_one_line(tmp_path, capsys):
     torch.manual_seed(3)
     cifar, imagenet = tmp_path / "cifar.pt", tmp_path / "imagenet.pt"
     torch.save(LightlyVICReg(cifar=True).state_dict(), cifar)
     torch.save(LightlyVICReg(cifar=False).state_dict(), imagenet)
     run = ["pretrain", "--mode", "posthoc", "--width", "64", "--device", "cpu", "--out", str(tmp_path / "r")]
-    _one_line(capsys, [*run, "--init-from", str(imagenet)], "with the imagenet stem", "asks for stem cifar", "pass --stem imagenet")
-    _one_line(capsys, [*run, "--init-from", str(cifar), "--width", "8"], "with the cifar stem", "asks for width 8", "pass --width 64")
+    cli_error_lines(capsys, [*run, "--init-from", str(imagenet)], "with the imagenet stem", "asks for stem cifar", "pass --stem imagenet")
+    cli_error_lines(capsys, [*run, "--init-from", str(cifar), "--width", "8"], "with the cifar stem", "asks for width 8", "pass --width 64")
     assert not (tmp_path / "r" / "checkpoints").exists()
     with pytest.raises(UserError, match="resnet18 of width 64 with the cifar stem and this run asks for stem imagenet; pass --stem cifar"):
         _posthoc(cifar, stem="imagenet", dataset="imagefolder")
@@ -197,7 +189,7 @@ def test_files_that_hold_no_single_resnet_are_one_line(tmp_path, capsys):
         two,
     )
     run = ["pretrain", "--mode", "posthoc", "--width", "64", "--device", "cpu", "--out", str(tmp_path / "r")]
-    line = _one_line(
+    lines = cli_error_lines(
         capsys,
         [*run, "--init-from", str(heads_only)],
         "holds no ResNet encoder",
@@ -205,8 +197,8 @@ def test_files_that_hold_no_single_resnet_are_one_line(tmp_path, capsys):
         "solo-learn",
         "lightly",
     )
-    assert str(heads_only) in line
-    _one_line(capsys, [*run, "--init-from", str(two)], "several ResNets (student_backbone, teacher_backbone)")
+    assert str(heads_only) in lines[-1]
+    cli_error_lines(capsys, [*run, "--init-from", str(two)], "several ResNets (student_backbone, teacher_backbone)")
 
 
 def test_the_stem_padding_of_an_export_is_checked(tmp_path):

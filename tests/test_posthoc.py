@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import torchvision
+from conftest import cli_error_lines
 
 from gatedssl.cli import main
 from gatedssl.config import PretrainConfig, resolve
@@ -105,15 +106,6 @@ def test_a_torchvision_state_dict_gives_the_same_dense_features(tmp_path, prefix
         torch.testing.assert_close(backbone(x).features, reference(x), rtol=1e-4, atol=1e-5)
 
 
-def _one_line(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and "Traceback" not in err, err
-    assert lines[-1].startswith("error: ") and all(n in lines[-1] for n in needles), lines[-1]
-    return lines
-
-
 @pytest.mark.parametrize(
     "argv,needles",
     [
@@ -126,24 +118,26 @@ def _one_line(capsys, argv, *needles):
     ],
 )
 def test_bad_sub_network_settings_get_one_line(capsys, tmp_path, argv, needles):
-    lines = _one_line(capsys, ["pretrain", "--out", str(tmp_path / "r"), *argv], *needles)
+    lines = cli_error_lines(capsys, ["pretrain", "--out", str(tmp_path / "r"), *argv], *needles)
     assert len(lines) == 1
     assert not (tmp_path / "r").exists()
 
 
 def test_init_from_another_architecture_gets_one_line(capsys, source, tmp_path):
-    _one_line(
+    cli_error_lines(
         capsys, ["pretrain", "--mode", "posthoc", "--init-from", str(source[0]), "--width", "16", "--out", str(tmp_path / "r")], "width 8"
     )
     tv = tmp_path / "r50.pt"
     torch.save(torchvision.models.resnet50().state_dict(), tv)
-    _one_line(capsys, ["pretrain", "--mode", "posthoc", "--init-from", str(tv), "--out", str(tmp_path / "r2")], "init_from:", str(tv))
+    cli_error_lines(capsys, ["pretrain", "--mode", "posthoc", "--init-from", str(tv), "--out", str(tmp_path / "r2")], "init_from:", str(tv))
     assert not (tmp_path / "r" / "checkpoints").exists() and not (tmp_path / "r2" / "checkpoints").exists()
 
 
 def test_empty_widths_in_a_config_file(capsys, tmp_path):
     (tmp_path / "c.yaml").write_text("mode: slimmable\nwidths: []\n")
-    _one_line(capsys, ["pretrain", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")], "widths: give at least one width")
+    cli_error_lines(
+        capsys, ["pretrain", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")], "widths: give at least one width"
+    )
 
 
 def test_a_posthoc_run_evaluates_without_its_source(source, tmp_path):
