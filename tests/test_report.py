@@ -7,12 +7,14 @@ writes; synthetic copies of it with hand-set numbers give B1, several seeds and 
 import base64
 import copy
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from gatedssl.cli import main
 from gatedssl.config import PretrainConfig
 from gatedssl.errors import UserError
 from gatedssl.reporting import paper
@@ -326,3 +328,51 @@ def test_names_from_user_data_are_drawn_as_written(sweep, tmp_path):
     for kind in ("per_class_", "channels_", "curves_", "tradeoff"):
         assert any(name.startswith(kind) and (kind == "tradeoff" or "bad" in name) for name in pngs), (kind, pngs)
     assert "run $\\bad$ 1_%^" in (out / "report.md").read_text()
+
+
+def test_a_report_removes_only_the_pictures_it_drew_itself(sweep, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {"mine.png": b"a user's picture", "curves_mine.png": b"a user's picture with a report-like name"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    write_report([sweep["root"] / "real-dual", sweep["synth"]], out)
+    first = {p.name for p in out.glob("*.png")} - set(mine)
+    write_report([sweep["root"] / "real-dual"], out)  # draws fewer pictures: the first report's others go, the user's stay
+    assert all((out / name).read_bytes() == data for name, data in mine.items())
+    second = {p.name for p in out.glob("*.png")} - set(mine)
+    assert second < first and second == set(json.loads((out / "table.json").read_text())["pictures"])
+
+
+def test_a_damaged_metrics_line_is_skipped(sweep, tmp_path):
+    run = tmp_path / "runs" / "real-dual"
+    _synthetic(sweep["real_dual"], run, "dual", 0.5, 0, None, None, None)
+    whole = (sweep["root"] / "real-dual" / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(whole + '"a string"\n[1, 2]\n{"epoch": "one"}\n{"epoch": 3, "lo')
+    write_report([run], tmp_path / "out")
+    assert (tmp_path / "out" / "curves_real-dual.png").is_file()
+    (run / "metrics.jsonl").write_text('[1, 2]\n{"epoch": 3, "lo')  # no whole line: no curves, no crash
+    write_report([run], tmp_path / "out2")
+    assert "no training curves" in (tmp_path / "out2" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("content", ['["a", "list"]', '"a string"', "3"])
+def test_a_summary_that_is_not_a_mapping_is_a_user_error(sweep, tmp_path, content):
+    run = tmp_path / "runs" / "bad"
+    _synthetic(sweep["real_dual"], run, "dual", 0.5, 0, None, None, None)
+    (run / "summary.json").write_text(content)
+    with pytest.raises(UserError, match=r"summary\.json holds a JSON .*gatedssl eval"):
+        write_report([run], tmp_path / "out")
+
+
+def test_gatedssl_report_into_a_run_folder_is_refused(sweep, tmp_path, capsys):
+    run = tmp_path / "real-dual"
+    shutil.copytree(sweep["root"] / "real-dual", run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for out in (run, run / "checkpoints", run / "report"):
+        code = main(["report", str(run), "--out", str(out)])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "inside the run folder" in lines[0], err
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+        assert not (run / "report").exists()

@@ -329,8 +329,12 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from .checkpoint import report_out_problems
     from .reporting.report import write_report
 
+    problems = report_out_problems(args.out)
+    if problems:
+        raise UserError("\n".join(problems))
     html = write_report(args.paths, args.out, paper_overlay=args.paper_overlay)
     print(f"report written: {html} (and report.md, table.json, table.csv, PNGs in {args.out})")
     return 0

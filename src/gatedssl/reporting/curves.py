@@ -12,7 +12,20 @@ from .literal import literal_text
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The whole records of metrics.jsonl: a torn line, one that is not a JSON object or has no whole epoch is skipped, as the trainer does."""
+    records = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int) and not isinstance(record["epoch"], bool):
+            records.append(record)
+    return records
+
+
+def _number(value, default: float) -> float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 NOT_LOSS_TERMS = {"epoch", "loss", "macs_ratio", "lr", "epoch_seconds", "images_per_second", "eval_seconds"}
@@ -24,7 +37,7 @@ def plot_training_curves(metrics_path: Path, out_png: Path, budget: float | None
     """Panels over epochs (losses; gated MACs and block density unless dense-only; kNN with --eval-every); returns the PNG path."""
     records = read_metrics(metrics_path)
     epochs = [r["epoch"] for r in records]
-    gated = any(r["macs_ratio"] != 1.0 for r in records)  # a dense-only run has no gated panels to show
+    gated = any(_number(r.get("macs_ratio"), 1.0) != 1.0 for r in records)  # a dense-only run has no gated panels to show
     evaluated = [r for r in records if any(k.startswith("knn_") for k in r)]
     panels = (3 if gated else 1) + bool(evaluated)
     fig = Figure(figsize=(5 * panels, 4.2) if panels > 1 else (6, 4.2), constrained_layout=True)
@@ -56,16 +69,18 @@ def plot_training_curves(metrics_path: Path, out_png: Path, budget: float | None
         return _save(fig, out_png, title)
 
     ax = axes[1]
-    ax.plot(epochs, [r["macs_ratio"] for r in records], marker=".", label="gated pass (training masks)")
+    ax.plot(epochs, [_number(r.get("macs_ratio"), float("nan")) for r in records], marker=".", label="gated pass (training masks)")
     if budget is not None:
         ax.axhline(budget, color="k", linestyle="--", linewidth=1, label=f"budget t_d = {budget:g}")
     ax.set(xlabel="epoch", ylabel="gated MACs / dense MACs", title="Compute of the gated pass", ylim=(0, 1.05))
     ax.legend()
 
     ax = axes[2]
-    densities = [r["density"] for r in records]
-    for block in range(len(densities[0])):
-        ax.plot(epochs, [d[block] for d in densities], label=f"block {block + 1}")
+    densities = [r["density"] if isinstance(r.get("density"), list) else [] for r in records]
+    for block in range(max(len(d) for d in densities)):
+        ax.plot(
+            epochs, [_number(d[block], float("nan")) if block < len(d) else float("nan") for d in densities], label=f"block {block + 1}"
+        )
     ax.set(xlabel="epoch", ylabel="share of channels on", title="Density per gated block", ylim=(0, 1.05))
     ax.legend(ncol=2, fontsize="small")
 

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure  # a Figure saves to a file itself: no pypl
 from .. import __version__
 from ..errors import UserError
 from . import paper
-from .curves import plot_training_curves
+from .curves import plot_training_curves, read_metrics
 from .literal import literal_text
 
 MODE_LABEL = {
@@ -121,6 +121,11 @@ def _load_summary(folder: Path) -> dict:
         raise UserError(
             f"{path} cannot be read as JSON ({exc}); re-create it with `gatedssl eval --checkpoint {folder}/checkpoints/last.pt`"
         ) from None
+    if not isinstance(summary, dict):
+        raise UserError(
+            f"{path} holds a JSON {type(summary).__name__}, not a run's summary; "
+            f"re-create it with `gatedssl eval --checkpoint {folder}/checkpoints/last.pt`"
+        )
     required = ["dataset", "method", "mode", "arch", "width", "budget", "epochs", "dense", "knn"]
     missing = [k for k in required if k not in summary]
     subnets = summary.get("subnets", [])
@@ -998,10 +1003,22 @@ class _Doc:
             f"<style>{CSS}</style></head><body>\n" + "\n".join(self.html) + "\n</body></html>\n"
         )
         html_path.write_text(page)
-        for stale in self.out_dir.glob("*.png"):  # pictures of an earlier report into this folder that this one no longer draws
-            if stale.name not in self.images and stale.name.startswith(REPORT_PNGS):
-                stale.unlink()
         return md_path, html_path
+
+
+def _pictures_drawn_before(out: Path) -> set[str]:
+    """The PNGs an earlier report into `out` drew, as its table.json lists them; never a name outside `out` or not a report's."""
+    try:
+        listed = json.loads((out / "table.json").read_text()).get("pictures", [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return set()
+    if not isinstance(listed, list):
+        return set()
+    return {
+        name
+        for name in listed
+        if isinstance(name, str) and name == Path(name).name and name.endswith(".png") and name.startswith(REPORT_PNGS)
+    }
 
 
 CSS = """
@@ -1129,11 +1146,23 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
     tables = [section_table(s) for s in sections]
     groups = compare.compare_groups(found.runs)
     compared = [compare.compare_table(g) for g in groups] if compare.shown(found.runs) else []
-    (out / "table.json").write_text(
-        json.dumps(
-            {"sections": tables, "compare": compared, "skipped": [str(p) for p in found.skipped], "paper_source": paper.SOURCE}, indent=2
+    drawn_before = _pictures_drawn_before(out)  # read before table.json is written again
+
+    def write_table(pictures: set[str]) -> None:
+        (out / "table.json").write_text(
+            json.dumps(
+                {
+                    "sections": tables,
+                    "compare": compared,
+                    "skipped": [str(p) for p in found.skipped],
+                    "paper_source": paper.SOURCE,
+                    "pictures": sorted(pictures),  # the PNGs this report drew: the only ones a later report into this folder removes
+                },
+                indent=2,
+            )
         )
-    )
+
+    write_table(drawn_before)  # until this report's pictures are drawn, the earlier report's stay listed
     if compared:
         compare.write_csv(compared, out / "compare.csv")
     else:
@@ -1232,7 +1261,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
             doc.para(f"Sub-networks: {', '.join(run.subnets)} (widths {', '.join(f'{w:g}' for w in run.summary.get('widths', []))}).")
         if run.mode == "posthoc" and run.summary.get("init_from"):
             doc.para(f"Post-hoc gating, started from {run.summary['init_from']}.")
-        if run.metrics_path.is_file() and run.metrics_path.stat().st_size > 0:
+        if run.metrics_path.is_file() and read_metrics(run.metrics_path):
             png = plot_training_curves(
                 run.metrics_path,
                 out / f"curves_{run.name}.png",
@@ -1241,7 +1270,10 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
             )
             doc.image(png, "training curves")
         else:
-            doc.para("No metrics.jsonl: no training curves.")
+            doc.para("No metrics.jsonl with a readable line: no training curves.")
         doc.close_details()
     _, html_path = doc.write("gatedssl trade-off report")
+    write_table(doc.images)
+    for name in drawn_before - doc.images:  # pictures an earlier report into this folder drew and this one no longer does
+        (out / name).unlink(missing_ok=True)
     return html_path
