@@ -126,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", metavar="DIR", help="dataset folder, if it moved since pretraining")
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     e.add_argument("--knn-protocol", choices=("weighted", "1nn"), help="override the run's kNN protocol")
-    e.add_argument("--out", metavar="FILE.json", help="where to write the summary (default: RUN/summary.json)")
+    e.add_argument(
+        "--out",
+        metavar="FILE.json",
+        help="where to write the summary (default: RUN/summary.json when the checkpoint is in RUN/checkpoints/, else NAME.summary.json beside it)",
+    )
     _add_probe_flags(e, default="none")
 
     x = sub.add_parser(

@@ -1165,8 +1165,8 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
     write_table(drawn_before)  # until this report's pictures are drawn, the earlier report's stay listed
     if compared:
         compare.write_csv(compared, out / "compare.csv")
-    else:
-        (out / "compare.csv").unlink(missing_ok=True)  # of an earlier report into this folder
+    elif "compare.png" in drawn_before:  # an earlier report into this folder wrote it (beside its picture): not the user's
+        (out / "compare.csv").unlink(missing_ok=True)
     with open(out / "table.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
