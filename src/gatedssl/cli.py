@@ -399,6 +399,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _started
+    _started = False  # each command starts before its run (an earlier call in this process, e.g. a test's, does not count)
     args = None
     try:
         parser = build_parser()
