@@ -85,3 +85,17 @@ def test_the_net_holds_when_the_run_folder_cannot_even_be_looked_at(monkeypatch,
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     assert cli.main(["pretrain", "--out", "x" * 300]) == 1
     assert _logged(_one_line(capsys.readouterr().err)).startswith(str(tmp_path / "gatedssl-crash-"))
+
+
+def test_a_reader_that_stops_reading_is_no_bug(tmp_path):
+    """`gatedssl ... | head` or a parent that died: the output pipe closes; no crash.log, no error line, exit 141."""
+    import subprocess
+    import sys
+
+    code = "import sys; from gatedssl import cli; cli.run_report = lambda a: print('x' * 100000) or 0; sys.exit(cli.main(['report', 'r', '--out', 'o']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()  # the reader is gone before the command writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert "hit a bug" not in err and "Traceback" not in err, err
+    assert not list(tmp_path.glob("**/crash.log"))

@@ -425,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # whoever read the output stopped reading (`| head`, a killed parent): no bug, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's exit flush does not raise again
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except Exception as exc:
         if _lost_rank(exc):
             if _main_rank() and "TORCHELASTIC_RUN_ID" not in os.environ:  # under torchrun its summary names the rank that failed
