@@ -357,10 +357,10 @@ def _walk_images(
         seen_dirs.add(real)
         dirs.sort()  # visited in name order, so which of two paths to one folder is kept does not depend on the file system
         walked.append((root, files))
-    paths = []
+    paths, extensions = [], image_extensions()
     for root, files in sorted(walked):
         for file in sorted(files):
-            if not has_file_allowed_extension(file, image_extensions()):
+            if not has_file_allowed_extension(file, extensions):
                 continue
             path = os.path.join(root, file)
             real = os.path.realpath(path)
