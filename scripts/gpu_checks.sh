@@ -8,6 +8,9 @@
 #   ddp: torchrun on every GPU of the machine against one process (images/s per device, scaling efficiency; issue 13)
 #   grid: short runs of the default recipe (2,000 CIFAR-10 images, epochs 1-10, widths 8/16/64, 4 modes, 3 seeds): none may
 #   explode (issue 20); about 180 short runs, so give it several 10-minute commands: finished cells are not rerun
+#   table1: the paper's comparison at its length (ResNet-18 w64, ${EPOCHS:-500} epochs, seeds ${SEEDS:-0 1 2}: B1, Dual 0.3/0.5,
+#   B2 0.5, B1 + post-hoc 0.5; issue 21) through benchmarks/table1.sh. Each call trains for ${LIMIT:-500} s, then stops with
+#   a checkpoint (SIGTERM); call it again to go on. Hours of GPU time in all: it resumes across as many calls as it gets
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -37,6 +40,12 @@ if [ "${1:-all}" = ddp ]; then
 fi
 if [ "${1:-all}" = grid ]; then
   step grid python benchmarks/divergence_grid.py --data-dir $DATA --out "$OUT/grid" --device cuda --jobs 4 -- --limit-per-class 200
+  exit 0
+fi
+if [ "${1:-all}" = table1 ]; then
+  echo "== table1: benchmarks/table1.sh $OUT/table1 ${EPOCHS:-500} \"${SEEDS:-0 1 2}\" (for ${LIMIT:-500} s)" | tee -a "$OUT/table1.log"
+  timeout -s TERM -k 60 "${LIMIT:-500}" benchmarks/table1.sh "$OUT/table1" "${EPOCHS:-500}" "${SEEDS:-0 1 2}" \
+    --dataset cifar10 --data-dir $DATA --checkpoint-minutes 2 2>&1 | tee -a "$OUT/table1.log" | tail -n 12
   exit 0
 fi
 if [ "${1:-all}" = systems ]; then

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from gatedssl.errors import UserError
-from gatedssl.reporting import compare
-from gatedssl.reporting.report import find_runs, write_report
+from gatedssl.reporting.report import write_report
+from gatedssl.reporting.runs import SYSTEM_LABEL, find_runs
 
 DENSE_MACS = 5.0e8
 WIDTHS = [1.0, 0.75, 0.5, 0.25]
@@ -132,7 +132,7 @@ def test_the_report_shows_the_comparison(five):
     out = five["out"]
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert "## Systems compared" in md and "two networks for the price of one" in md
-    for label in compare.SYSTEM_LABEL.values():
+    for label in SYSTEM_LABEL.values():
         assert label in md
     # the displayed table: the summaries' numbers, rounded; post-hoc with its own cost and the total with pretraining
     assert (

@@ -269,3 +269,39 @@ def test_one_image_per_rank_is_an_error(monkeypatch, capsys, tmp_path):
 def test_values_beyond_what_a_run_can_hold_are_named(capsys, argv, needles):
     code, _, err = run_cli(capsys, "pretrain", *argv)
     assert_one_clear_line(code, err, *needles)
+
+
+def test_pretrain_help_groups_every_flag(capsys):
+    from dataclasses import fields
+
+    from gatedssl.cli import build_parser
+    from gatedssl.config import FLAG_GROUPS, PretrainConfig
+
+    assert {f.metadata["group"] for f in fields(PretrainConfig)} == set(FLAG_GROUPS), "every group used, none unknown"
+    pretrain = build_parser()._subparsers._group_actions[0].choices["pretrain"]
+    titled = {g.title: {a.dest for a in g._group_actions} for g in pretrain._action_groups}
+    for f in fields(PretrainConfig):
+        assert f.name in titled[f"{f.metadata['group']} settings"], f.name
+
+
+def test_choice_lists_are_defined_once_and_each_choice_runs():
+    from dataclasses import fields
+
+    import torch
+
+    from gatedssl import names
+    from gatedssl.config import PretrainConfig
+    from gatedssl.data import pipelines, sources
+    from gatedssl.evaluation.knn import knn_top1
+    from gatedssl.methods import objective
+
+    choices = {f.name: f.metadata["choices"] for f in fields(PretrainConfig)}
+    assert choices["pairing"] is names.PAIRINGS is objective.PAIRINGS
+    assert choices["data_pipeline"] is names.PIPELINES is pipelines.PIPELINES
+    assert choices["storage"] is names.STORAGES is sources.STORAGES
+    assert choices["knn_protocol"] is names.KNN_PROTOCOLS
+    features, labels = torch.randn(20, 8), torch.arange(20) % 2
+    for protocol in names.KNN_PROTOCOLS:
+        assert 0 <= knn_top1(features, labels, features, labels, 2, protocol) <= 100
+    with pytest.raises(ValueError):
+        knn_top1(features, labels, features, labels, 2, "3nn")

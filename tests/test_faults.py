@@ -219,7 +219,7 @@ def test_resume_of_a_format_1_run_continues_as_0_1_0_after_the_defaults_changed(
     became `reference`, it must go on with 0.1.0's choices and end with the uninterrupted run's weights."""
     import yaml
 
-    from gatedssl import config
+    from gatedssl.config import defaults as config  # resolve() looks the default recipe up here
 
     def stop_after_two(epoch):
         if epoch == 2:

@@ -20,6 +20,7 @@ def views(n=8):
 def test_pairs_follow_mode_and_pairing():
     assert make().pairs(True) == [((0, "gated"), (1, "dense"))]
     assert make(pairing="symmetric").pairs(True) == [((0, "gated"), (1, "dense")), ((1, "gated"), (0, "dense"))]
+    assert make(pairing="plus-dense").pairs(True) == [((0, "gated"), (1, "dense")), ((0, "dense"), (1, "dense"))]
     assert make(mode="dense").pairs(True) == [((0, "dense"), (1, "dense"))]
     assert make(mode="gated").pairs(True) == [((0, "gated"), (1, "gated"))]
     assert make().pairs(False) == [((0, "dense"), (1, "dense"))], "gate warm-up trains dense only"

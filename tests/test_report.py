@@ -18,7 +18,10 @@ from gatedssl.cli import main
 from gatedssl.config import PretrainConfig
 from gatedssl.errors import UserError
 from gatedssl.reporting import paper
-from gatedssl.reporting.report import build_sections, channel_shares, find_runs, section_table, write_report
+from gatedssl.reporting.plots import channel_shares
+from gatedssl.reporting.report import write_report
+from gatedssl.reporting.runs import find_runs
+from gatedssl.reporting.table import build_sections, section_table
 from gatedssl.training import pretrain
 
 TINY = dict(width=8, proj_dim=64, epochs=1, batch_size=50, limit_per_class=20, device="cpu")
@@ -313,8 +316,6 @@ def test_the_comparison_of_systems_reads_the_real_summaries(report, sweep):
 def test_names_from_user_data_are_drawn_as_written(sweep, tmp_path):
     """Class, run and folder names reach titles, ticks and legends: matplotlib must not read `$...$` in them as
     mathtext (`$\\bad$` is an unknown symbol: the report failed), nor choke on _ % ^ { } or a lone $."""
-    import shutil
-
     odd = ["$\\bad$", "a_b", "50%", "x^2", "{c}", "lone $ sign"]
     run = tmp_path / "runs" / "run $\\bad$ 1_%^"
     shutil.copytree(sweep["root"] / "real-dual", run)

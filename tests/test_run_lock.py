@@ -168,7 +168,7 @@ def test_checkpoint_minutes_saves_mid_epoch_and_resumes_exactly(tmp_path):
 
 def test_a_run_that_got_further_is_tried_again(tmp_path):
     """The repeated-failure stop looks at where the attempts started: a newer checkpoint (the cause fixed) clears it."""
-    from gatedssl.training.trainer import RunPaths, record_failure, repeated_failure_problem
+    from gatedssl.training.run_folder import RunPaths, record_failure, repeated_failure_problem
 
     paths = RunPaths(tmp_path / "run")
     paths.checkpoints.mkdir(parents=True)

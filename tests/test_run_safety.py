@@ -14,7 +14,7 @@ from gatedssl.cli import main
 from gatedssl.config import PretrainConfig
 from gatedssl.errors import RunStopped, UserError
 from gatedssl.training import pretrain
-from gatedssl.training.trainer import RunPaths, _truncate_metrics, repeated_failure_problem
+from gatedssl.training.run_folder import RunPaths, repeated_failure_problem, truncate_metrics
 
 # 100 images, batch 50: two steps per epoch. The stopped run is started with settings other than the defaults
 # (budget, seed), so that resuming it without them is the case a user meets.
@@ -229,7 +229,7 @@ TORN = '{"epoch": 3, "lo'
 def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.5}\nnot json\n[1, 2]\n' + TORN)
-    _truncate_metrics(path, 1)
+    truncate_metrics(path, 1)
     assert path.read_text() == '{"epoch": 1, "loss": 2.0}\n'
 
 

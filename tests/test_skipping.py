@@ -65,11 +65,12 @@ def test_skipping_equals_the_masked_pass_under_the_same_masks(arch, stem):
                 assert not torch.allclose(masked[0], masked[1])
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-def test_skipping_with_its_own_gates_matches_end_to_end(arch):
+@pytest.mark.parametrize("arch, offset", [("resnet18", 0.0), ("resnet50", 0.0), ("resnet18", 0.3)])
+def test_skipping_with_its_own_gates_matches_end_to_end(arch, offset):
     net = trained_looking(arch, "cifar")
     for gate in net.gates:  # open about half the channels, with per-input variation
-        gate.expand.bias.data.normal_(0.0, 0.5)
+        gate.expand.bias.data.normal_(offset, 0.5)
+        gate.offset.fill_(offset)  # a calibrated network: the executor must subtract it too
     x = torch.randn(200, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         masked = net(x, gated=True)

@@ -1,4 +1,4 @@
-"""Command line: `gatedssl pretrain`, `sweep`, `eval`, `export` and `report`.
+"""Command line: `gatedssl pretrain`, `sweep`, `eval`, `calibrate`, `export` and `report`.
 
 Flags are generated from `PretrainConfig`, so the CLI, the YAML files and the docs cannot
 drift apart. Precedence: dataclass defaults < recipe < --config FILE < command-line flags.
@@ -8,17 +8,15 @@ Mistakes a user can fix end as one `error:` line per problem and exit code 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
 from . import __version__
-from .config import POSTHOC_EPOCH_SHARE, PretrainConfig, load_yaml
+from .config import FLAG_GROUPS, PretrainConfig, load_yaml
 from .errors import RunStopped, UserError
-from .names import MODE_NAMES
+from .names import KNN_PROTOCOLS, MODE_NAMES
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -31,9 +29,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per PretrainConfig setting, under the --help heading its `section` names."""
+    groups = {name: parser.add_argument_group(f"{name} settings") for name in FLAG_GROUPS}
     for f in fields(PretrainConfig):
         if f.name in skip:
             continue
+        group = groups[f.metadata["group"]]
         flag = "--" + f.name.replace("_", "-")
         annotation = str(f.type).replace(" | None", "")
         default = f.default if f.default is not MISSING else None
@@ -42,12 +43,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
             help_text += f" (default: {default:.4g})" if isinstance(default, float) else f" (default: {default})"
         kwargs = dict(default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if annotation == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif f.metadata.get("nargs"):
-            parser.add_argument(flag, type=float, nargs=f.metadata["nargs"], metavar="X", **kwargs)
+            group.add_argument(flag, type=float, nargs=f.metadata["nargs"], metavar="X", **kwargs)
         else:
             choices = f.metadata.get("choices")
-            parser.add_argument(flag, type=_TYPES[annotation], choices=choices, metavar=f.name.upper() if not choices else None, **kwargs)
+            group.add_argument(flag, type=_TYPES[annotation], choices=choices, metavar=f.name.upper() if not choices else None, **kwargs)
 
 
 def _resume(value: str) -> str:
@@ -125,13 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, metavar="PATH", help="RUN/checkpoints/last.pt of a pretraining run")
     e.add_argument("--data-dir", metavar="DIR", help="dataset folder, if it moved since pretraining")
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
-    e.add_argument("--knn-protocol", choices=("weighted", "1nn"), help="override the run's kNN protocol")
+    e.add_argument("--knn-protocol", choices=KNN_PROTOCOLS, help="override the run's kNN protocol")
     e.add_argument(
         "--out",
         metavar="FILE.json",
         help="where to write the summary (default: RUN/summary.json when the checkpoint is in RUN/checkpoints/, else NAME.summary.json beside it)",
     )
     _add_probe_flags(e, default="none")
+
+    c = sub.add_parser(
+        "calibrate",
+        help="shift a gated run's gates so that they spend its budget at evaluation, then re-evaluate",
+        description="Training samples noisy gates; evaluation thresholds them, and the two can spend differently (runs "
+        "from gatedssl 0.2.0 on are calibrated when they end, unless --no-calibrate-gates). This sets one logit offset "
+        "shared by every gate so that the thresholded gated pass spends the budget on the run's training images, "
+        "rewrites the checkpoint in place (atomically; in a run folder, the step_*.pt file keeps the weights as trained) "
+        "and rewrites the summary as `gatedssl eval` does.",
+    )
+    c.add_argument("--checkpoint", required=True, metavar="PATH", help="RUN/checkpoints/last.pt of a dual, gated or posthoc run")
+    c.add_argument("--budget", type=float, help="MACs ratio to meet (default: the run's own budget)")
+    c.add_argument("--images", type=int, help="training images the ratio is measured on (default: 1024)")
+    c.add_argument("--data-dir", metavar="DIR", help="dataset folder, if it moved since pretraining")
+    c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    _add_probe_flags(c, default="none")
 
     x = sub.add_parser(
         "export",
@@ -213,17 +230,19 @@ def given_settings(args: argparse.Namespace) -> dict:
 
 def run_pretrain(args: argparse.Namespace) -> int:
     from .summary import format_summary
-    from .training.trainer import preflight, pretrain
+    from .training.plan import plan_run
+    from .training.trainer import pretrain
 
     given = given_settings(args)  # all checks before anything is printed or loaded
-    resolved = preflight(PretrainConfig(**given), args.resume, args.overwrite, set(given))
+    plan = plan_run(PretrainConfig(**given), args.resume, args.overwrite, set(given))
+    resolved = plan.cfg
     global _started
     _started = True  # from here on an error may be one rank's own (a file only it reads): every rank names its own
     quiet = args.quiet or not _main_rank()
     if not quiet:
         print(f"gatedssl {__version__}: pretraining into {resolved.out}", file=sys.stderr)
         print("settings: " + ", ".join(f"{k}={v}" for k, v in resolved.to_dict().items()), file=sys.stderr)
-    summary = pretrain(resolved, resume=args.resume, overwrite=args.overwrite, progress=not quiet)
+    summary = pretrain(plan, progress=not quiet)
     if _main_rank():
         print(format_summary(summary))
         print(f"run folder: {resolved.out} (summary.json, metrics.jsonl, checkpoints/last.pt)")
@@ -245,90 +264,23 @@ def _speaker() -> str | None:
     return f"error (rank {os.environ['RANK']}): " if _started else None
 
 
-def sweep_runs(args: argparse.Namespace) -> list[tuple[str, PretrainConfig]]:
-    """(folder name, settings) of every run of the sweep, in training order: B1 first (post-hoc starts from it)."""
-    named: dict[str, list[float]] = {}
-    for b in args.budgets:  # a run folder is named by its budget: two budgets of one name would share it
-        named.setdefault(f"{b:g}", []).append(b)
-    repeated = {name: values for name, values in named.items() if len(values) > 1}
-    if repeated:
-        which = "; ".join(
-            f"{name} given more than once"
-            if len(set(values)) == 1
-            else f"{' and '.join(map(repr, dict.fromkeys(values)))} share the folder name b{name} (6 significant digits)"
-            for name, values in repeated.items()
-        )
-        raise UserError(f"--budgets: {which}; each budget is one run in its own folder: give distinct budgets (use --seed for repeats)")
-    modes = list(dict.fromkeys(args.modes))
-    if "posthoc" in modes and args.no_baseline:
-        raise UserError("--modes posthoc starts from the sweep's B1 encoder; drop --no-baseline")
-    base = config_from_args(args)
-    if base.widths is not None and "slimmable" not in modes:
-        raise UserError("--widths: apply to --modes slimmable; add it, or drop --widths")
-    sweep_widths = base.widths
-    base = dataclasses.replace(base, widths=None)
-    runs = [] if args.no_baseline else [("dense", dataclasses.replace(base, mode="dense", budget=1.0))]
-    for mode in modes:
-        if mode == "slimmable":
-            runs.append(("slimmable", dataclasses.replace(base, mode="slimmable", budget=1.0, widths=sweep_widths)))
-            continue
-        for b in args.budgets:
-            name = f"b{b:g}" if mode == "dual" else f"{mode}-b{b:g}"  # dual keeps the name sweeps had before there were modes
-            cfg = dataclasses.replace(base, mode=mode, budget=b)
-            if mode == "posthoc":
-                share = None if base.epochs is None else max(1, round(POSTHOC_EPOCH_SHARE * base.epochs))
-                cfg = dataclasses.replace(cfg, init_from=str(Path(args.out) / "dense"), epochs=share)
-            runs.append((name, cfg))
-    return [(name, dataclasses.replace(cfg, out=str(Path(args.out) / name))) for name, cfg in runs]
-
-
 def run_sweep(args: argparse.Namespace) -> int:
-    from .summary import format_summary, subnet_names
-    from .training.trainer import RunPaths, finished_summary, has_checkpoint, preflight, pretrain
+    from .training.sweep import sweep
 
-    runs = sweep_runs(args)
-    plans = []
-    for name, cfg in runs:  # check every run before the first one trains
-        paths = RunPaths(Path(cfg.out))
-        done = finished_summary(paths) is not None  # the training ended (not merely a summary.json from `gatedssl eval`)
-        resume = not done and has_checkpoint(paths)
-        if not done:
-            source_pending = cfg.init_from is not None and finished_summary(RunPaths(Path(cfg.init_from))) is None
-            # a post-hoc run's source is the sweep's B1, trained first: check everything else now
-            preflight(dataclasses.replace(cfg, init_from=".") if source_pending else cfg, resume, overwrite=False)
-        plans.append((name, cfg, done, resume))
-    for i, (name, cfg, done, resume) in enumerate(plans, 1):
-        if done:
-            print(f"[{i}/{len(plans)}] {name}: complete, skipped", file=sys.stderr)
-            continue
-        print(f"[{i}/{len(plans)}] {name}: {'resuming' if resume else 'pretraining'} into {cfg.out}", file=sys.stderr)
-        print(format_summary(pretrain(cfg, resume=resume, progress=not args.quiet)))
-    if args.probe != "none":
-        from .evaluation.runs import evaluate_checkpoint
-
-        for i, (name, cfg, _, _) in enumerate(plans, 1):
-            summary = json.loads((Path(cfg.out) / "summary.json").read_text())
-            if not summary.get("data", {}).get("labeled", True):
-                print(f"[{i}/{len(plans)}] {name}: linear probe skipped: the data is unlabeled", file=sys.stderr)
-                continue
-            wanted = {"protocol": args.probe, "seeds": args.probe_seeds}
-            if all({k: summary.get(p, {}).get("probe", {}).get(k) for k in wanted} == wanted for p in subnet_names(summary)):
-                continue
-            print(f"[{i}/{len(plans)}] {name}: linear probe ({args.probe}, {args.probe_seeds} seed(s))", file=sys.stderr)
-            evaluate_checkpoint(
-                str(Path(cfg.out) / "checkpoints" / "last.pt"),
-                probe=args.probe,
-                probe_seeds=args.probe_seeds,
-                device=cfg.device,
-                progress=not args.quiet,
-            )
-    from .reporting.report import write_report
-
-    if not all(json.loads((Path(cfg.out) / "summary.json").read_text()).get("data", {}).get("labeled", True) for _, cfg, _, _ in plans):
-        print(f"sweep complete: {len(plans)} runs in {args.out}; no report: the data is unlabeled, so there is no accuracy to compare")
-        return 0
-    html = write_report([args.out], Path(args.out) / "report")
-    print(f"sweep complete: {len(plans)} runs in {args.out}; report: {html}")
+    count, html = sweep(
+        config_from_args(args),
+        args.budgets,
+        args.modes,
+        args.out,
+        baseline=not args.no_baseline,
+        probe=args.probe,
+        probe_seeds=args.probe_seeds,
+        quiet=args.quiet,
+    )
+    if html is None:
+        print(f"sweep complete: {count} runs in {args.out}; no report: the data is unlabeled, so there is no accuracy to compare")
+    else:
+        print(f"sweep complete: {count} runs in {args.out}; report: {html}")
     return 0
 
 
@@ -341,6 +293,28 @@ def run_report(args: argparse.Namespace) -> int:
         raise UserError("\n".join(problems))
     html = write_report(args.paths, args.out, paper_overlay=args.paper_overlay)
     print(f"report written: {html} (and report.md, table.json, table.csv, PNGs in {args.out})")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from .evaluation.runs import evaluate_checkpoint
+    from .summary import format_summary
+    from .training.calibrate import calibrate_checkpoint
+
+    record = calibrate_checkpoint(args.checkpoint, args.budget, args.images, args.data_dir, args.device)
+    print(
+        f"gates calibrated to {record['target']:g}: MACs ratio on {record['images']} training images "
+        f"{record['ratio_before']:.3f} -> {record['ratio_after']:.3f} (logit offset {record['offset']:+.3f}); {args.checkpoint} rewritten"
+    )
+    summary, written = evaluate_checkpoint(
+        args.checkpoint,
+        data_dir=args.data_dir,
+        device=args.device,
+        probe=None if args.probe == "none" else args.probe,
+        probe_seeds=args.probe_seeds,
+    )
+    print(format_summary(summary))
+    print(f"summary written to {written}")
     return 0
 
 
@@ -410,9 +384,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.command != "pretrain" and os.environ.get("WORLD_SIZE", "1") != "1":
             raise UserError(f"under torchrun only `gatedssl pretrain` runs (on every rank); run `gatedssl {args.command}` as one process")
-        return {"pretrain": run_pretrain, "sweep": run_sweep, "eval": run_eval, "export": run_export, "report": run_report}[args.command](
-            args
-        )
+        return {
+            "pretrain": run_pretrain,
+            "sweep": run_sweep,
+            "eval": run_eval,
+            "calibrate": run_calibrate,
+            "export": run_export,
+            "report": run_report,
+        }[args.command](args)
     except UserError as exc:
         prefix = _speaker()
         for line in str(exc).splitlines() if prefix else ():

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .config import PretrainConfig
+from .checkpoint import first_mismatch
+from .config import PretrainConfig, upgrade_stored
+from .errors import UserError
 from .methods import JointObjective, get_method
 from .models.resnet import create_backbone
 
@@ -55,3 +57,17 @@ def build_objective(cfg: PretrainConfig) -> JointObjective:
         ema_momentum=cfg.ema_momentum,
         gather=cfg.gather,
     )
+
+
+def restore_objective(state: dict, path) -> tuple[JointObjective, PretrainConfig]:
+    """The run's network and heads as its checkpoint's own settings describe them, weights loaded."""
+    try:
+        cfg = PretrainConfig(**upgrade_stored(state["config"]))
+    except TypeError as exc:
+        raise UserError(f"checkpoint {path} holds settings this gatedssl does not know ({exc}); use the version that wrote it") from None
+    objective = build_objective(cfg)
+    try:
+        objective.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})") from None
+    return objective, cfg

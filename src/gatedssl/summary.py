@@ -1,4 +1,4 @@
-"""A run's summary.json: what it holds, writing it whole, and the table printed from it."""
+"""A run's summary.json: what it holds, writing it whole, and the table printed from it (reporting.runs reads it back)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .checkpoint import atomic_write
 from .config import PretrainConfig
 from .data.sources import DatasetSplits
 from .precision import resolve_precision
+from .reporting.runs import subnet_names
 
 
 def make_summary(
@@ -54,16 +55,6 @@ def make_summary(
     if train_seconds is not None:
         summary["train_seconds"] = round(train_seconds, 2)
     return summary
-
-
-def subnet_names(evaluation: dict) -> list[str]:
-    """The sub-networks an evaluation (or a summary) holds, in its order; summaries written before 0.3 list none: theirs are dense and gated."""
-    if "subnets" in evaluation:
-        return list(evaluation["subnets"])
-    return [k for k in evaluation if k not in NOT_SUBNETS and isinstance(evaluation[k], dict) and "macs_ratio" in evaluation[k]]
-
-
-NOT_SUBNETS = ("knn", "init", "data", "static", "training_compute")
 
 
 def write_summary(path: Path, summary: dict) -> None:

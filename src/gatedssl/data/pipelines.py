@@ -25,10 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ..distributed import shard
+from ..names import PIPELINES
 from .augment import AugmentConfig, BatchAugment
 from .streaming import ImageFiles, read_batches
-
-PIPELINES = ("device", "loader")
 
 
 def _per_view(cfg):

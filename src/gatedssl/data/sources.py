@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from ..errors import UserError
+from ..names import STORAGES
 from .streaming import DecodedFiles, ImageFiles
 
 DATASETS = ("embedded", "cifar10", "cifar100", "stl10", "imagefolder")
-STORAGES = ("auto", "memory", "stream")
 _MEMORY_SHARE = 0.5  # auto: hold a dataset only if it takes at most this share of the free memory
 
 _CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))

@@ -6,29 +6,36 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..checkpoint import first_mismatch, load_checkpoint, run_folder_of, write_problems
-from ..config import PretrainConfig, upgrade_stored, validate
+from ..checkpoint import load_checkpoint, run_folder_of, write_problems
+from ..config import validate
 from ..data.sources import load_run_data
 from ..errors import UserError
-from ..factory import build_objective, select_device
-from ..methods import JointObjective
+from ..factory import restore_objective, select_device
 from ..summary import make_summary, write_summary
 from .evaluate import evaluate
 from .probe import linear_probe
 
 
-def restore_objective(state: dict, path) -> tuple[JointObjective, PretrainConfig]:
-    """The run's network and heads as its checkpoint's own settings describe them, weights loaded."""
-    try:
-        cfg = PretrainConfig(**upgrade_stored(state["config"]))
-    except TypeError as exc:
-        raise UserError(f"checkpoint {path} holds settings this gatedssl does not know ({exc}); use the version that wrote it") from None
-    objective = build_objective(cfg)
-    try:
-        objective.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint {path} does not match the network its settings describe ({first_mismatch(exc)})") from None
-    return objective, cfg
+def load_run(path: str, data_dir: str | None = None, device: str = "auto", knn_protocol: str | None = None):
+    """A checkpoint's state, its network (on the device), its settings and its data, as the run saw them."""
+    state = load_checkpoint(path)
+    objective, cfg = restore_objective(state, path)
+    if cfg.dataset == "embedded":  # the shipped images: no folder is read (older runs may have stored one anyway)
+        if data_dir:
+            raise UserError(
+                f"--data-dir: {path} was trained on the embedded data, which ships with gatedssl and reads no folder; drop --data-dir"
+            )
+        cfg = dataclasses.replace(cfg, data_dir=None)
+    cfg = dataclasses.replace(
+        cfg, device=device, **({"data_dir": data_dir} if data_dir else {}), **({"knn_protocol": knn_protocol} if knn_protocol else {})
+    )
+    problems = [p for p in validate(cfg) if not p.startswith("init_from:")]  # a post-hoc run's weights are all in its checkpoint
+    if problems:
+        raise UserError("\n".join(problems))
+    dev = select_device(cfg.device)
+    objective.to(dev)
+    splits = load_run_data(cfg, dev)
+    return state, objective, cfg, dev, splits
 
 
 def evaluate_checkpoint(
@@ -53,23 +60,7 @@ def evaluate_checkpoint(
     problems = write_problems("--out", target, reads=(path,), allowed=(run / "summary.json",) if run else ())
     if problems:
         raise UserError("\n".join(problems))
-    state = load_checkpoint(path)
-    objective, cfg = restore_objective(state, path)
-    if cfg.dataset == "embedded":  # the shipped images: no folder is read (older runs may have stored one anyway)
-        if data_dir:
-            raise UserError(
-                f"--data-dir: {path} was trained on the embedded data, which ships with gatedssl and reads no folder; drop --data-dir"
-            )
-        cfg = dataclasses.replace(cfg, data_dir=None)
-    cfg = dataclasses.replace(
-        cfg, device=device, **({"data_dir": data_dir} if data_dir else {}), **({"knn_protocol": knn_protocol} if knn_protocol else {})
-    )
-    problems = [p for p in validate(cfg) if not p.startswith("init_from:")]  # a post-hoc run's weights are all in its checkpoint
-    if problems:
-        raise UserError("\n".join(problems))
-    dev = select_device(cfg.device)
-    objective.to(dev)
-    splits = load_run_data(cfg, dev)
+    state, objective, cfg, dev, splits = load_run(path, data_dir, device, knn_protocol)
     if probe is not None and not splits.labeled:
         raise UserError(
             f"--probe {probe}: the run's data is unlabeled ({splits.unlabeled_reason}); a linear probe needs labelled "
@@ -78,6 +69,8 @@ def evaluate_checkpoint(
     result = evaluate(objective.backbone, splits, dev, cfg.knn_protocol, cfg.knn_k, cfg.knn_temperature, cfg.precision, objective.subnets)
     summary = make_summary(cfg, splits, result, state.get("init_eval"), state.get("train_seconds"), dev)
     summary["epochs_trained"] = state.get("epoch")
+    if state.get("calibration"):
+        summary["gate_calibration"] = state["calibration"]
     if probe is not None:
         for name in objective.subnets:
             result = linear_probe(

@@ -128,7 +128,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
         transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["transform"].items()})
         return Encoder({state["subnet"]: net}, transform, state.get("config")).to(device)
     from ..checkpoint import check_checkpoint
-    from ..evaluation.runs import restore_objective
+    from ..factory import restore_objective
 
     objective, cfg = restore_objective(check_checkpoint(state, path), path)
     backbone = objective.backbone.eval()

@@ -19,8 +19,8 @@ from ..errors import UserError
 from ..evaluation.evaluate import extract
 from ..evaluation.knn import knn_top1
 from ..evaluation.probe import linear_probe
-from ..evaluation.runs import read_summary, restore_objective
-from ..factory import select_device
+from ..evaluation.runs import read_summary
+from ..factory import restore_objective, select_device
 from ..models.resnet import BackboneOutput
 from ..models.torchvision_names import sidecar_path
 from ..names import parse_subnet

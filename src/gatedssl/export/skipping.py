@@ -26,14 +26,15 @@ from .slicing import fold, input_major, take, take_inputs
 STRATEGIES = ("union", "group")
 
 
-def _as_linear(conv: nn.Conv2d) -> nn.Linear:
-    """A 1x1 convolution (with a bias) as the matrix product it is on a pooled vector."""
+def _as_linear(conv: nn.Conv2d, offset: torch.Tensor | float = 0.0) -> nn.Linear:
+    """A 1x1 convolution (with a bias, less `offset`) as the matrix product it is on a pooled vector."""
     linear = nn.Linear(conv.in_channels, conv.out_channels)
     linear.weight.data.copy_(conv.weight.detach().flatten(1))
     if conv.bias is None:  # the reference gate's last conv
         linear.bias.data.zero_()
     else:
         linear.bias.data.copy_(conv.bias.detach())
+    linear.bias.data.sub_(offset)
     return linear
 
 
@@ -46,7 +47,7 @@ class _SkippingBlock(nn.Module):
         # the gate as two matrix products on the pooled input, its BN folded in: 1x1 convs on 1x1 maps
         # take PyTorch's slow convolution path at batch 1
         self.gate_reduce = _as_linear(fold(block.gate.reduce, block.gate.bn))
-        self.gate_expand = _as_linear(block.gate.expand)
+        self.gate_expand = _as_linear(block.gate.expand, block.gate.offset)
         self.mid_channels = block.mid_channels
         self.register_buffer("constant", branch_constant(full))
         self.register_buffer("second_input_major", input_major(full[1]))

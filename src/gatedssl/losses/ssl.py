@@ -14,6 +14,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from ..names import VICREG_WEIGHTS
+
 
 def _float32(fn):
     """Run `fn` with tensor arguments in float32 (or float64) and autocast off for their device."""
@@ -69,9 +71,9 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, variance_form: str = "mean"
 def vicreg_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
-    sim_weight: float = 25.0,
-    var_weight: float = 25.0,
-    cov_weight: float = 1.0,
+    sim_weight: float = VICREG_WEIGHTS[0],
+    var_weight: float = VICREG_WEIGHTS[1],
+    cov_weight: float = VICREG_WEIGHTS[2],
     variance_form: str = "mean",
 ) -> torch.Tensor:
     """VICReg: sim_weight * invariance + var_weight * variance + cov_weight * covariance (reference 25/25/1)."""

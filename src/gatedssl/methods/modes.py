@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
 from ..names import width_name
 
 Side = tuple[int, str]
@@ -45,6 +43,11 @@ class Mode:
     distill_space: str = "projection"  # students meet teachers after the projector or on the backbone's features
     budget: bool = False  # budget + bound losses on every gated side
     frozen_dense: Callable[[ModeOptions], bool] = field(default=lambda options: False)
+    short_label: str = ""  # the report's name for a run of this mode (default: the label)
+
+    @property
+    def report_label(self) -> str:
+        return self.short_label or self.label
 
 
 DENSE_PAIR: list[Pair] = [((0, "dense"), (1, "dense"))]
@@ -56,6 +59,8 @@ def _dual_pairs(options: ModeOptions, gates_on: bool) -> list[Pair]:
     pairs = [((0, "gated"), (1, "dense"))]
     if options.pairing == "symmetric":
         pairs.append(((1, "gated"), (0, "dense")))
+    if options.pairing == "plus-dense":  # the dense pass also learns as B1 does, from a dense partner (issue 21's lever)
+        pairs.append(((0, "dense"), (1, "dense")))
     return pairs
 
 
@@ -68,6 +73,8 @@ def _sandwich(options: ModeOptions, gates_on: bool) -> list[Pair]:
     """The smallest width and `slim_random` of the others, each on both views, distilled from the full width.
 
     The draw uses torch's CPU generator, whose state checkpoints save: a resumed run draws the same widths."""
+    import torch  # here, so that the table itself (names, labels) loads without torch: the reports read it
+
     names = slim_names(options)
     if not names:
         return []
@@ -83,14 +90,22 @@ MODES: dict[str, Mode] = {
         Mode(
             "dual",
             "Dual: dense + gated in one run (Krishna et al., BMVC 2023)",
+            short_label="Dual",
             subnets=lambda o: ("dense", "gated"),
             ssl_pairs=_dual_pairs,
             budget=True,
         ),
-        Mode("dense", "B1: vanilla SSL (dense)", subnets=lambda o: ("dense",), ssl_pairs=lambda o, on: DENSE_PAIR),
+        Mode(
+            "dense",
+            "B1: vanilla SSL (dense)",
+            subnets=lambda o: ("dense",),
+            ssl_pairs=lambda o, on: DENSE_PAIR,
+            short_label="B1 (dense only)",
+        ),
         Mode(
             "gated",
             "B2: gated-only SSL",
+            short_label="B2 (gated only)",
             subnets=lambda o: ("dense", "gated"),
             ssl_pairs=lambda o, on: [((0, "gated"), (1, "gated"))] if on else DENSE_PAIR,
             budget=True,
@@ -98,6 +113,7 @@ MODES: dict[str, Mode] = {
         Mode(
             "slimmable",
             "Slimmable SSL (DSPNet)",
+            short_label="Slimmable (DSPNet)",
             subnets=lambda o: ("dense", *slim_names(o)),
             ssl_pairs=lambda o, on: DENSE_PAIR,
             distill_pairs=_sandwich,
@@ -105,6 +121,7 @@ MODES: dict[str, Mode] = {
         Mode(
             "posthoc",
             "Post-hoc gating of a pretrained B1 encoder",
+            short_label="Post-hoc gating of B1",
             subnets=lambda o: ("dense", "gated"),
             ssl_pairs=lambda o, on: _dual_pairs(o, on) if o.finetune_dense else [],
             distill_pairs=lambda o, on: [((0, "gated"), (0, "dense")), ((1, "gated"), (1, "dense"))],

@@ -17,10 +17,9 @@ from torch import nn
 from .. import distributed, losses
 from ..models.resnet import BackboneOutput, GatedResNet
 from ..models.subnets import as_subnet
+from ..names import PAIRINGS
 from .modes import MODES, Mode, ModeOptions, Side, get_mode
 from .registry import Embeddings, Method
-
-PAIRINGS = ("reference", "symmetric")
 
 
 class JointObjective(nn.Module):

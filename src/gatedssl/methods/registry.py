@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import losses
 from ..models.heads import mlp
+from ..names import VICREG_WEIGHTS
 
 
 @dataclass
@@ -61,7 +62,7 @@ METHODS: dict[str, Method] = {
             "vicreg",
             2048,
             projector=lambda d, p: mlp([d, p, p, p]),
-            loss=lambda a, b, weights=(25.0, 25.0, 1.0), variance_form="mean": losses.vicreg_loss(
+            loss=lambda a, b, weights=VICREG_WEIGHTS, variance_form="mean": losses.vicreg_loss(
                 a.z, b.z, *weights, variance_form=variance_form
             ),
             couples_samples=True,

@@ -60,6 +60,13 @@ class ChannelGate(nn.Module):
         self.reduce = nn.Conv2d(in_channels, self.hidden, 1, bias=False)
         self.bn = nn.BatchNorm2d(self.hidden)
         self.expand = nn.Conv2d(self.hidden, out_channels, 1, bias=bias)
+        # subtracted from every logit, in training and evaluation alike: set once at the end of a run so that the
+        # thresholded gates spend the budget (gatedssl.training.calibrate); zero until then
+        self.register_buffer("offset", torch.zeros(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "offset", torch.zeros(()))  # checkpoints from before calibration
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def macs(self) -> int:
@@ -68,7 +75,7 @@ class ChannelGate(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.nn.functional.adaptive_avg_pool2d(x, 1)
-        return self.expand(torch.relu(self.bn(self.reduce(pooled)))).flatten(1)
+        return self.expand(torch.relu(self.bn(self.reduce(pooled)))).flatten(1) - self.offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_out) float32 mask of exact zeros and ones."""

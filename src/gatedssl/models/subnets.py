@@ -18,7 +18,7 @@ from ..names import parse_subnet, width_name
 @dataclass(frozen=True)
 class SubNet:
     name: str
-    kind: str  # "all" | "gate" | "width"
+    kind: str  # "dense" | "gated" | "width"
     width: float = 1.0
 
     @property
@@ -28,7 +28,7 @@ class SubNet:
 
     @property
     def gated(self) -> bool:
-        return self.kind == "gate"
+        return self.kind == "gated"
 
     def channels(self, full: int) -> int:
         """Channels of a layer that has `full` in the dense network."""
@@ -47,7 +47,7 @@ def as_subnet(subnet: str | SubNet | bool) -> SubNet:
     if isinstance(subnet, bool):
         subnet = "gated" if subnet else "dense"
     kind, width = parse_subnet(subnet)
-    return SubNet(width_name(width) if kind == "width" else ("gated" if kind == "gate" else "dense"), kind, width)
+    return SubNet(width_name(width) if kind == "width" else kind, kind, width)
 
 
 DENSE, GATED = as_subnet("dense"), as_subnet("gated")

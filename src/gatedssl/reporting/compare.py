@@ -15,16 +15,12 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from .document import Document
 from .literal import literal_text
-from .report import COLORS, Accuracy, Run, RunGroup, _passes, _save, _stat, accuracy_groups, stem_padding
+from .plots import COLORS, save_figure
+from .runs import SYSTEM_LABEL, Run, stem_padding
+from .table import Accuracy, RunGroup, accuracy_groups, mean_std
 
-SYSTEM_LABEL = {  # what the sources call each system
-    "dense": "B1: vanilla SSL (dense)",
-    "gated": "B2: gated-only SSL",
-    "dual": "Dual: dense + gated in one run (Krishna et al., BMVC 2023)",
-    "slimmable": "Slimmable SSL (DSPNet)",
-    "posthoc": "Post-hoc gating of a pretrained B1 encoder",
-}
 SYSTEM_ORDER = ("dense", "dual", "posthoc", "slimmable", "gated")
 STYLE = {  # colour, marker; B1, B2 and Dual as in the trade-off picture
     "dense": (COLORS["b1"], "*"),
@@ -79,7 +75,7 @@ def _system_key(run: Run) -> tuple:
     s = run.summary
     widths = tuple(float(w) for w in s.get("widths", [])) if run.mode == "slimmable" else None
     budget = round(run.budget, 6) if run.has_budget else None
-    pairing = s.get("pairing", "reference") if run.has_budget else None
+    pairing = run.pairing if run.has_budget else None
     return (run.mode, s["method"], run.epochs, s.get("recipe"), budget, widths, pairing)
 
 
@@ -99,7 +95,7 @@ def _compute_stats(parts: list[dict | None]) -> dict | None:
     """Mean ± std of each cost over the seeds; None unless every run states it (an old summary has none)."""
     if not parts or any(not p for p in parts):
         return None
-    out = {k: _stat([p[k] for p in parts]) for k in COMPUTE_KEYS}
+    out = {k: mean_std([p[k] for p in parts]) for k in COMPUTE_KEYS}
     out["devices"] = sorted({str(p["device"]) for p in parts if "device" in p})
     return out
 
@@ -119,14 +115,14 @@ def compare_table(group: Group) -> dict:
         runs = by_key[key]
         mode, method, epochs, recipe, budget, widths, pairing = key
         subnets = []
-        for name in _passes(runs[0]):
+        for name in runs[0].passes:
             top1 = [_accuracy(group.accuracy, r, name) for r in runs]
             subnets.append(
                 {
                     "name": name,
-                    "top1": _stat(top1) if None not in top1 else None,
-                    "macs": _stat([r.summary[name]["macs"] for r in runs]),
-                    "macs_ratio": _stat([r.summary[name]["macs_ratio"] for r in runs]),
+                    "top1": mean_std(top1) if None not in top1 else None,
+                    "macs": mean_std([r.summary[name]["macs"] for r in runs]),
+                    "macs_ratio": mean_std([r.summary[name]["macs_ratio"] for r in runs]),
                 }
             )
         own = [r.summary.get("training_compute") for r in runs]
@@ -321,7 +317,7 @@ def plot_compare(tables: list[dict], out_png: Path) -> Path:
         ax.set_xticks(range(0, 101, 10))
         ax.grid(True, alpha=0.3)
         ax.set_title(f"{table['title']}\nAccuracy vs compute: every sub-network of every system", fontsize="medium")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 CSV_FIELDS = [
@@ -371,7 +367,7 @@ def write_csv(tables: list[dict], path: Path) -> Path:
     return path
 
 
-def add_section(doc, tables: list[dict], out_dir: Path) -> None:
+def add_section(doc: Document, tables: list[dict], out_dir: Path) -> None:
     """The "Systems compared" section of report.md/html: the claim, one table per group, the picture."""
     doc.heading(2, "Systems compared", anchor="systems-compared")
     doc.para(CLAIM)

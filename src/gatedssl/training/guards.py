@@ -1,4 +1,6 @@
-"""The loss guard: stops a run the step its loss explodes or stops being finite, not an epoch later.
+"""What stops a run early and cleanly: the loss guard and the stop signals.
+
+The loss guard stops a run the step its loss explodes or stops being finite, not an epoch later.
 
 A diverging SSL run climbs through 1e4, 1e8, 1e18 in a few steps before it overflows; by then an
 epoch's mean is meaningless and the checkpoint an epoch old. The guard compares each step's loss
@@ -9,7 +11,12 @@ copy has landed (a step or so late).
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import torch
+
+from .. import distributed
 
 EXPLOSION_FACTOR = 100.0  # a loss this many times its first value (or 1, if larger) has exploded; no
 # healthy run of any method here climbs that far: SSL losses fall from their initial value, and
@@ -69,3 +76,31 @@ class LossGuard:
             if self.reference is not None and torch.isfinite(self.reference)
             else f"{what} at epoch {epoch + 1}, step {step + 1} ({named})"
         )
+
+
+class StopSignals:
+    """Turns SIGTERM and SIGINT into a request the loop honours after the current step."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.finishing = False  # a rank stopping on purpose (exit 75)
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if self.finishing and self._previous and distributed.shard().world > 1:
+            # on its way out with exit 75: when another rank exits first, torchrun SIGTERMs this one (even during
+            # interpreter shutdown, where a Python handler no longer runs), which would turn 75 into -15
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
