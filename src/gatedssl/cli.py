@@ -202,7 +202,62 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP", help="run folders or sweep folders")
     r.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
     r.add_argument("--paper-overlay", action="store_true", help="draw the paper's Table 1 numbers on the trade-off plot")
+    _add_finetune_parser(sub)
     return parser
+
+
+def _add_finetune_parser(sub) -> None:
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune a sub-network of a pretrained run, with a linear head, on labelled images",
+        description="Train a pretrained run's sub-network end to end with a linear classifier: dense, gated (its "
+        "gates keep the run's budget: the budget loss stays on), static (the channels `export --subnet static` keeps) "
+        "or a slimmable run's widthW. BatchNorm trains. Data: the run's own labelled split unless --dataset/--data-dir "
+        "(transfer). Writes FT/checkpoints, FT/labels.txt (the labelled images used), FT/metrics.jsonl and "
+        "FT/summary.json (test top-1, MACs); `gatedssl.load('FT/checkpoints/last.pt').predict(images)` classifies.",
+    )
+    f.add_argument("--checkpoint", required=True, metavar="PATH", help="RUN/checkpoints/last.pt of a pretraining run")
+    f.add_argument("--out", required=True, metavar="FT", help="folder for the fine-tune")
+    f.add_argument("--subnet", default="dense", help="dense, gated, static or widthW (default: dense)")
+    f.add_argument("--dataset", help="another labelled dataset (transfer; default: the run's)")
+    f.add_argument("--data-dir", metavar="DIR", help="its folder (train/ and test/ or val/ class folders), or the run's data if it moved")
+    f.add_argument(
+        "--label-fraction", type=float, default=1.0, metavar="F", help="class-balanced share of the labels, drawn with --seed (default: 1)"
+    )
+    f.add_argument(
+        "--label-list", metavar="FILE", help="a fixed list of labelled images, one path under train/ per line (as FT/labels.txt)"
+    )
+    f.add_argument(
+        "--init", choices=("pretrained", "random"), default="pretrained", help="random: the same network from scratch, the baseline"
+    )
+    f.add_argument("--recipe", choices=("default", "semi"), default="default", help="default, or semi: SimCLR's semi-supervised protocol")
+    f.add_argument(
+        "--epochs", type=int, help="default: about 1000 steps within [10, 100] epochs (semi: 60 below 10%% of the labels, else 30)"
+    )
+    f.add_argument("--lr", type=float, help="per 256 images (default: 0.1; semi: 0.05)")
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--weight-decay", type=float, help="default: 5e-4 (semi: 0)")
+    f.add_argument("--label-smoothing", type=float, help="default: 0.1 (semi: 0)")
+    f.add_argument("--freeze-backbone", action="store_true", help="train the head only (a linear probe with augmentation)")
+    f.add_argument("--freeze-gates", action="store_true", help="gated: keep the gates as pretrained (no budget loss needed)")
+    f.add_argument(
+        "--no-calibrate-gates", dest="calibrate_gates", action="store_false", help="gated: skip the budget calibration at the end"
+    )
+    f.add_argument("--budget-weight", type=float, metavar="W", help="gated: the budget loss's weight (default: the run's)")
+    f.add_argument(
+        "--keep-rate",
+        type=float,
+        metavar="Q",
+        help="static: channels open for at least this share of images (default: the run's budget in MACs)",
+    )
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    f.add_argument("--checkpoint-minutes", type=float, default=10.0, help="also checkpoint within an epoch this often (default: 10)")
+    f.add_argument(
+        "--resume", nargs="?", const=True, default=False, type=_resume, help="continue from FT's checkpoint; 'auto': if there is one"
+    )
+    f.add_argument("--overwrite", action="store_true", help="replace a fine-tune already in FT")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_probe_flags(parser: argparse.ArgumentParser, default: str) -> None:
@@ -372,6 +427,35 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_finetune(args: argparse.Namespace) -> int:
+    from .training.finetune import FinetuneConfig, finetune
+    from .training.run_folder import RunPaths, finished_summary, has_checkpoint
+
+    names = {f.name for f in fields(FinetuneConfig)}
+    cfg = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names})
+    resume = args.resume
+    if resume == "auto":
+        paths = RunPaths(Path(cfg.out))
+        done = finished_summary(paths)
+        if done is not None:
+            print(f"--resume auto: {cfg.out} holds a finished fine-tune (top-1 {done.get('top1')} %); nothing to do")
+            return 0
+        resume = has_checkpoint(paths)
+    s = finetune(cfg, resume=bool(resume), overwrite=args.overwrite, progress=not args.quiet)
+    used = f"{s['labels_used']} labels" + (
+        f" ({100 * s['label_fraction']:g} %)" if s["label_fraction"] is not None else f" (from {s['label_list']})"
+    )
+    line = (
+        f"{s['subnet']} ({s['init']}) fine-tuned on {used}, {s['epochs']} epochs, {s['train_seconds']:.0f} s: "
+        f"test top-1 {s['top1']:.2f} % on {s['test_images']} images, {s['macs'] / 1e6:.2f} M MACs/image = {s['macs_ratio']:.3f} of dense"
+    )
+    if s.get("before_calibration"):
+        b = s["before_calibration"]
+        line += f" (before the gates' calibration: {b['top1']:.2f} %, {b['macs_ratio']:.3f})"
+    print(line + f"\nsummary written to {Path(cfg.out) / 'summary.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     global _started
     _started = False  # each command starts before its run (an earlier call in this process, e.g. a test's, does not count)
@@ -391,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             "calibrate": run_calibrate,
             "export": run_export,
             "report": run_report,
+            "finetune": run_finetune,
         }[args.command](args)
     except UserError as exc:
         prefix = _speaker()

@@ -54,6 +54,13 @@ class ImageSet:
     images: torch.Tensor | ImageFiles  # (N, 3, H, W) uint8, contiguous, CPU; or the files, read a batch at a time
     labels: torch.Tensor  # (N,) int64; -1 for unlabeled images
     classes: list[str]
+    names: list[str] | None = None  # one per image: its path under the split's folder ("cat/0042.jpg"), or "class/index"
+
+    def image_names(self) -> list[str]:
+        """What a label list calls each image: the file's path under its split folder, else its class and position."""
+        if self.names is not None:
+            return self.names
+        return [f"{self.classes[y]}/{i:05d}" for i, y in enumerate(self.labels.tolist())]
 
 
 @dataclass
@@ -170,8 +177,13 @@ def load_dataset(
             )
         if storage == "stream":
             sets = [
-                ImageSet(ImageFiles(paths, stored, strict=strict, warn=warn, workers=workers), labels, classes)
-                for paths, labels, classes in listed
+                ImageSet(
+                    ImageFiles(paths, stored, strict=strict, warn=warn, workers=workers),
+                    labels,
+                    classes,
+                    [os.path.relpath(p, folder) for p in paths],
+                )
+                for (paths, labels, classes), folder in zip(listed, folders)
             ]
         else:
             sets = [
@@ -436,8 +448,9 @@ def _decode_files(paths: list[str], size: int) -> tuple[torch.Tensor, list[str]]
 
 def _decode_set(paths: list[str], labels: torch.Tensor, classes: list[str], size: int, strict: bool, warn, folder: Path) -> ImageSet:
     images, failures = _decode_files(paths, size)
+    names = [os.path.relpath(p, folder) for p in paths]
     if not failures:
-        return ImageSet(images, labels, classes)
+        return ImageSet(images, labels, classes, names)
     if strict:
         raise UserError(f"{failures[0][1]} (--strict; {len(failures)} unreadable image(s) in all)")
     bad = torch.tensor([i for i, _ in failures])
@@ -450,4 +463,4 @@ def _decode_set(paths: list[str], labels: torch.Tensor, classes: list[str], size
     empty = [classes[c] for c in range(len(classes)) if not (labels[keep] == c).any()]
     if empty:
         raise UserError(f"no readable image left in class folder(s) {', '.join(empty)} of {folder}")
-    return ImageSet(images[keep], labels[keep], classes)
+    return ImageSet(images[keep], labels[keep], classes, [n for n, k in zip(names, keep.tolist()) if k])

@@ -75,12 +75,20 @@ class Encoder(nn.Module):
     slimmable run's widths ("width0.5": a plain smaller ResNet), or the one sub-network of an export.
     """
 
-    def __init__(self, subnets: dict[str, nn.Module], transform: EvalTransform, config: dict | None = None):
+    def __init__(
+        self,
+        subnets: dict[str, nn.Module],
+        transform: EvalTransform,
+        config: dict | None = None,
+        head: nn.Linear | None = None,
+        classes: list[str] | None = None,
+    ):
         super().__init__()
         self.names = list(subnets)
         self.nets = nn.ModuleDict({_key(n): net for n, net in subnets.items()})  # module names cannot hold the dot of width0.5
         self.transform = transform
         self.config = config or {}
+        self.head, self.classes = head, classes  # a fine-tune's classifier (gatedssl finetune)
         self.eval()
 
     @property
@@ -106,6 +114,16 @@ class Encoder(nn.Module):
         """Features (N, D) of images (see EvalTransform for what it takes)."""
         return self(self.transform(images).to(self.device), subnet)
 
+    @torch.no_grad()
+    def predict(self, images, subnet: str | None = None) -> tuple[list[str], torch.Tensor]:
+        """Class names and class probabilities (N, classes) of images, by a fine-tuned model's head."""
+        if self.head is None:
+            raise ValueError(
+                "this model has no classifier head; fine-tune it first (gatedssl finetune) and load the fine-tune's checkpoint"
+            )
+        probabilities = self.head(self.embed(images, subnet)).softmax(1)
+        return [self.classes[i] for i in probabilities.argmax(1).tolist()], probabilities
+
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: str = "union") -> Encoder:
     """Load a training checkpoint or an export (`.pt`, or torchvision weights with their sidecar) as an Encoder on `device`.
@@ -127,6 +145,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
         net.load_state_dict(state["state_dict"])
         transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["transform"].items()})
         return Encoder({state["subnet"]: net}, transform, state.get("config")).to(device)
+    if isinstance(state, dict) and "finetune" in state:
+        return _load_classifier(state, path, strategy).to(device)
     from ..checkpoint import check_checkpoint
     from ..factory import restore_objective
 
@@ -136,6 +156,29 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
     if cfg.mode != "slimmable":  # a slimmable run has no gates
         nets.update(gated=SkippingResNet(backbone, strategy), backbone=backbone)
     return Encoder(nets, EvalTransform.for_dataset(cfg.dataset, cfg.crop_size), cfg.to_dict()).to(device)
+
+
+def _load_classifier(state: dict, path, strategy: str) -> Encoder:
+    """A fine-tune's checkpoint: its one sub-network as deployed (BN folded; gated with real skipping) and its head."""
+    from ..config import PretrainConfig, upgrade_stored
+    from ..factory import build_objective
+    from ..models.classifier import Classifier
+
+    run = PretrainConfig(**upgrade_stored(state["run_config"]))
+    subnet, weights = state["finetune"]["subnet"], state["model"]
+    keep = [m.nonzero().flatten() for k, m in sorted(weights.items()) if k.startswith("static_mask")] or None
+    if keep is not None:  # in block order, whatever the keys' text order
+        keep = [weights[f"static_mask{i}"].nonzero().flatten() for i in range(len(keep))]
+    model = Classifier(build_objective(run).backbone, subnet, state["classes"], keep)
+    model.load_state_dict(weights)
+    backbone = model.backbone.eval()
+    if subnet == "gated":
+        net = SkippingResNet(backbone, strategy)
+    else:
+        net = PlainResNet.from_gated(backbone, "gated" if subnet == "static" else subnet, keep=keep)
+    finetune = state["finetune"]
+    transform = EvalTransform.for_dataset(finetune.get("dataset") or run.dataset, run.crop_size)
+    return Encoder({subnet: net}, transform, {**run.to_dict(), "finetune": finetune}, head=model.head, classes=list(state["classes"]))
 
 
 def _key(name: str) -> str:

@@ -1,0 +1,202 @@
+"""`gatedssl finetune`: label subsets, the gated budget through fine-tuning, resume, bad input, and the classifier a user loads."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from conftest import cli_error_lines
+
+import gatedssl
+from gatedssl import losses
+from gatedssl.cli import main
+from gatedssl.config import PretrainConfig
+from gatedssl.data.labels import balanced_subset, fraction_problems, read_label_list, write_label_list
+from gatedssl.data.sources import load_dataset
+from gatedssl.errors import EXIT_SIGNAL, RunStopped, UserError
+from gatedssl.training import finetune as ft
+from gatedssl.training import pretrain
+
+TINY = dict(width=8, proj_dim=64, epochs=2, batch_size=50, limit_per_class=30, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrained")
+    for mode in ("dual", "dense"):
+        pretrain(PretrainConfig(mode=mode, out=str(root / mode), **TINY), progress=False, log=lambda m: None)
+    return root
+
+
+def config(runs, out, **kw) -> ft.FinetuneConfig:
+    values = dict(checkpoint=str(runs / "dual" / "checkpoints" / "last.pt"), out=str(out), epochs=2, batch_size=50, device="cpu")
+    return ft.FinetuneConfig(**{**values, **kw})
+
+
+def quiet(cfg, **kw):
+    return ft.finetune(cfg, progress=False, log=lambda m: None, **kw)
+
+
+# ------------------------------------------------------------------------------------------ label subsets
+def test_label_subsets_are_class_balanced_reproducible_and_round_trip(tmp_path):
+    labels = torch.arange(10).repeat_interleave(torch.tensor([50, 40, 30, 20, 100, 50, 50, 50, 50, 60]))
+    a, b, c = (balanced_subset(labels, 10, 0.1, seed) for seed in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.bincount(labels[a], minlength=10).tolist() == [5, 4, 3, 2, 10, 5, 5, 5, 5, 6]
+    assert torch.equal(balanced_subset(labels, 10, 1.0, 3), torch.arange(len(labels)))
+    names = [f"c{y}/{i}.jpg" for i, y in enumerate(labels.tolist())]
+    write_label_list(tmp_path / "labels.txt", names, a)
+    assert torch.equal(read_label_list(tmp_path / "labels.txt", names, [f"c{k}" for k in range(10)]), a)
+
+
+def test_label_problems_name_the_cause(tmp_path):
+    labels = torch.tensor([0] * 30 + [1] * 3)
+    assert "no image of class b" in fraction_problems(0.1, labels, ["a", "b"])[0]
+    assert fraction_problems(0.2, labels, ["a", "b"]) == []
+    assert "(0, 1]" in fraction_problems(0.0, labels, ["a", "b"])[0]
+    listed = tmp_path / "list.txt"
+    listed.write_text("a/1.jpg\nz/2.jpg\n")
+    with pytest.raises(UserError, match="not in the data: z"):
+        read_label_list(listed, ["a/1.jpg"], ["a", "b"])
+    listed.write_text("a/1.jpg\na/9.jpg\n")
+    with pytest.raises(UserError, match="1 of 2 image"):
+        read_label_list(listed, ["a/1.jpg"], ["a", "b"])
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--label-fraction", "0"], "(0, 1]"),
+        (["--label-fraction", "1.5"], "(0, 1]"),
+        (["--label-fraction", "0.001"], "leaves no image of class"),
+        (["--freeze-gates"], "--freeze-gates"),
+        (["--subnet", "width0.5"], "has no such width"),
+        (["--subnet", "half"], "--subnet must be one of"),
+        (["--keep-rate", "0.5"], "add --subnet static"),
+    ],
+)
+def test_bad_requests_are_one_line_and_write_nothing(runs, tmp_path, capsys, extra, needle):
+    out = tmp_path / "ft"
+    cli_error_lines(capsys, ["finetune", "--checkpoint", str(runs / "dual/checkpoints/last.pt"), "--out", str(out), *extra], needle)
+    assert not out.exists()
+
+
+def test_gates_asked_of_a_dense_run_and_foreign_label_lists_are_refused(runs, tmp_path, capsys):
+    out = tmp_path / "ft"
+    dense = str(runs / "dense/checkpoints/last.pt")
+    cli_error_lines(capsys, ["finetune", "--checkpoint", dense, "--out", str(out), "--subnet", "gated"], "it has no gates")
+    listed = tmp_path / "list.txt"
+    listed.write_text("airplane/00000\nairplane/99999\n")
+    cli_error_lines(capsys, ["finetune", "--checkpoint", dense, "--out", str(out), "--label-list", str(listed)], "not in the labelled")
+    cli_error_lines(capsys, ["finetune", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)], "no such file")
+    assert not out.exists()
+
+
+def test_unlabeled_data_is_refused(runs, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "photos" / "train"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (40, 40), (i * 60, 0, 0)).save(folder / f"{i}.png")
+    out = tmp_path / "ft"
+    argv = ["finetune", "--checkpoint", str(runs / "dual/checkpoints/last.pt"), "--out", str(out)]
+    cli_error_lines(capsys, [*argv, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "photos")], "fine-tuning needs labels")
+    assert not out.exists()
+
+
+def test_a_finished_fine_tune_is_kept_unless_overwrite(runs, tmp_path, capsys):
+    out = tmp_path / "ft"
+    summary = quiet(config(runs, out, epochs=1))
+    before = (out / "summary.json").read_bytes()
+    cli_error_lines(capsys, ["finetune", "--checkpoint", str(runs / "dual/checkpoints/last.pt"), "--out", str(out)], "finished run")
+    assert (out / "summary.json").read_bytes() == before
+    assert summary["labels_used"] == len((out / "labels.txt").read_text().splitlines()) == 300
+    assert main(["finetune", "--checkpoint", str(runs / "dual/checkpoints/last.pt"), "--out", str(out), "--resume", "auto"]) == 0
+
+
+# ------------------------------------------------------------------------------------------ what it learns and spends
+def test_a_short_fine_tune_beats_the_network_it_started_from(runs, tmp_path):
+    cfg = config(runs, tmp_path / "ft", epochs=12, label_smoothing=0.0)
+    setup = ft.prepare(cfg, lambda m: None)
+    start = ft.evaluate_classifier(setup.model, setup.splits, torch.device("cpu"))["top1"]
+    summary = quiet(cfg)
+    assert summary["top1"] > start + 12, (start, summary["top1"])  # 300 test images, 10 classes; init is chance (about 10)
+
+
+def test_the_gated_budget_holds_through_fine_tuning(runs, tmp_path):
+    summary = quiet(config(runs, tmp_path / "ft", subnet="gated", epochs=3))
+    assert abs(summary["macs_ratio"] - 0.5) <= 0.02 and abs(summary["before_calibration"]["macs_ratio"] - 0.5) <= 0.1
+
+
+def test_the_budget_loss_pulls_the_gates_back_and_a_mutant_without_it_does_not(runs, tmp_path):
+    """Gates pushed off the budget (every logit raised by 1: about 0.7 of the MACs in training) come back toward it
+    with the budget loss, and stay without it (the same run, the same random draws)."""
+    state = torch.load(runs / "dual/checkpoints/last.pt", weights_only=True)
+    for key in state["model"]:
+        if key.endswith("gate.offset"):
+            state["model"][key].fill_(-1.0)
+    torch.save(state, tmp_path / "off.pt")
+    settings = dict(checkpoint=str(tmp_path / "off.pt"), subnet="gated", epochs=8, lr=0.4, budget_weight=50.0, calibrate_gates=False)
+
+    def train_ratios(out):
+        quiet(config(runs, out, **settings))
+        return [json.loads(line)["macs_ratio"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    kept = train_ratios(tmp_path / "kept")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(losses, "budget_loss", lambda macs, *a, **k: macs.sum() * 0)
+        free = train_ratios(tmp_path / "free")
+    assert free[0] > 0.65 and kept[0] > 0.65, (kept, free)
+    assert kept[-1] < kept[0] - 0.08 and abs(free[-1] - free[0]) < 0.03, (kept, free)
+
+
+def test_frozen_gates_keep_every_gate_weight(runs, tmp_path):
+    cfg = config(runs, tmp_path / "ft", subnet="gated", freeze_gates=True, epochs=1)
+    quiet(cfg)
+    pretrained = torch.load(cfg.checkpoint, weights_only=True)["model"]
+    tuned = torch.load(tmp_path / "ft/checkpoints/last.pt", weights_only=True)["model"]
+    gates = [k for k in tuned if ".gate." in k and "num_batches" not in k]
+    assert gates and all(torch.equal(tuned[k], pretrained[k]) for k in gates)
+    assert not torch.equal(tuned["backbone.stem_conv.weight"], pretrained["backbone.stem_conv.weight"])
+
+
+# ------------------------------------------------------------------------------------------ resume and the shipped model
+def test_a_stopped_fine_tune_resumes_to_the_uninterrupted_weights(runs, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    quiet(config(runs, straight, epochs=3, subnet="gated"))
+    real_append = ft.append_line
+
+    def stop_after_first_epoch(path, record):
+        real_append(path, record)
+        if record.get("epoch") == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ft, "append_line", stop_after_first_epoch)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(RunStopped) as info:
+        quiet(config(runs, stopped, epochs=3, subnet="gated"))
+    assert info.value.exit_code == EXIT_SIGNAL
+    monkeypatch.setattr(ft, "append_line", real_append)
+    quiet(config(runs, stopped, epochs=3, subnet="gated"), resume=True)
+    a = torch.load(straight / "checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(stopped / "checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(line)["epoch"] for line in (stopped / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("subnet", ["dense", "gated", "static"])
+def test_the_loaded_classifier_predicts_as_the_fine_tune_measured(runs, tmp_path, subnet):
+    out = tmp_path / subnet
+    summary = quiet(config(runs, out, subnet=subnet, epochs=2))
+    model = gatedssl.load(out / "checkpoints/last.pt")
+    test = load_dataset("embedded", limit_per_class=30).test
+    names, probabilities = model.predict(test.images)
+    assert probabilities.shape == (len(test.labels), 10) and torch.allclose(probabilities.sum(1), torch.ones(len(test.labels)))
+    top1 = 100 * sum(n == test.classes[y] for n, y in zip(names, test.labels.tolist())) / len(names)
+    assert top1 == pytest.approx(summary["top1"], abs=1.0)  # BN folded and real skipping: a rounding may flip a tie
+    assert model.embed(test.images[:4]).shape[0] == 4
+    if subnet != "dense":
+        assert abs(summary["macs_ratio"] - 0.5) < 0.1
