@@ -200,3 +200,61 @@ def test_the_loaded_classifier_predicts_as_the_fine_tune_measured(runs, tmp_path
     assert model.embed(test.images[:4]).shape[0] == 4
     if subnet != "dense":
         assert abs(summary["macs_ratio"] - 0.5) < 0.1
+
+
+# ------------------------------------------------------------------------------------------ exported classifiers
+@pytest.mark.parametrize("subnet", ["dense", "static"])
+def test_exported_classifiers_predict_as_the_loaded_fine_tune_and_carry_their_classes(runs, tmp_path, subnet, capsys):
+    pytest.importorskip("onnxruntime")
+    import onnx
+    import onnxruntime
+
+    out = tmp_path / "ft"
+    quiet(config(runs, out, subnet=subnet, epochs=2))
+    checkpoint = str(out / "checkpoints/last.pt")
+    loaded = gatedssl.load(checkpoint)
+    test = load_dataset("embedded", limit_per_class=30).test
+    names, _ = loaded.predict(test.images)
+    x = loaded.transform(test.images)
+    for fmt in ("pt", "torchscript", "onnx"):
+        assert main(["export", "--checkpoint", checkpoint, "--out", str(tmp_path / f"c.{fmt}"), "--format", fmt]) == 0
+    assert "classifier (10 classes)" in capsys.readouterr().out
+    assert gatedssl.load(tmp_path / "c.pt").predict(test.images)[0] == names
+    scripted = torch.jit.load(tmp_path / "c.torchscript")
+    assert [scripted.classes[i] for i in scripted(x).argmax(1).tolist()] == names
+    session = onnxruntime.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    classes = json.loads({p.key: p.value for p in onnx.load(tmp_path / "c.onnx").metadata_props}["classes"])
+    assert [classes[i] for i in session.run(None, {"images": x.numpy()})[0].argmax(1).tolist()] == names
+
+
+def test_a_fine_tuned_gated_network_is_not_flattened_into_a_static_file(runs, tmp_path, capsys):
+    out = tmp_path / "ft"
+    quiet(config(runs, out, subnet="gated", epochs=1))
+    cli_error_lines(capsys, ["export", "--checkpoint", str(out / "checkpoints/last.pt"), "--out", str(tmp_path / "c.pt")], "gatedssl.load")
+    assert not (tmp_path / "c.pt").exists()
+    cli_error_lines(capsys, ["eval", "--checkpoint", str(out / "checkpoints/last.pt")], "fine-tune's checkpoint")
+
+
+def test_a_fine_tuned_resnet18_exports_as_a_torchvision_classifier_with_fc_filled(tmp_path):
+    import torchvision
+
+    from gatedssl.export.formats import torchvision_model
+
+    pretrain(
+        PretrainConfig(mode="dense", out=str(tmp_path / "run"), width=64, epochs=1, batch_size=25, limit_per_class=5, device="cpu"),
+        progress=False,
+        log=lambda m: None,
+    )
+    quiet(ft.FinetuneConfig(checkpoint=str(tmp_path / "run/checkpoints/last.pt"), out=str(tmp_path / "ft"), epochs=1, batch_size=25))
+    weights = tmp_path / "resnet18.pth"
+    assert main(["export", "--checkpoint", str(tmp_path / "ft/checkpoints/last.pt"), "--out", str(weights), "--format", "torchvision"]) == 0
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1 = torch.nn.Conv2d(3, 64, 3, padding=1, bias=False)
+    model.maxpool = torch.nn.Identity()
+    model.load_state_dict(torch.load(weights, weights_only=True), strict=True)
+    loaded = gatedssl.load(tmp_path / "ft/checkpoints/last.pt")
+    images = load_dataset("embedded", limit_per_class=5).test.images
+    expected, _ = loaded.predict(images)
+    assert [loaded.classes[i] for i in model.eval()(loaded.transform(images)).argmax(1).tolist()] == expected
+    assert gatedssl.load(weights).predict(images)[0] == expected
+    assert torchvision_model(weights).fc.out_features == 10

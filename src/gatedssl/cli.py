@@ -412,8 +412,9 @@ def run_export(args: argparse.Namespace) -> int:
         device=args.device,
         probe=not args.no_probe,
     )
-    line = f"{result['subnet']} encoder written to {result['file']} ({result['format']}): {result['macs'] / 1e6:.1f} M MACs/image, {result['macs_ratio']:.3f} of dense"
-    if result["subnet"] == "static":
+    what = f"classifier ({len(result['classes'])} classes)" if "classes" in result else "encoder"
+    line = f"{result['subnet']} {what} written to {result['file']} ({result['format']}): {result['macs'] / 1e6:.1f} M MACs/image, {result['macs_ratio']:.3f} of dense"
+    if result["subnet"] == "static" and "classes" not in result:  # a pretrained run's static export measured what it kept
         knn = "not measured (unlabeled data)" if result["knn_top1"] is None else f"{result['knn_top1']:.2f} %"
         line += f"\nkeep rate {result['keep_rate']:.4g}: channels per block {result['channels']}; kNN top-1 {knn}"
         if "probe" in result:

@@ -61,6 +61,11 @@ def build_objective(cfg: PretrainConfig) -> JointObjective:
 
 def restore_objective(state: dict, path) -> tuple[JointObjective, PretrainConfig]:
     """The run's network and heads as its checkpoint's own settings describe them, weights loaded."""
+    if "finetune" in state:
+        raise UserError(
+            f"{path} is a fine-tune's checkpoint (gatedssl finetune), not a pretraining run's; load it with gatedssl.load "
+            f"or write it out with gatedssl export"
+        )
     try:
         cfg = PretrainConfig(**upgrade_stored(state["config"]))
     except TypeError as exc:

@@ -138,13 +138,21 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
         from .formats import torchvision_model
 
         transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in construction["transform"].items()})
-        return Encoder({"dense": torchvision_model(path)}, transform).to(device)
+        model, classes = torchvision_model(path), construction.get("classes")
+        if classes:  # a fine-tune's: the features are fc's input, fc is the head
+            head, model.fc = model.fc, nn.Identity()
+            return Encoder({"dense": model}, transform, head=head, classes=classes).to(device)
+        return Encoder({"dense": model}, transform).to(device)
     state = read_weights(path)
     if isinstance(state, dict) and state.get("format") == EXPORT_FORMAT:
         net = PlainResNet(state["arch"])
         net.load_state_dict(state["state_dict"])
         transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["transform"].items()})
-        return Encoder({state["subnet"]: net}, transform, state.get("config")).to(device)
+        head = None
+        if "head" in state:  # a fine-tune's export
+            head = nn.Linear(state["head"]["weight"].shape[1], state["head"]["weight"].shape[0])
+            head.load_state_dict(state["head"])
+        return Encoder({state["subnet"]: net}, transform, state.get("config"), head=head, classes=state.get("classes")).to(device)
     if isinstance(state, dict) and "finetune" in state:
         return _load_classifier(state, path, strategy).to(device)
     from ..checkpoint import check_checkpoint

@@ -31,8 +31,11 @@ FORMATS = ("pt", "torchscript", "onnx", "torchvision")
 EXTRA = "pip install 'gatedssl[export]'"
 
 
-def write_pt(net: PlainResNet, subnet: str, transform: EvalTransform, config: dict, out: Path) -> None:
-    """A state dict plus the architecture (each conv's channels): loads with weights_only=True."""
+def write_pt(
+    net: PlainResNet, subnet: str, transform: EvalTransform, config: dict, out: Path, head: nn.Linear | None = None, classes=None
+) -> None:
+    """A state dict plus the architecture (each conv's channels): loads with weights_only=True. A fine-tune's
+    file adds its head and class names."""
     state = {
         "format": EXPORT_FORMAT,
         "subnet": subnet,
@@ -41,10 +44,12 @@ def write_pt(net: PlainResNet, subnet: str, transform: EvalTransform, config: di
         "transform": dataclasses.asdict(transform),
         "config": config,
     }
+    if head is not None:
+        state.update(head=head.state_dict(), classes=list(classes))
     _write(out, lambda fh: torch.save(state, fh))
 
 
-def write_torchscript(net: PlainResNet, out: Path) -> None:
+def write_torchscript(net: nn.Module, out: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export, still loads everywhere
         scripted = torch.jit.script(net.cpu().eval())
@@ -60,8 +65,8 @@ def require(*modules: str) -> None:
             raise UserError(f"--format onnx needs the {module} package, which is not installed; {EXTRA}") from None
 
 
-def onnx_bytes(net: PlainResNet, size: int) -> bytes:
-    """The network as ONNX with a dynamic batch axis (input "images", output "features")."""
+def onnx_bytes(net: nn.Module, size: int, output: str = "features") -> bytes:
+    """The network as ONNX with a dynamic batch axis (input "images", output "features", or a classifier's "logits")."""
     require("onnx", "onnxscript")
     buffer = io.BytesIO()
     example = torch.zeros(2, 3, size, size)
@@ -73,14 +78,14 @@ def onnx_bytes(net: PlainResNet, size: int) -> bytes:
             buffer,
             dynamo=True,
             input_names=["images"],
-            output_names=["features"],
+            output_names=[output],
             dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
             verbose=False,
         )
     return buffer.getvalue()
 
 
-def verify_onnx(data: bytes, net: PlainResNet, size: int, batches=(1, 5)) -> float:
+def verify_onnx(data: bytes, net: nn.Module, size: int, batches=(1, 5)) -> float:
     """Largest |ONNX Runtime - PyTorch| over random batches of each size."""
     require("onnxruntime")
     import onnxruntime
@@ -119,11 +124,13 @@ def torchvision_state_dict(backbone: GatedResNet) -> dict[str, torch.Tensor]:
 def torchvision_code(construction: dict, weights: str | Path) -> str:
     """The Python lines that build the torchvision model an export fits and load it (printed by the export)."""
     conv1 = construction["conv1"]
+    classes = construction.get("classes")
     lines = [
         "import torch, torchvision",
-        f"model = torchvision.models.{construction['arch']}()",
-        "model.fc = torch.nn.Identity()",
+        f"model = torchvision.models.{construction['arch']}({f'num_classes={len(classes)}' if classes else ''})",
     ]
+    if not classes:
+        lines.append("model.fc = torch.nn.Identity()")
     if (conv1["kernel_size"], conv1["stride"], conv1["padding"]) != (7, 2, 3):  # torchvision's own conv1
         lines.append(
             f"model.conv1 = torch.nn.Conv2d(3, 64, kernel_size={conv1['kernel_size']}, stride={conv1['stride']}, "
@@ -135,7 +142,9 @@ def torchvision_code(construction: dict, weights: str | Path) -> str:
     return "\n".join(lines)
 
 
-def write_torchvision(backbone: GatedResNet, transform: EvalTransform, out: Path) -> dict:
+def write_torchvision(
+    backbone: GatedResNet, transform: EvalTransform, out: Path, head: nn.Linear | None = None, classes=None
+) -> dict:
     """The state dict at `out` and, beside it (resnet18.pth -> resnet18.json), how to build the model it fits.
 
     A state dict cannot carry the stem's padding or the missing max-pool, and a torchvision model
@@ -155,6 +164,9 @@ def write_torchvision(backbone: GatedResNet, transform: EvalTransform, out: Path
         )
     state = torchvision_state_dict(backbone.cpu())
     construction = {**torchvision_construction(backbone), "transform": dataclasses.asdict(transform)}
+    if head is not None:  # a fine-tune: torchvision's own fc, filled
+        state.update({"fc.weight": head.weight.detach().cpu().clone(), "fc.bias": head.bias.detach().cpu().clone()})
+        construction.update(fc="Linear", classes=list(classes))
     write_state_dict(out, state)
     write_bytes(sidecar, (json.dumps(construction, indent=2) + "\n").encode())
     return {"construction": construction, "sidecar": str(sidecar), "torchvision_code": torchvision_code(construction, out)}
@@ -174,8 +186,10 @@ def torchvision_model(weights: str | os.PathLike) -> nn.Module:
             f"{weights}: {sidecar} is missing or not a construction file of `gatedssl export --format torchvision`; "
             f"export again, or build the model by hand with the stem the run used"
         )
-    model = getattr(torchvision.models, construction["arch"])()
-    model.fc = nn.Identity()
+    classes = construction.get("classes")
+    model = getattr(torchvision.models, construction["arch"])(**({"num_classes": len(classes)} if classes else {}))
+    if not classes:
+        model.fc = nn.Identity()
     model.conv1 = nn.Conv2d(3, 64, bias=False, **construction["conv1"])
     if not construction["maxpool"]:
         model.maxpool = nn.Identity()

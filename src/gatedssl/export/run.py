@@ -122,6 +122,10 @@ def export(
     if problems:
         raise UserError("\n".join(problems))
     state = load_checkpoint(checkpoint)
+    if "finetune" in state:  # a fine-tune: its own sub-network and head, whatever --subnet says
+        from .classifier import export_classifier
+
+        return export_classifier(state, checkpoint, out, fmt)
     objective, cfg = restore_objective(state, checkpoint)
     if subnet == "static" and cfg.mode == "dense":
         raise UserError(

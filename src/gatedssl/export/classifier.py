@@ -1,0 +1,86 @@
+"""Exporting a fine-tune (`gatedssl finetune`): its sub-network as a plain network, its head, its class names.
+
+Each format carries the class names with the weights, so a deployed file says what its outputs mean:
+`.pt` in its dict, TorchScript as a module attribute (`model.classes`), ONNX in the model's metadata
+(`classes`, JSON), torchvision in the construction file beside the weights.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .encoder import _load_classifier
+from .formats import onnx_bytes, verify_onnx, write_bytes, write_pt, write_torchscript, write_torchvision
+from .plain import PlainResNet, plain_spec, spec_macs
+
+
+class PlainClassifier(nn.Module):
+    """A plain (BN-folded) sub-network and its linear head: images in, logits out."""
+
+    classes: list[str]  # TorchScript reads this annotation: no postponed annotations in this module
+
+    def __init__(self, net: PlainResNet, head: nn.Linear, classes: list[str]):
+        super().__init__()
+        self.net, self.head, self.classes = net, head, list(classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(x))
+
+
+def export_classifier(state: dict, checkpoint: str, out: str, fmt: str) -> dict:
+    subnet = state["finetune"]["subnet"]
+    if subnet == "gated":
+        raise UserError(
+            f"{checkpoint} is a fine-tuned gated network: it chooses channels per input, which no static file format "
+            f"holds; load the checkpoint itself with gatedssl.load (real channel skipping), or fine-tune --subnet static"
+        )
+    encoder = _load_classifier(state, checkpoint, "union")
+    net, head, classes = encoder.nets[subnet.replace(".", "_")], encoder.head, encoder.classes
+    model = PlainClassifier(net, head, classes).eval()
+    size = encoder.transform.crop_size
+    dense = state_backbone(state)
+    dense_macs = spec_macs(plain_spec(dense, dense.gated_channels), size)
+    result = {
+        "subnet": subnet,
+        "format": fmt,
+        "file": str(out),
+        "classes": classes,
+        "macs": net.macs(size),  # the head's few MACs aside, as for the encoders
+        "macs_ratio": net.macs(size) / dense_macs,
+    }
+    if fmt == "pt":
+        write_pt(net, subnet, encoder.transform, encoder.config, Path(out), head=head, classes=classes)
+    elif fmt == "torchscript":
+        write_torchscript(model, Path(out))
+    elif fmt == "onnx":
+        data = with_metadata(onnx_bytes(model, size, output="logits"), {"classes": json.dumps(classes), "subnet": subnet})
+        result["onnx_max_abs_diff"] = verify_onnx(data, model, size)
+        write_bytes(Path(out), data)
+    else:
+        if subnet != "dense":
+            raise UserError("--format torchvision writes the dense network; use --format pt, torchscript or onnx for this one")
+        result.update(write_torchvision(dense, encoder.transform, Path(out), head=head, classes=classes))
+    return result
+
+
+def state_backbone(state: dict):
+    """The fine-tuned backbone with its BN as trained (torchvision's ResNet keeps BatchNorm layers)."""
+    from ..config import PretrainConfig, upgrade_stored
+    from ..factory import build_objective
+
+    backbone = build_objective(PretrainConfig(**upgrade_stored(state["run_config"]))).backbone
+    backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state["model"].items() if k.startswith("backbone.")})
+    return backbone.eval()
+
+
+def with_metadata(data: bytes, values: dict[str, str]) -> bytes:
+    import onnx
+
+    model = onnx.load_from_string(data)
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model.SerializeToString()
