@@ -231,12 +231,13 @@ def build_optimizer(model: Classifier, lr: float, weight_decay: float) -> torch.
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=0.9, nesterov=True)
 
 
-def augmentation(splits: DatasetSplits) -> BatchAugment:
-    """Crop and flip only (the semi-supervised protocol's); the colour augmentations are the SSL task's."""
+def augmentation(splits: DatasetSplits, recipe: str) -> BatchAugment:
+    """Crop and flip only (the semi-supervised protocol's); the colour augmentations are the SSL task's. The crops
+    keep a quarter of the image or more by default (small images), as little as 8 % in `semi` (SimCLR's)."""
     return BatchAugment(
         AugmentConfig(
             crop_size=splits.crop_size,
-            scale=(0.25, 1.0),
+            scale=(0.08 if recipe == "semi" else 0.25, 1.0),
             jitter_p=0.0,
             gray_p=0.0,
             blur_p=0.0,
@@ -280,7 +281,7 @@ def _train(cfg: FinetuneConfig, setup: Setup, paths: RunPaths, resume: bool, ove
     epochs, total = values["epochs"], values["epochs"] * steps_per_epoch
     optimizer = build_optimizer(model, values["lr"] * batch / 256, values["weight_decay"])
     scheduler = warmup_cosine(optimizer, max(1, round(values["warmup"] * total)), total)
-    augment = augmentation(splits)
+    augment = augmentation(splits, cfg.recipe)
     budget = cfg.subnet == "gated" and not cfg.freeze_gates and not cfg.freeze_backbone
     budget_weight = run.budget_weight if cfg.budget_weight is None else cfg.budget_weight
     epoch, step, seconds = 0, 0, 0.0
