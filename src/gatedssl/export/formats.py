@@ -142,9 +142,7 @@ def torchvision_code(construction: dict, weights: str | Path) -> str:
     return "\n".join(lines)
 
 
-def write_torchvision(
-    backbone: GatedResNet, transform: EvalTransform, out: Path, head: nn.Linear | None = None, classes=None
-) -> dict:
+def write_torchvision(backbone: GatedResNet, transform: EvalTransform, out: Path, head: nn.Linear | None = None, classes=None) -> dict:
     """The state dict at `out` and, beside it (resnet18.pth -> resnet18.json), how to build the model it fits.
 
     A state dict cannot carry the stem's padding or the missing max-pool, and a torchvision model
