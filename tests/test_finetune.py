@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -258,3 +259,46 @@ def test_a_fine_tuned_resnet18_exports_as_a_torchvision_classifier_with_fc_fille
     assert [loaded.classes[i] for i in model.eval()(loaded.transform(images)).argmax(1).tolist()] == expected
     assert gatedssl.load(weights).predict(images)[0] == expected
     assert torchvision_model(weights).fc.out_features == 10
+
+
+# ------------------------------------------------------------------------------------------ sweeps and reports
+def test_a_sweep_plans_every_trained_sub_network_and_one_random_baseline_each(tmp_path):
+    from gatedssl.training.sweep import sweep_finetunes
+
+    runs = [(name, PretrainConfig(out=str(tmp_path / name), seed=3)) for name in ("dense", "b0.5", "gated-b0.5", "posthoc-b0.5")]
+    summaries = {
+        "dense": {"mode": "dense", "subnets": ["dense", "gated"]},
+        "b0.5": {"mode": "dual", "subnets": ["dense", "gated"]},
+        "gated-b0.5": {"mode": "gated", "subnets": ["dense", "gated"]},
+        "posthoc-b0.5": {"mode": "posthoc", "subnets": ["dense", "gated"]},
+    }
+    jobs = sweep_finetunes(runs, summaries, [0.1, 1.0], tmp_path)
+    planned = sorted((Path(j.out).relative_to(tmp_path).as_posix(), j.init, j.seed) for j in jobs)
+    expected = [
+        f"{run}/finetune/{sub}-f{f}"
+        for run, subs in [("dense", ["dense"]), ("b0.5", ["dense", "gated"]), ("gated-b0.5", ["gated"]), ("posthoc-b0.5", ["gated"])]
+        for sub in subs
+        for f in ("0.1", "1")
+    ]
+    expected += [f"finetune-random/{sub}-f{f}" for sub in ("dense", "gated") for f in ("0.1", "1")]
+    assert [p for p, _, _ in planned] == sorted(expected)
+    assert all((init == "random") == p.startswith("finetune-random") and seed == 3 for p, init, seed in planned)
+    baseline = {Path(j.out).name: j.checkpoint for j in jobs if j.init == "random"}
+    assert baseline["gated-f0.1"].startswith(str(tmp_path / "b0.5")) and baseline["dense-f1"].startswith(str(tmp_path / "dense"))
+
+
+def test_the_report_adds_the_fine_tunes_of_its_runs_and_refuses_a_fine_tune_as_a_run(runs, tmp_path, capsys):
+    import shutil
+
+    from gatedssl.reporting.report import write_report
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(runs / "dual", sweep / "b0.5")
+    tuned = quiet(
+        config(runs, sweep / "b0.5" / "finetune" / "gated-f1", checkpoint=str(sweep / "b0.5/checkpoints/last.pt"), subnet="gated", epochs=1)
+    )
+    write_report([sweep], tmp_path / "report")
+    rows = json.loads((tmp_path / "report/table.json").read_text())["finetune"]
+    assert [(r["run"], r["subnet"], r["training"], r["top1"]) for r in rows] == [("b0.5", "gated", "pretrained", tuned["top1"])]
+    assert "## Fine-tuning" in (tmp_path / "report/report.md").read_text() and (tmp_path / "report/finetune.png").is_file()
+    cli_error_lines(capsys, ["report", str(sweep / "b0.5/finetune/gated-f1"), "--out", str(tmp_path / "r2")], "fine-tune's summary")

@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="read settings from a YAML file, or a shipped config by name (cifar10, cifar100, stl10, imagenet100: the paper's runs); flags given here override it",
     )
     w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument(
+        "--finetune",
+        type=float,
+        nargs="+",
+        metavar="F",
+        help="then fine-tune every run's sub-networks on these shares of the labels (e.g. 0.01 0.1 1.0; gatedssl finetune's "
+        "default recipe, the run's seed), and each sub-network once from random init; the report adds them",
+    )
     _add_probe_flags(w, default="fast")
     _add_config_flags(w, skip=("budget", "out", "mode", "init_from"))
 
@@ -331,6 +339,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         probe=args.probe,
         probe_seeds=args.probe_seeds,
         quiet=args.quiet,
+        finetune_fractions=args.finetune or (),
     )
     if html is None:
         print(f"sweep complete: {count} runs in {args.out}; no report: the data is unlabeled, so there is no accuracy to compare")

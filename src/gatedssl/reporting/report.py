@@ -18,14 +18,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
-from . import compare, paper
+from . import compare, finetune, paper
 from .curves import plot_training_curves, read_metrics
 from .document import Document
 from .plots import channel_frequency, plot_channels, plot_per_class, plot_tradeoff
 from .runs import MODE_LABEL, Run, find_runs
 from .table import CSV_FIELDS, Accuracy, Section, build_sections, csv_rows, display_rows, epochs_text, section_table, static_accuracy
 
-REPORT_PNGS = ("tradeoff", "compare", "channels_", "per_class_", "curves_")  # the names the report gives its pictures
+REPORT_PNGS = ("tradeoff", "compare", "finetune", "channels_", "per_class_", "curves_")  # the names the report gives its pictures
 
 
 def _pictures_drawn_before(out: Path) -> set[str]:
@@ -147,6 +147,10 @@ def _runs_table(runs: list[Run], accuracy_of: dict[int, Accuracy]) -> tuple[list
     return header, rows
 
 
+def _as_list(paths) -> list:
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
 def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bool = False) -> Path:
     """Write report.md, report.html (self-contained), table.json, table.csv and the PNGs into out_dir.
 
@@ -164,6 +168,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
     groups = compare.compare_groups(found.runs)
     compared = [compare.compare_table(g) for g in groups] if compare.shown(found.runs) else []
     drawn_before = _pictures_drawn_before(out)  # read before table.json is written again
+    tuned = finetune.finetune_rows(finetune.find_finetunes([r.path for r in found.runs] + [Path(p) for p in _as_list(paths)]))
 
     def write_table(pictures: set[str]) -> None:
         (out / "table.json").write_text(
@@ -171,6 +176,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
                 {
                     "sections": tables,
                     "compare": compared,
+                    "finetune": tuned,
                     "skipped": [str(p) for p in found.skipped],
                     "paper_source": paper.SOURCE,
                     "pictures": sorted(pictures),  # the PNGs this report drew: the only ones a later report into this folder removes
@@ -259,6 +265,8 @@ def write_report(paths: list[str | Path], out_dir: str | Path, paper_overlay: bo
         doc.para("No B1, B2 or Dual run: no Table 1 and no trade-off picture" + ("; the systems are compared below." if compared else "."))
     if compared:
         compare.add_section(doc, compared, out)
+    if tuned:
+        finetune.add_section(doc, tuned, out)
 
     doc.heading(2, "Runs")
     header, rows = _runs_table(found.runs, accuracy_of)

@@ -116,6 +116,11 @@ def _load_summary(folder: Path) -> dict:
             f"{path} holds a JSON {type(summary).__name__}, not a run's summary; "
             f"re-create it with `gatedssl eval --checkpoint {folder}/checkpoints/last.pt`"
         )
+    if summary.get("kind") == "finetune":
+        raise UserError(
+            f"{path} is a fine-tune's summary (gatedssl finetune); give the pretraining run or sweep folder: "
+            f"the fine-tunes under it (RUN/finetune/, SWEEP/finetune-random/) are reported with it"
+        )
     required = ["dataset", "method", "mode", "arch", "width", "budget", "epochs", "dense", "knn"]
     missing = [k for k in required if k not in summary]
     subnets = summary.get("subnets", [])

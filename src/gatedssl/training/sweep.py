@@ -66,11 +66,16 @@ def sweep(
     probe: str = "fast",
     probe_seeds: int = 1,
     quiet: bool = False,
+    finetune_fractions: Sequence[float] = (),
 ) -> tuple[int, Path | None]:
-    """Train every run of the sweep (checking them all first), probe each, write the report; returns the number of
-    runs and the report's HTML path (None when the data is unlabeled: no accuracy to compare)."""
+    """Train every run of the sweep (checking them all first), probe each, fine-tune each sub-network at each label
+    fraction (and the random-init baselines), write the report; returns the number of runs and the report's HTML path
+    (None when the data is unlabeled: no accuracy to compare)."""
     from .trainer import pretrain
 
+    bad = [f for f in finetune_fractions if not 0 < f <= 1]
+    if bad:
+        raise UserError(f"--finetune: label fractions must be in (0, 1], got {', '.join(f'{f:g}' for f in bad)}")
     runs = sweep_runs(base, budgets, modes, out, baseline)
     plans = []
     for name, cfg in runs:  # check every run before the first one trains
@@ -105,7 +110,66 @@ def sweep(
                 str(Path(cfg.out) / "checkpoints" / "last.pt"), probe=probe, probe_seeds=probe_seeds, device=cfg.device, progress=not quiet
             )
     if not all(s.get("data", {}).get("labeled", True) for s in summaries.values()):
+        if finetune_fractions:
+            print("fine-tuning skipped: the data is unlabeled", file=sys.stderr)
         return len(plans), None
+    if finetune_fractions:
+        run_finetunes(sweep_finetunes([(name, cfg) for name, cfg, _, _ in plans], summaries, finetune_fractions, Path(out)), quiet)
     from ..reporting.report import write_report
 
     return len(plans), write_report([out], Path(out) / "report")
+
+
+def finetuned_subnets(summary: dict) -> list[str]:
+    """The sub-networks a run trained: B1 its dense network, B2 and post-hoc their gated one (post-hoc's dense is
+    B1's), Dual both, a slimmable run every width."""
+    return {"dense": ["dense"], "gated": ["gated"], "posthoc": ["gated"]}.get(summary["mode"], subnet_names(summary))
+
+
+def sweep_finetunes(runs: list[tuple[str, PretrainConfig]], summaries: dict, fractions: Sequence[float], out: Path) -> list:
+    """Each run's sub-networks at each label fraction (into RUN/finetune/), then, once per sub-network, the same
+    network from random init on the same labels (into SWEEP/finetune-random/): the baseline that says whether
+    pretraining paid."""
+    from .finetune import FinetuneConfig
+
+    jobs, baselines = [], {}
+    for name, cfg in runs:
+        for subnet in finetuned_subnets(summaries[name]):
+            baselines.setdefault(subnet, cfg)
+            for f in fractions:
+                where = Path(cfg.out) / "finetune" / f"{subnet}-f{f:g}"
+                jobs.append(
+                    FinetuneConfig(
+                        str(Path(cfg.out) / "checkpoints" / "last.pt"),
+                        str(where),
+                        subnet,
+                        label_fraction=f,
+                        seed=cfg.seed,
+                        device=cfg.device or "auto",
+                    )
+                )
+    for subnet, cfg in baselines.items():
+        for f in fractions:
+            where = out / "finetune-random" / f"{subnet}-f{f:g}"
+            checkpoint = str(Path(cfg.out) / "checkpoints" / "last.pt")
+            jobs.append(
+                FinetuneConfig(checkpoint, str(where), subnet, label_fraction=f, seed=cfg.seed, init="random", device=cfg.device or "auto")
+            )
+    return jobs
+
+
+def run_finetunes(jobs: list, quiet: bool) -> None:
+    """Finished fine-tunes are skipped and unfinished ones resumed, as the sweep's runs."""
+    from .finetune import finetune
+
+    for i, job in enumerate(jobs, 1):
+        paths = RunPaths(Path(job.out))
+        if finished_summary(paths) is not None:
+            print(f"[fine-tune {i}/{len(jobs)}] {job.out}: complete, skipped", file=sys.stderr)
+            continue
+        resume = has_checkpoint(paths)
+        print(
+            f"[fine-tune {i}/{len(jobs)}] {job.subnet} ({job.init}, {job.label_fraction:g} of the labels) into {job.out}", file=sys.stderr
+        )
+        summary = finetune(job, resume=resume, progress=not quiet)
+        print(f"  test top-1 {summary['top1']:.2f} %, {summary['macs_ratio']:.3f} of the dense MACs", file=sys.stderr)
