@@ -302,3 +302,83 @@ def test_the_report_adds_the_fine_tunes_of_its_runs_and_refuses_a_fine_tune_as_a
     assert [(r["run"], r["subnet"], r["training"], r["top1"]) for r in rows] == [("b0.5", "gated", "pretrained", tuned["top1"])]
     assert "## Fine-tuning" in (tmp_path / "report/report.md").read_text() and (tmp_path / "report/finetune.png").is_file()
     cli_error_lines(capsys, ["report", str(sweep / "b0.5/finetune/gated-f1"), "--out", str(tmp_path / "r2")], "fine-tune's summary")
+
+
+def test_transfer_to_a_folder_of_other_classes_keeps_the_runs_normalisation(runs, tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for c, colour in enumerate(("red", "green", "blue")):
+            folder = tmp_path / "shapes" / split / colour
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 60, (40, 40, 3), generator=g, dtype=torch.uint8)
+                pixels[..., c] += 150
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    out = tmp_path / "ft"
+    summary = quiet(config(runs, out, dataset="imagefolder", data_dir=str(tmp_path / "shapes"), epochs=3, batch_size=12))
+    assert summary["classes"] == ["blue", "green", "red"] and summary["labels_used"] == 36 and summary["test_images"] == 12
+    model = gatedssl.load(out / "checkpoints/last.pt")
+    run_stats = load_dataset("embedded", limit_per_class=1)
+    assert tuple(model.transform.mean) == tuple(run_stats.mean), (model.transform, run_stats.mean)
+    assert model.transform.crop_size == 32
+    image = Image.open(tmp_path / "shapes/test/red/0.png")
+    names, probabilities = model.predict([image, image])
+    assert names[0] in ("blue", "green", "red") and probabilities.shape == (2, 3)
+
+
+def test_out_never_takes_the_pretraining_run_nor_a_users_files(runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "dual", run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    checkpoint = str(run / "checkpoints/last.pt")
+    for out in (run, tmp_path, run / "checkpoints"):
+        cli_error_lines(capsys, ["finetune", "--checkpoint", checkpoint, "--out", str(out), "--overwrite"], "pretraining run")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    cli_error_lines(capsys, ["finetune", "--checkpoint", checkpoint, "--out", str(mine), "--overwrite"], "did not write (notes.txt)")
+    (tmp_path / "file").write_text("x")
+    cli_error_lines(capsys, ["finetune", "--checkpoint", checkpoint, "--out", str(tmp_path / "file")], "is a file")
+    cli_error_lines(capsys, ["finetune", "--checkpoint", checkpoint, "--out", ""], "give a folder")
+    cli_error_lines(capsys, ["finetune", "--checkpoint", checkpoint, "--out", str(tmp_path / "x"), "--resume", "--overwrite"], "give one")
+    cli_error_lines(capsys, ["finetune", "--checkpoint", checkpoint, "--out", str(tmp_path / "x"), "--device", "tpu"], "--device")
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_fine_tunes_of_other_data_or_length_are_rows_of_their_own_not_seeds_of_one():
+    from gatedssl.reporting.finetune import finetune_rows
+
+    def summary(**kw):
+        base = dict(checkpoint="/r/run/checkpoints/last.pt", subnet="dense", init="pretrained", label_fraction=1.0, labels_used=200)
+        base.update(epochs=10, top1=12.0, macs_ratio=1.0, train_seconds=1.0, dataset="embedded", run_dataset="embedded", classes=["a"] * 10)
+        return {**base, **kw}
+
+    rows = finetune_rows(
+        [
+            summary(),
+            summary(top1=14.0),
+            summary(dataset="imagefolder", classes=["x", "y", "z"], top1=40.0),
+            summary(epochs=30, top1=20.0),
+        ]
+    )
+    assert sorted((r["training"], r["epochs"], r["seeds"], r["top1"]) for r in rows) == [
+        ("pretrained", 10, 2, 13.0),
+        ("pretrained", 30, 1, 20.0),
+        ("pretrained, transfer to imagefolder (3 classes)", 10, 1, 40.0),
+    ]
+
+
+def test_export_of_a_fine_tune_refuses_options_it_would_ignore_and_load_names_foreign_formats(runs, tmp_path, capsys):
+    out = tmp_path / "ft"
+    quiet(config(runs, out, epochs=1))
+    argv = ["export", "--checkpoint", str(out / "checkpoints/last.pt"), "--out", str(tmp_path / "c.pt")]
+    cli_error_lines(capsys, [*argv, "--subnet", "static"], "drop --subnet")
+    assert not (tmp_path / "c.pt").exists()
+    (tmp_path / "c.onnx").write_bytes(b"not really")
+    with pytest.raises(UserError, match="onnxruntime"):
+        gatedssl.load(tmp_path / "c.onnx")

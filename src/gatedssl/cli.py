@@ -243,7 +243,9 @@ def _add_finetune_parser(sub) -> None:
         "--epochs", type=int, help="default: about 1000 steps within [10, 100] epochs (semi: 60 below 10%% of the labels, else 30)"
     )
     f.add_argument("--lr", type=float, help="per 256 images (default: 0.1; semi: 0.05)")
-    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument(
+        "--batch-size", type=int, default=128, help="images per step at most; an epoch is split into equal batches (default: 128)"
+    )
     f.add_argument("--weight-decay", type=float, help="default: 5e-4 (semi: 0)")
     f.add_argument("--label-smoothing", type=float, help="default: 0.1 (semi: 0)")
     f.add_argument("--freeze-backbone", action="store_true", help="train the head only (a linear probe with augmentation)")
@@ -256,11 +258,17 @@ def _add_finetune_parser(sub) -> None:
         "--keep-rate",
         type=float,
         metavar="Q",
-        help="static: channels open for at least this share of images (default: the run's budget in MACs)",
+        help="static: keep the channels the gates open for at least this share of the training images (default: the largest "
+        "static network within the run's budget of MACs)",
     )
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="draws the label subset, the head and the augmentations (default: 0)")
     f.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    f.add_argument("--checkpoint-minutes", type=float, default=10.0, help="also checkpoint within an epoch this often (default: 10)")
+    f.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=10.0,
+        help="also checkpoint within an epoch this often; 0: at epoch ends only (default: 10)",
+    )
     f.add_argument(
         "--resume", nargs="?", const=True, default=False, type=_resume, help="continue from FT's checkpoint; 'auto': if there is one"
     )
@@ -452,8 +460,9 @@ def run_finetune(args: argparse.Namespace) -> int:
             return 0
         resume = has_checkpoint(paths)
     s = finetune(cfg, resume=bool(resume), overwrite=args.overwrite, progress=not args.quiet)
-    used = f"{s['labels_used']} labels" + (
-        f" ({100 * s['label_fraction']:g} %)" if s["label_fraction"] is not None else f" (from {s['label_list']})"
+    share = f"{100 * s['labels_used'] / s['train_images']:.3g} %"
+    used = f"{s['labels_used']} of {s['train_images']} labelled images ({share}" + (
+        f", from {s['label_list']})" if s["label_list"] else ")"
     )
     line = (
         f"{s['subnet']} ({s['init']}) fine-tuned on {used}, {s['epochs']} epochs, {s['train_seconds']:.0f} s: "

@@ -20,11 +20,19 @@ from .plain import PlainResNet, plain_spec, spec_macs
 class PlainClassifier(nn.Module):
     """A plain (BN-folded) sub-network and its linear head: images in, logits out."""
 
-    classes: list[str]  # TorchScript reads this annotation: no postponed annotations in this module
+    # TorchScript reads these annotations (no postponed annotations in this module): a deployed file says what its
+    # input is (float images, centre crop_size px, normalised by mean and std) and what its outputs mean
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    crop_size: int
 
-    def __init__(self, net: PlainResNet, head: nn.Linear, classes: list[str]):
+    def __init__(self, net: PlainResNet, head: nn.Linear, classes: list[str], transform=None):
         super().__init__()
         self.net, self.head, self.classes = net, head, list(classes)
+        self.mean = [float(m) for m in transform.mean] if transform is not None else [0.0, 0.0, 0.0]
+        self.std = [float(m) for m in transform.std] if transform is not None else [1.0, 1.0, 1.0]
+        self.crop_size = int(transform.crop_size) if transform is not None else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.net(x))
@@ -39,7 +47,7 @@ def export_classifier(state: dict, checkpoint: str, out: str, fmt: str) -> dict:
         )
     encoder = _load_classifier(state, checkpoint, "union")
     net, head, classes = encoder.nets[subnet.replace(".", "_")], encoder.head, encoder.classes
-    model = PlainClassifier(net, head, classes).eval()
+    model = PlainClassifier(net, head, classes, encoder.transform).eval()
     size = encoder.transform.crop_size
     dense = state_backbone(state)
     dense_macs = spec_macs(plain_spec(dense, dense.gated_channels), size)
@@ -56,7 +64,8 @@ def export_classifier(state: dict, checkpoint: str, out: str, fmt: str) -> dict:
     elif fmt == "torchscript":
         write_torchscript(model, Path(out))
     elif fmt == "onnx":
-        data = with_metadata(onnx_bytes(model, size, output="logits"), {"classes": json.dumps(classes), "subnet": subnet})
+        about = {"classes": classes, "subnet": subnet, "mean": model.mean, "std": model.std, "crop_size": size}
+        data = with_metadata(onnx_bytes(model, size, output="logits"), {k: json.dumps(v) for k, v in about.items()})
         result["onnx_max_abs_diff"] = verify_onnx(data, model, size)
         write_bytes(Path(out), data)
     else:

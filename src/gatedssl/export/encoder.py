@@ -19,6 +19,7 @@ from ..checkpoint import read_weights
 from ..data.augment import center_crop, normalize
 from ..data.sources import eval_geometry
 from ..data.streaming import fit_square
+from ..errors import UserError
 from .plain import PlainResNet
 from .skipping import SkippingResNet
 
@@ -143,6 +144,13 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
             head, model.fc = model.fc, nn.Identity()
             return Encoder({"dense": model}, transform, head=head, classes=classes).to(device)
         return Encoder({"dense": model}, transform).to(device)
+    suffix = os.fspath(path).lower().rsplit(".", 1)[-1]
+    if suffix in ("onnx", "ts", "torchscript", "jit"):
+        runner = "onnxruntime.InferenceSession(path)" if suffix == "onnx" else "torch.jit.load(path)"
+        raise UserError(
+            f"{path} looks like an {'ONNX' if suffix == 'onnx' else 'TorchScript'} export: those are for other runtimes; load it with "
+            f"{runner} (input: float images normalised as its metadata says), or gatedssl.load the .pt export or the checkpoint"
+        )
     state = read_weights(path)
     if isinstance(state, dict) and state.get("format") == EXPORT_FORMAT:
         net = PlainResNet(state["arch"])
@@ -185,7 +193,10 @@ def _load_classifier(state: dict, path, strategy: str) -> Encoder:
     else:
         net = PlainResNet.from_gated(backbone, "gated" if subnet == "static" else subnet, keep=keep)
     finetune = state["finetune"]
-    transform = EvalTransform.for_dataset(finetune.get("dataset") or run.dataset, run.crop_size)
+    if "transform" in state:  # as the fine-tune evaluated its images (a transfer keeps the run's normalisation)
+        transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["transform"].items()})
+    else:
+        transform = EvalTransform.for_dataset(finetune.get("dataset") or run.dataset, run.crop_size)
     return Encoder({subnet: net}, transform, {**run.to_dict(), "finetune": finetune}, head=model.head, classes=list(state["classes"]))
 
 

@@ -122,9 +122,14 @@ def export(
     if problems:
         raise UserError("\n".join(problems))
     state = load_checkpoint(checkpoint)
-    if "finetune" in state:  # a fine-tune: its own sub-network and head, whatever --subnet says
+    if "finetune" in state:  # a fine-tune: its own sub-network and head
         from .classifier import export_classifier
 
+        if subnet != "dense" or keep_rate is not None or macs_ratio is not None or channel_multiple != 1:
+            raise UserError(
+                f"{checkpoint} is a fine-tune of the {state['finetune']['subnet']} sub-network: export writes that network and its head; "
+                f"drop --subnet, --keep-rate, --macs-ratio and --channel-multiple (fine-tune another sub-network to export it)"
+            )
         return export_classifier(state, checkpoint, out, fmt)
     objective, cfg = restore_objective(state, checkpoint)
     if subnet == "static" and cfg.mode == "dense":

@@ -41,6 +41,8 @@ def training_label(summary: dict) -> str:
         parts.append("gates frozen")
     if summary.get("recipe", "default") != "default":
         parts.append(f"recipe {summary['recipe']}")
+    if summary.get("run_dataset", summary.get("dataset")) != summary.get("dataset") or summary.get("transfer"):
+        parts.append(f"transfer to {summary['dataset']} ({len(summary.get('classes', []))} classes)")
     return ", ".join(parts)
 
 
@@ -54,10 +56,23 @@ def finetune_rows(summaries: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for s in summaries:
         fraction = s.get("label_fraction")
-        key = (source_name(s), s["subnet"], training_label(s), fraction if fraction is not None else s["labels_used"] / 1e9)
+        # different data, classes, length or label list are different rows, never seeds of one
+        share = fraction if fraction is not None else s["labels_used"] / 1e9
+        key = (
+            source_name(s),
+            s["subnet"],
+            training_label(s),
+            share,
+            s.get("dataset"),
+            tuple(s.get("classes", [])),
+            s["epochs"],
+            s.get("label_list"),
+        )
         groups.setdefault(key, []).append(s)
     rows = []
-    for (run, subnet, training, _), runs in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][2], item[0][3])):
+    for (run, subnet, training, *_), runs in sorted(
+        groups.items(), key=lambda item: tuple(map(str, item[0][:3])) + (item[0][3], item[0][6])
+    ):
         top1 = [r["top1"] for r in runs]
         before = [r["before_calibration"]["macs_ratio"] for r in runs if r.get("before_calibration")]
         rows.append(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -21,11 +22,20 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import __version__, losses
-from ..checkpoint import check_checkpoint, load_latest, read_weights, rng_state, save_run_checkpoint, set_rng_state
+from ..checkpoint import (
+    check_checkpoint,
+    is_run_folder,
+    load_latest,
+    read_weights,
+    rng_state,
+    run_folder_of,
+    save_run_checkpoint,
+    set_rng_state,
+)
 from ..config import PretrainConfig
 from ..data.augment import AugmentConfig, BatchAugment, center_crop, normalize
 from ..data.labels import balanced_subset, fraction_problems, read_label_list, write_label_list
-from ..data.sources import DatasetSplits, load_run_data
+from ..data.sources import DatasetSplits, eval_geometry, load_run_data
 from ..data.streaming import read_batches
 from ..errors import EXIT_NONFINITE, EXIT_SIGNAL, RunStopped, UserError
 from ..evaluation.evaluate import extract
@@ -83,7 +93,7 @@ def recipe_values(cfg: FinetuneConfig, labelled: int) -> dict:
     label smoothing 0.1, about TARGET_STEPS steps. semi: SimCLR's semi-supervised protocol (Chen et al. 2020,
     appendix B.5), which DSPNet follows: Nesterov momentum 0.9, lr 0.05 per 256, no warm-up, no weight decay,
     no label smoothing, crop and flip only; 60 epochs below 10 % of the labels, 30 from there on."""
-    steps_per_epoch = max(1, labelled // min(cfg.batch_size, labelled))
+    steps_per_epoch = math.ceil(labelled / cfg.batch_size)
     if cfg.recipe == "semi":
         epochs = 60 if cfg.label_fraction < 0.1 else 30
         values = {"epochs": epochs, "lr": 0.05, "weight_decay": 0.0, "label_smoothing": 0.0, "warmup": 0.0}
@@ -128,6 +138,10 @@ def request_problems(cfg: FinetuneConfig) -> list[str]:
         problems.append(f"--freeze-gates keeps the gates of the gated sub-network fixed; --subnet {cfg.subnet} has none")
     if cfg.budget_weight is not None and (cfg.subnet != "gated" or cfg.budget_weight < 0):
         problems.append(f"--budget-weight must be >= 0 and weighs the gated sub-network's budget loss; --subnet is {cfg.subnet}")
+    if cfg.freeze_gates and cfg.budget_weight is not None:
+        problems.append("--budget-weight weighs the budget loss, which --freeze-gates turns off: give one of them")
+    if cfg.checkpoint_minutes < 0:
+        problems.append(f"--checkpoint-minutes must be >= 0 (0: at epoch ends only), got {cfg.checkpoint_minutes:g}")
     if cfg.keep_rate is not None and cfg.subnet != "static":
         problems.append("--keep-rate chooses the static sub-network's channels; add --subnet static")
     if cfg.keep_rate is not None and not 0 <= cfg.keep_rate <= 1:
@@ -148,6 +162,41 @@ def run_problems(cfg: FinetuneConfig, run: PretrainConfig) -> list[str]:
             have = ", ".join(f"width{w:g}" for w in run.widths or ()) or "none (not a slimmable run)"
             return [f"--subnet {cfg.subnet}: {cfg.checkpoint} has no such width; it has {have}"]
     return []
+
+
+OWN_FILES = {"checkpoints", "labels.txt", "metrics.jsonl", "summary.json", ".lock"}  # what a fine-tune writes into its folder
+
+
+def folder_problems(cfg: FinetuneConfig, resume: bool, overwrite: bool) -> list[str]:
+    """--out must be a folder of its own: never the pretraining run (or a folder holding it), never a folder of the
+    user's own files, even with --overwrite (which replaces a fine-tune, nothing else)."""
+    if not str(cfg.out).strip():
+        return ["--out: give a folder for the fine-tune, e.g. --out ft-dense"]
+    out, problems = Path(cfg.out), []
+    if resume and overwrite:
+        problems.append("--resume continues the fine-tune in --out, --overwrite replaces it: give one of them")
+    if out.exists() and not out.is_dir():
+        return problems + [f"--out {out} is a file; give a folder for the fine-tune"]
+    source = Path(cfg.checkpoint).resolve()
+    run = run_folder_of(cfg.checkpoint)
+    inside = run is not None and any(out.resolve().is_relative_to(run.resolve() / part) for part in ("checkpoints", "tb"))
+    if is_run_folder(out) or source.is_relative_to(out.resolve()) or inside:  # RUN/finetune/NAME is fine: a sweep puts them there
+        problems.append(
+            f"--out {out} is (or holds) the pretraining run {run or source.parent}, or its checkpoints; give the fine-tune a folder of its own"
+        )
+    elif out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES and not p.name.startswith("."))
+        if foreign:
+            listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            problems.append(f"--out {out} holds files a fine-tune did not write ({listed}); give a new or empty folder")
+    existing = next(p for p in (out.resolve(), *out.resolve().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"--out: cannot write in {existing}; choose a folder you can write to")
+    if cfg.device not in ("auto", "cpu") and not (cfg.device == "cuda" or cfg.device.startswith("cuda:")):
+        problems.append(f"--device {cfg.device!r} is not one of auto, cpu, cuda, cuda:N")
+    elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(f"--device {cfg.device}: no CUDA device is available; use --device cpu or auto")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -173,10 +222,24 @@ def prepare(cfg: FinetuneConfig, log) -> Setup:
     if problems:
         raise UserError("\n".join(problems))
     device = select_device(cfg.device)
+    crop = eval_geometry(run.dataset, run.crop_size)[0]  # the run's crop size, also for another dataset
+    dataset = cfg.dataset or run.dataset
+    if cfg.data_dir and dataset == "embedded":
+        raise UserError(
+            f"--data-dir {cfg.data_dir}: the run trained on the embedded data, which has no folder; add --dataset imagefolder to fine-tune on it"
+        )
+    transfer = cfg.dataset is not None and cfg.dataset != run.dataset or (cfg.data_dir is not None and cfg.data_dir != run.data_dir)
     data_cfg = dataclasses.replace(
-        run, dataset=cfg.dataset or run.dataset, data_dir=cfg.data_dir if cfg.dataset or cfg.data_dir else run.data_dir
+        run,
+        dataset=dataset,
+        data_dir=cfg.data_dir if cfg.dataset or cfg.data_dir else run.data_dir,
+        crop_size=crop if dataset == "imagefolder" else run.crop_size,  # the other datasets have their fixed size
+        limit_per_class=None if transfer else run.limit_per_class,  # the run's quick-trial limit is its own images'
     )
     splits = load_run_data(data_cfg, "cpu", warn=log)
+    if data_cfg.dataset != run.dataset:  # transfer: the images are normalised as the run's were (its crop size too)
+        _, _, mean, std = eval_geometry(run.dataset, run.crop_size)
+        splits = dataclasses.replace(splits, mean=tuple(mean), std=tuple(std))
     if not splits.labeled:
         raise UserError(
             f"fine-tuning needs labels: {splits.unlabeled_reason}; give --dataset/--data-dir with train/ and test/ class folders"
@@ -189,6 +252,12 @@ def prepare(cfg: FinetuneConfig, log) -> Setup:
         if problems:
             raise UserError("\n".join(problems))
         index = balanced_subset(labels, len(classes), cfg.label_fraction, cfg.seed)
+    missing = sorted(set(range(len(classes))) - set(labels[index].tolist()))
+    if missing:
+        log(
+            f"warning: the labelled images hold no image of {len(missing)} of the {len(classes)} classes "
+            f"({', '.join(classes[c] for c in missing[:5])}{', ...' if len(missing) > 5 else ''}); the classifier cannot learn them"
+        )
     torch.manual_seed(cfg.seed)
     backbone = objective.backbone if cfg.init == "pretrained" else build_objective(run).backbone
     keep = static_channels(cfg, objective.backbone, splits, device, run) if cfg.subnet == "static" else None
@@ -252,7 +321,7 @@ def augmentation(splits: DatasetSplits, recipe: str) -> BatchAugment:
 def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False, progress: bool = True, log=None) -> dict:
     """Fine-tune and evaluate; returns the summary (also written to OUT/summary.json)."""
     log = log or (lambda message: print(message, file=sys.stderr))
-    problems = request_problems(cfg)
+    problems = request_problems(cfg) + folder_problems(cfg, resume, overwrite)
     paths = RunPaths(Path(cfg.out))
     if not problems:
         problems = run_folder_problems(paths, resume, overwrite)
@@ -276,20 +345,28 @@ def _train(cfg: FinetuneConfig, setup: Setup, paths: RunPaths, resume: bool, ove
     index, run = setup.train_index, setup.run
     precision = resolve_precision(device, run.precision)
     trainable(cfg, model)
-    batch = min(cfg.batch_size, len(index))
-    steps_per_epoch = len(index) // batch
+    steps_per_epoch = math.ceil(len(index) / cfg.batch_size)
+    batch = len(index) // steps_per_epoch  # equal batches that cover the labelled images (200 at --batch-size 128: 2 x 100)
     epochs, total = values["epochs"], values["epochs"] * steps_per_epoch
     optimizer = build_optimizer(model, values["lr"] * batch / 256, values["weight_decay"])
     scheduler = warmup_cosine(optimizer, max(1, round(values["warmup"] * total)), total)
     augment = augmentation(splits, cfg.recipe)
     budget = cfg.subnet == "gated" and not cfg.freeze_gates and not cfg.freeze_backbone
     budget_weight = run.budget_weight if cfg.budget_weight is None else cfg.budget_weight
+    target = (run.budget, budget_weight) if budget else None
     epoch, step, seconds = 0, 0, 0.0
-    record = {"finetune": cfg.to_dict(), "config": {**cfg.to_dict(), "epochs": epochs}, "run_config": run.to_dict()}
+    stored = eval_geometry(splits.name, splits.crop_size)[1]
+    transform = {"crop_size": splits.crop_size, "stored_size": stored, "mean": list(splits.mean), "std": list(splits.std)}
+    record = {"finetune": cfg.to_dict(), "config": {**cfg.to_dict(), "epochs": epochs}, "run_config": run.to_dict(), "transform": transform}
     if resume:
         saved, where = load_latest(paths.checkpoints, report=log)
-        if saved.get("finetune") != cfg.to_dict():
-            raise UserError(f"--resume: the settings differ from the fine-tune's own in {paths.root}; resume with the same command")
+        was, now = saved.get("finetune", {}), cfg.to_dict()
+        changed = [k for k in now if k not in ("checkpoint_minutes", "device") and was.get(k) != now[k]]
+        if changed:
+            named = "; ".join(f"--{k.replace('_', '-')} {now[k]} (the fine-tune has {was.get(k)})" for k in changed)
+            raise UserError(
+                f"--resume: the settings differ from the fine-tune's own in {paths.root}: {named}; resume with the same settings"
+            )
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -345,19 +422,9 @@ def _train(cfg: FinetuneConfig, setup: Setup, paths: RunPaths, resume: bool, ove
             for s in range(step, steps_per_epoch):
                 rows = order[s * batch : (s + 1) * batch]
                 x = augment(next(read_batches(images, rows, batch, device)))
-                y = labels[rows].to(device)
-                with autocast(device, precision):
-                    logits, out = model(x.contiguous(memory_format=torch.channels_last))
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
-                ratio = out.macs.float().mean() / out.dense_macs
-                if budget:
-                    loss = loss + losses.budget_loss(out.macs, out.dense_macs, run.budget, budget_weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                guard.observe(s, {"loss": loss.detach()})
-                sums += torch.stack([loss.detach(), (logits.argmax(1) == y).float().mean(), ratio.detach()])
+                terms = train_step(model, optimizer, scheduler, x, labels[rows].to(device), smoothing, precision, target)
+                guard.observe(s, {"loss": terms[0]})
+                sums += terms
                 bar.update(batch)
                 due = cfg.checkpoint_minutes and time.monotonic() - last_save > 60 * cfg.checkpoint_minutes
                 if (stop.received or due or guard.tripped()) and s + 1 < steps_per_epoch:
@@ -396,6 +463,22 @@ def _train(cfg: FinetuneConfig, setup: Setup, paths: RunPaths, resume: bool, ove
     return _finish(cfg, setup, paths, seconds, epochs, budget, log, save)
 
 
+def train_step(model: Classifier, optimizer, scheduler, x: torch.Tensor, y: torch.Tensor, smoothing: float, precision: str, budget=None):
+    """One step on an augmented batch; returns (loss, accuracy, MACs ratio) on the device (no host sync).
+    budget: (target, weight) adds the budget loss on the gated sub-network's MACs."""
+    with autocast(x.device, precision):
+        logits, out = model(x.contiguous(memory_format=torch.channels_last))
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+    if budget is not None:
+        loss = loss + losses.budget_loss(out.macs, out.dense_macs, *budget)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    ratio = out.macs.detach().float().mean() / out.dense_macs
+    return torch.stack([loss.detach(), (logits.detach().argmax(1) == y).float().mean(), ratio])
+
+
 def _stop_on_bad_loss(guard: LossGuard, epoch: int) -> None:
     problem = guard.problem(epoch)
     if problem is not None:
@@ -419,6 +502,8 @@ def _finish(cfg: FinetuneConfig, setup: Setup, paths: RunPaths, seconds: float, 
         "dataset": splits.name,
         "classes": model.classes,
         "labels_used": len(setup.train_index),
+        "train_images": len(splits.train.labels),
+        "run_dataset": setup.run.dataset,
         "label_fraction": None if cfg.label_list else cfg.label_fraction,
         "label_list": cfg.label_list,
         "epochs": epochs,

@@ -71,11 +71,10 @@ class LossGuard:
         loss = self.terms["loss"].item()
         named = ", ".join(f"{key}={value.item():.4g}" for key, value in self.terms.items() if key != "loss")
         what = "non-finite loss" if not torch.isfinite(self.terms["loss"]) else f"loss exploded to {loss:.4g}"
-        return (
-            f"{what} at epoch {epoch + 1}, step {step + 1} ({named}; the run began at {float(self.reference):.4g})"
-            if self.reference is not None and torch.isfinite(self.reference)
-            else f"{what} at epoch {epoch + 1}, step {step + 1} ({named})"
-        )
+        details = [named] if named else []
+        if self.reference is not None and torch.isfinite(self.reference):
+            details.append(f"the run began at {float(self.reference):.4g}")
+        return f"{what} at epoch {epoch + 1}, step {step + 1}" + (f" ({'; '.join(details)})" if details else "")
 
 
 class StopSignals:
