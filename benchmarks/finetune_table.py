@@ -69,7 +69,8 @@ def main() -> int:
             print(f"[{i}/{len(todo)}] {key}", flush=True)
             command = [sys.executable, "-m", "gatedssl", "finetune", *argv, "--out", str(args.out / key), "--resume", "auto", "--quiet"]
             done = subprocess.run(command, capture_output=True, text=True)
-            print((done.stdout or done.stderr).strip().splitlines()[-2 if done.returncode == 0 else -1], flush=True)
+            said = [line for line in (done.stdout + done.stderr).splitlines() if line.strip() and "%|" not in line]
+            print(next((line for line in said if "top-1" in line), said[-1] if said else f"exit {done.returncode}"), flush=True)
     rows = finetune_rows(find_finetunes([args.out]))  # the report's own table and picture
     (args.out / "table.json").write_text(json.dumps(rows, indent=2))
     (args.out / "table.md").write_text(markdown(rows) + "\n")
