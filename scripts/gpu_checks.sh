@@ -3,7 +3,7 @@
 # Needs the CIFAR-10 JPEG copy as .data/cifar10-jpg.tar.gz (git-ignored; copy it from
 # ../shared/datasets/ and name .data/cifar10-jpg.tar.gz in the device tool's `carry`).
 # Writes every log under ${OUT:-gpu_out}/; each step prints its command first.
-#   scripts/gpu_checks.sh [quick|systems|ddp|all]   quick: throughput only (about 5 minutes);
+#   scripts/gpu_checks.sh [quick|systems|ddp|grid|table1|finetune|all]   quick: throughput only (about 5 minutes);
 #   systems: every system of issue 12 on CIFAR-10 (B1, Dual, B2, slimmable, post-hoc; ${EPOCHS:-5} epochs each) and the widths' speed
 #   ddp: torchrun on every GPU of the machine against one process (images/s per device, scaling efficiency; issue 13)
 #   grid: short runs of the default recipe (2,000 CIFAR-10 images, epochs 1-10, widths 8/16/64, 4 modes, 3 seeds): none may
@@ -11,6 +11,8 @@
 #   table1: the paper's comparison at its length (ResNet-18 w64, ${EPOCHS:-500} epochs, seeds ${SEEDS:-0 1 2}: B1, Dual 0.3/0.5,
 #   B2 0.5, B1 + post-hoc 0.5; issue 21) through benchmarks/table1.sh. Each call trains for ${LIMIT:-500} s, then stops with
 #   a checkpoint (SIGTERM); call it again to go on. Hours of GPU time in all: it resumes across as many calls as it gets
+#   finetune: a 10-epoch Dual run on CIFAR-10 fine-tuned (dense and gated, 1 % and 10 % of the labels, against random init;
+#   issue 23) and the fine-tuning step against a torchvision loop
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -46,6 +48,14 @@ if [ "${1:-all}" = table1 ]; then
   echo "== table1: benchmarks/table1.sh $OUT/table1 ${EPOCHS:-500} \"${SEEDS:-0 1 2}\" (for ${LIMIT:-500} s)" | tee -a "$OUT/table1.log"
   timeout -s TERM -k 60 "${LIMIT:-500}" benchmarks/table1.sh "$OUT/table1" "${EPOCHS:-500}" "${SEEDS:-0 1 2}" \
     --dataset cifar10 --data-dir $DATA --checkpoint-minutes 2 2>&1 | tee -a "$OUT/table1.log" | tail -n 12
+  exit 0
+fi
+if [ "${1:-all}" = finetune ]; then
+  # a short Dual run on CIFAR-10 (w64), then its dense and gated networks fine-tuned on 1 % and 10 % of the labels against
+  # random init (issue 23); a few minutes; re-run to continue (finished runs and fine-tunes are skipped)
+  step finetune python -m gatedssl sweep --budgets 0.5 --dataset cifar10 --data-dir $DATA --epochs "${EPOCHS:-10}" \
+    --no-baseline --finetune 0.01 0.1 --out "$OUT/finetune" --quiet
+  step finetune_speed python benchmarks/finetune_speed.py --device cuda --batch-size 512 --steps 20
   exit 0
 fi
 if [ "${1:-all}" = systems ]; then
