@@ -382,3 +382,28 @@ def test_export_of_a_fine_tune_refuses_options_it_would_ignore_and_load_names_fo
     (tmp_path / "c.onnx").write_bytes(b"not really")
     with pytest.raises(UserError, match="onnxruntime"):
         gatedssl.load(tmp_path / "c.onnx")
+
+
+def test_a_fine_tune_killed_with_sigkill_resumes_to_the_uninterrupted_weights(runs, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    settings = dict(epochs=3, subnet="gated", checkpoint_minutes=0.0005)  # a checkpoint after (nearly) every step
+    straight = tmp_path / "straight"
+    quiet(config(runs, straight, **settings))
+    killed = tmp_path / "killed"
+    argv = ["finetune", "--checkpoint", str(runs / "dual/checkpoints/last.pt"), "--out", str(killed), "--subnet", "gated"]
+    argv += ["--epochs", "3", "--batch-size", "50", "--device", "cpu", "--checkpoint-minutes", "0.0005", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "gatedssl", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # kill it once a mid-run checkpoint of epoch 2 is there
+        if any(int(p.stem.split("_")[1]) >= 8 for p in (killed / "checkpoints").glob("step_*.pt")):
+            proc.kill()
+            break
+        time.sleep(0.05)
+    assert proc.wait() == -9, "the fine-tune ended before it could be killed"
+    assert main([*argv, "--resume"]) == 0
+    a = torch.load(straight / "checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(killed / "checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
