@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..distributed import global_rows
 
-__all__ = ["INTERPOLATIONS", "AugmentConfig", "BatchAugment", "center_crop", "normalize", "recipe"]
+__all__ = ["INTERPOLATIONS", "AugmentConfig", "BatchAugment", "center_crop", "crop_flip", "normalize", "recipe"]
 
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -96,6 +96,21 @@ def recipe(crop_size: int, mean, std, *, interpolation: str = "bilinear", blur_p
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         interpolation=interpolation,
+    )
+
+
+def crop_flip(crop_size: int, mean, std, min_scale: float = 0.08) -> AugmentConfig:
+    """Random resized crops and flips only: what supervised heads train on (the paper probe, fine-tuning); the colour
+    augmentations are the SSL task's."""
+    return AugmentConfig(
+        crop_size=int(crop_size),
+        scale=(min_scale, 1.0),
+        jitter_p=0.0,
+        gray_p=0.0,
+        blur_p=0.0,
+        solarize_p=0.0,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
     )
 
 

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ..data.augment import AugmentConfig, BatchAugment
+from ..data.augment import BatchAugment, crop_flip
 from ..data.sources import DatasetSplits
 from ..data.streaming import read_batches
 from ..models.resnet import GatedResNet
 from ..models.subnets import as_subnet
 from ..precision import autocast
+from ..progress import image_bar
 from .evaluate import extract
 
 __all__ = ["FAST", "PAPER", "PROTOCOLS", "ProbeResult", "linear_probe", "topk_accuracy", "train_linear_head"]
@@ -137,18 +137,7 @@ def _paper_run(backbone, splits, subnet, device, test_features, epochs, batch_si
     n, num_classes = len(labels), len(splits.train.classes)
     generator = torch.Generator().manual_seed(seed)  # head init and batch order
     aug_generator = torch.Generator(device=device).manual_seed(seed)  # crops and flips, drawn on the device
-    augment = BatchAugment(
-        AugmentConfig(
-            crop_size=splits.crop_size,
-            scale=(0.08, 1.0),
-            jitter_p=0.0,
-            gray_p=0.0,
-            solarize_p=0.0,
-            blur_p=0.0,
-            mean=tuple(splits.mean),
-            std=tuple(splits.std),
-        )
-    )
+    augment = BatchAugment(crop_flip(splits.crop_size, splits.mean, splits.std))
     head = _new_head(test_features.shape[1], num_classes, generator, device)
     optimizer, schedule = _sgd_cosine(head, PAPER["lr"], PAPER["weight_decay"], batch_size, epochs * math.ceil(n / batch_size))
     for _ in range(epochs):
@@ -209,15 +198,7 @@ def linear_probe(
         epochs = epochs or PAPER["epochs"]
         was_training = backbone.training
         backbone.eval()
-        bar = tqdm(
-            total=seeds * epochs * len(splits.train.labels),
-            unit="img",
-            unit_scale=True,
-            dynamic_ncols=True,
-            desc=f"linear probe ({as_subnet(subnet).name})",
-            disable=not progress,
-            mininterval=1.0,
-        )
+        bar = image_bar(seeds * epochs * len(splits.train.labels), f"linear probe ({as_subnet(subnet).name})", progress)
         try:
             for seed in range(seeds):
                 runs.append(_paper_run(backbone, splits, subnet, device, test, epochs, batch_size, seed, bar, precision))

@@ -11,8 +11,6 @@ import json
 import statistics
 from pathlib import Path
 
-from ..checkpoint import run_folder_of
-
 
 def find_finetunes(paths) -> list[dict]:
     """Every fine-tune summary under the given run or sweep folders (or folders of fine-tunes), each read once."""
@@ -47,8 +45,9 @@ def training_label(summary: dict) -> str:
 
 
 def source_name(summary: dict) -> str:
-    folder = run_folder_of(summary.get("checkpoint", ""))
-    return folder.name if folder is not None else Path(summary.get("checkpoint", "?")).stem
+    """The pretrained run's folder name (RUN/checkpoints/last.pt -> RUN); torch-free, as the report's readers are."""
+    path = Path(summary.get("checkpoint", "?"))
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
 
 
 def finetune_rows(summaries: list[dict]) -> list[dict]:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .. import __version__, losses
 from ..checkpoint import (
@@ -33,7 +32,7 @@ from ..checkpoint import (
     set_rng_state,
 )
 from ..config import PretrainConfig
-from ..data.augment import AugmentConfig, BatchAugment, center_crop, normalize
+from ..data.augment import BatchAugment, center_crop, crop_flip, normalize
 from ..data.labels import balanced_subset, fraction_problems, read_label_list, write_label_list
 from ..data.sources import DatasetSplits, eval_geometry, load_run_data
 from ..data.streaming import read_batches
@@ -43,6 +42,7 @@ from ..factory import build_objective, restore_objective, select_device
 from ..models.classifier import FINETUNE_SUBNETS, Classifier
 from ..names import parse_subnet
 from ..precision import autocast, resolve_precision
+from ..progress import image_bar
 from ..summary import write_summary
 from .calibrate import calibrate_gates
 from .guards import LossGuard, StopSignals
@@ -303,18 +303,7 @@ def build_optimizer(model: Classifier, lr: float, weight_decay: float) -> torch.
 def augmentation(splits: DatasetSplits, recipe: str) -> BatchAugment:
     """Crop and flip only (the semi-supervised protocol's); the colour augmentations are the SSL task's. The crops
     keep a quarter of the image or more by default (small images), as little as 8 % in `semi` (SimCLR's)."""
-    return BatchAugment(
-        AugmentConfig(
-            crop_size=splits.crop_size,
-            scale=(0.08 if recipe == "semi" else 0.25, 1.0),
-            jitter_p=0.0,
-            gray_p=0.0,
-            blur_p=0.0,
-            solarize_p=0.0,
-            mean=tuple(splits.mean),
-            std=tuple(splits.std),
-        )
-    )
+    return BatchAugment(crop_flip(splits.crop_size, splits.mean, splits.std, min_scale=0.08 if recipe == "semi" else 0.25))
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -401,16 +390,7 @@ def _train(cfg: FinetuneConfig, setup: Setup, paths: RunPaths, resume: bool, ove
 
     smoothing = values["label_smoothing"]
     images, labels = splits.train.images, splits.train.labels
-    bar = tqdm(
-        total=total * batch,
-        initial=(epoch * steps_per_epoch + step) * batch,
-        unit="img",
-        unit_scale=True,
-        desc="finetune",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
+    bar = image_bar(total * batch, "finetune", progress, (epoch * steps_per_epoch + step) * batch)
     guard, last_save = LossGuard(device), time.monotonic()
     with StopSignals() as stop:
         while epoch < epochs:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import PretrainConfig, save_yaml, warmup_steps
@@ -31,6 +30,7 @@ from ..factory import build_objective, select_device
 from ..methods import JointObjective
 from ..models.syncbn import convert_sync_bn
 from ..precision import autocast, grad_scaler
+from ..progress import image_bar
 from ..reporting.curves import plot_training_curves
 from ..summary import make_summary, write_summary
 from .calibrate import calibrate_gates, set_offset
@@ -179,16 +179,7 @@ def _run(
     )
 
     loggers.start()  # after --overwrite's clean-up: TensorBoard's new events file must not be removed with the old ones
-    bar = tqdm(
-        total=total_steps * cfg.batch_size,
-        initial=(state.epoch * steps_per_epoch + state.step) * cfg.batch_size,
-        unit="img",
-        unit_scale=True,
-        desc="pretrain",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
+    bar = image_bar(total_steps * cfg.batch_size, "pretrain", progress, (state.epoch * steps_per_epoch + state.step) * cfg.batch_size)
     objective.train()
     skipped, last_save, stopping, signal_name = 0, time.monotonic(), False, ""
     guard, warmup = LossGuard(device, state.loss_reference), warmup_steps(cfg, steps_per_epoch)
