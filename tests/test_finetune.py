@@ -407,3 +407,18 @@ def test_a_fine_tune_killed_with_sigkill_resumes_to_the_uninterrupted_weights(ru
     a = torch.load(straight / "checkpoints/last.pt", weights_only=True)["model"]
     b = torch.load(killed / "checkpoints/last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_slimmable_width_fine_tunes_as_the_plain_network_export_writes(tmp_path):
+    run = tmp_path / "slim"
+    pretrain(PretrainConfig(mode="slimmable", widths=[0.5], out=str(run), **{**TINY, "epochs": 1}), progress=False, log=lambda m: None)
+    out = tmp_path / "ft"
+    summary = quiet(
+        ft.FinetuneConfig(checkpoint=str(run / "checkpoints/last.pt"), out=str(out), subnet="width0.5", epochs=2, batch_size=50)
+    )
+    assert 0.2 < summary["macs_ratio"] < 0.35  # half the channels of every conv: about a quarter of the MACs
+    model = gatedssl.load(out / "checkpoints/last.pt")
+    test = load_dataset("embedded", limit_per_class=30).test
+    names, _ = model.predict(test.images)
+    top1 = 100 * sum(n == test.classes[y] for n, y in zip(names, test.labels.tolist())) / len(names)
+    assert top1 == pytest.approx(summary["top1"], abs=1.0) and model.subnets == ["width0.5"]
