@@ -300,6 +300,8 @@ def test_the_report_adds_the_fine_tunes_of_its_runs_and_refuses_a_fine_tune_as_a
     write_report([sweep], tmp_path / "report")
     rows = json.loads((tmp_path / "report/table.json").read_text())["finetune"]
     assert [(r["run"], r["subnet"], r["training"], r["top1"]) for r in rows] == [("b0.5", "gated", "pretrained", tuned["top1"])]
+    frozen = json.loads((sweep / "b0.5/summary.json").read_text())["gated"]
+    assert rows[0]["run_knn"] == frozen["knn_top1"]  # beside the fine-tune: the frozen features it started from
     assert "## Fine-tuning" in (tmp_path / "report/report.md").read_text() and (tmp_path / "report/finetune.png").is_file()
     cli_error_lines(capsys, ["report", str(sweep / "b0.5/finetune/gated-f1"), "--out", str(tmp_path / "r2")], "fine-tune's summary")
 

@@ -50,6 +50,21 @@ def source_name(summary: dict) -> str:
     return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
 
 
+def frozen_accuracy(summary: dict) -> tuple[float | None, float | None]:
+    """The pretrained run's kNN and linear-probe top-1 of the fine-tuned sub-network (from RUN/summary.json), to set
+    the fine-tune beside the frozen features it started from; None where the run's summary has none."""
+    path = Path(summary.get("checkpoint", "?"))
+    try:
+        run = json.loads((path.parent.parent / "summary.json").read_text()) if path.parent.name == "checkpoints" else {}
+    except (OSError, ValueError):
+        run = {}
+    sub = run.get(summary["subnet"]) if isinstance(run, dict) else None
+    if not isinstance(sub, dict) or summary.get("init") == "random" or summary.get("dataset") != run.get("dataset"):
+        return None, None
+    probe = sub.get("probe") if isinstance(sub.get("probe"), dict) else {}
+    return sub.get("knn_top1"), probe.get("top1")
+
+
 def finetune_rows(summaries: list[dict]) -> list[dict]:
     """One row per (run, sub-network, training, label fraction): mean and sample std over seeds."""
     groups: dict[tuple, list[dict]] = {}
@@ -74,6 +89,7 @@ def finetune_rows(summaries: list[dict]) -> list[dict]:
     ):
         top1 = [r["top1"] for r in runs]
         before = [r["before_calibration"]["macs_ratio"] for r in runs if r.get("before_calibration")]
+        knn, probe = frozen_accuracy(runs[0])
         rows.append(
             {
                 "run": run,
@@ -89,6 +105,8 @@ def finetune_rows(summaries: list[dict]) -> list[dict]:
                 "macs_ratio": statistics.mean(r["macs_ratio"] for r in runs),
                 "ratio_before_calibration": statistics.mean(before) if before else None,
                 "seconds": statistics.mean(r["train_seconds"] for r in runs),
+                "run_knn": knn,
+                "run_probe": probe,
             }
         )
     return rows
@@ -102,6 +120,7 @@ HEADER = [
     "epochs",
     "seeds",
     "test top-1",
+    "frozen: kNN / probe",
     "MACs / dense (before calibration)",
     "s each",
 ]
@@ -122,6 +141,7 @@ def table_cells(rows: list[dict]) -> list[list[str]]:
                 str(r["epochs"]),
                 str(r["seeds"]),
                 f"{r['top1']:.2f}{spread}",
+                "–" if r["run_knn"] is None else f"{r['run_knn']:.2f} / " + ("–" if r["run_probe"] is None else f"{r['run_probe']:.2f}"),
                 f"{r['macs_ratio']:.3f}{before}",
                 f"{r['seconds']:.0f}",
             ]
@@ -175,7 +195,8 @@ def add_section(doc, rows: list[dict], out: Path) -> None:
     doc.heading(2, "Fine-tuning")
     doc.para(
         "Each sub-network fine-tuned end to end with a linear head on a class-balanced share of the labels "
-        "(gatedssl finetune), against the same network from random init on the same labels; mean ± std over seeds. "
+        "(gatedssl finetune), against the same network from random init on the same labels; mean ± std over seeds; "
+        "beside it the pretrained run's frozen features: kNN and linear probe of that sub-network. "
         "The gated network keeps its budget: its MACs ratio on the test set, and before the final calibration."
     )
     doc.table(HEADER, table_cells(rows))
