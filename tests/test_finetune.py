@@ -118,6 +118,20 @@ def test_a_finished_fine_tune_is_kept_unless_overwrite(runs, tmp_path, capsys):
     assert main(["finetune", "--checkpoint", str(runs / "dual/checkpoints/last.pt"), "--out", str(out), "--resume", "auto"]) == 0
 
 
+def test_resume_auto_stops_a_fine_tune_that_failed_twice_the_same_way(runs, tmp_path, capsys, monkeypatch):
+    def broken_step(*args, **kw):
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(ft, "train_step", broken_step)
+    out = tmp_path / "ft"
+    argv = ["finetune", "--checkpoint", str(runs / "dual/checkpoints/last.pt"), "--out", str(out), "--resume", "auto"]
+    for attempt in (1, 2):
+        assert main(argv) == 1 and "illegal memory access" in capsys.readouterr().err
+        assert len((out / "failures.jsonl").read_text().splitlines()) == attempt
+    cli_error_lines(capsys, argv, "the last two attempts failed the same way", "illegal memory access")
+    assert len((out / "failures.jsonl").read_text().splitlines()) == 2
+
+
 # ------------------------------------------------------------------------------------------ what it learns and spends
 def test_a_short_fine_tune_beats_the_network_it_started_from(runs, tmp_path):
     cfg = config(runs, tmp_path / "ft", epochs=12, label_smoothing=0.0)

@@ -447,7 +447,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from .training.finetune import FinetuneConfig, finetune
-    from .training.run_folder import RunPaths, finished_summary, has_checkpoint
+    from .training.run_folder import RunPaths, finished_summary, has_checkpoint, repeated_failure_problem
 
     names = {f.name for f in fields(FinetuneConfig)}
     cfg = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names})
@@ -458,6 +458,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         if done is not None:
             print(f"--resume auto: {cfg.out} holds a finished fine-tune (top-1 {done.get('top1')} %); nothing to do")
             return 0
+        repeated_failure_problem(paths)
         resume = has_checkpoint(paths)
     s = finetune(cfg, resume=bool(resume), overwrite=args.overwrite, progress=not args.quiet)
     share = f"{100 * s['labels_used'] / s['train_images']:.3g} %"

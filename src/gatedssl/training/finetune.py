@@ -248,9 +248,10 @@ def _train(cfg: FinetuneConfig, setup: Setup, paths: RunPaths, resume: bool, ove
             order = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))]
             sums = torch.zeros(3, device=device)  # loss, correct, MACs ratio
             guard.new_epoch()
-            for s in range(step, steps_per_epoch):
+            todo = order[step * batch : steps_per_epoch * batch]  # one reader per epoch: a streamed folder decodes ahead
+            for s, x in zip(range(step, steps_per_epoch), read_batches(images, todo, batch, device)):
                 rows = order[s * batch : (s + 1) * batch]
-                x = augment(next(read_batches(images, rows, batch, device)))
+                x = augment(x)
                 terms = train_step(model, optimizer, scheduler, x, labels[rows].to(device), smoothing, precision, target)
                 guard.observe(s, {"loss": terms[0]})
                 sums += terms
@@ -359,8 +360,9 @@ def evaluate_classifier(model: Classifier, splits: DatasetSplits, device: torch.
     model.eval()
     test, correct, macs, dense = splits.test, 0, [], 0
     gate_macs = sum(g.macs for g in model.backbone.gates) if model.subnet_name == "static" else 0  # static runs no gate
-    for rows in torch.arange(len(test.labels)).split(batch_size):
-        x = normalize(center_crop(next(read_batches(test.images, rows, batch_size, device)), splits.crop_size), splits.mean, splits.std)
+    everything = torch.arange(len(test.labels))
+    for rows, x in zip(everything.split(batch_size), read_batches(test.images, everything, batch_size, device)):
+        x = normalize(center_crop(x, splits.crop_size), splits.mean, splits.std)
         logits, out = model(x.contiguous(memory_format=torch.channels_last))
         correct += int((logits.argmax(1).cpu() == test.labels[rows]).sum())
         macs.append(out.macs.float().cpu() - gate_macs)

@@ -122,8 +122,8 @@ def init_from_problems(cfg: PretrainConfig) -> list[str]:
 
 def record_failure(paths: RunPaths, exit_code: int, message: str) -> None:
     """One line per run that ended in an error, for --resume auto to notice a failure that repeats
-    (a run that failed before it began, writing nothing, leaves nothing)."""
-    if not (paths.root / "config.yaml").exists():
+    (a run that failed before it began, writing nothing, leaves nothing; a fine-tune begins with its checkpoints folder)."""
+    if not ((paths.root / "config.yaml").exists() or paths.checkpoints.is_dir()):
         return
     record = {
         "time": round(time.time(), 1),
@@ -148,7 +148,7 @@ def newest_checkpoint(paths: RunPaths) -> str | None:
     return names[-1] if names else None
 
 
-def readread_records(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
     """The JSON-object lines of a .jsonl file gatedssl appends to; a torn line (a crash mid-write) or garbage is skipped:
     a requeue after a crash is exactly when one is there."""
     try:
@@ -170,7 +170,7 @@ def repeated_failure_problem(paths: RunPaths) -> None:
     """--resume auto stops a run whose last two attempts failed the same way (the same error, from the same
     checkpoint, which is still the newest): under torchrun --max-restarts or a requeue loop, a third attempt
     would only fail again. A run that got further since (a fix, then a checkpoint) is tried again."""
-    last = readread_records(paths.failures)[-2:]
+    last = read_records(paths.failures)[-2:]
     same = len(last) == 2 and all(last[0].get(k) == last[1].get(k) for k in ("exit_code", "error", "from"))
     if same and last[1].get("from") == newest_checkpoint(paths):
         raise UserError(
@@ -195,5 +195,5 @@ def truncate_metrics(path: Path, epochs_kept: int) -> None:
     """Keep the metric lines of the epochs the checkpoint holds (later ones will be trained again); a torn or garbage line goes."""
     if not path.exists():
         return
-    kept = [r for r in readread_records(path) if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs_kept]
+    kept = [r for r in read_records(path) if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs_kept]
     atomic_write(path, lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
