@@ -36,7 +36,9 @@ def test_config_choices_are_the_registries_names():
     from gatedssl.data import sources
     from gatedssl.methods import METHODS
     from gatedssl.methods.modes import MODES
-    from gatedssl.models.resnet import ARCHS
+    from gatedssl.models.backbone import ARCHS, create_backbone
+
+    create_backbone("resnet18", width=8)  # the families register on first use
     from gatedssl.precision import PRECISIONS
 
     choices = {f.name: f.metadata["choices"] for f in fields(config.PretrainConfig)}

@@ -12,9 +12,9 @@ from gatedssl.training.optim import build_optimizer, warmup_cosine
 from gatedssl.training.trainer import train_step
 
 
-def _objective(mode="slimmable", **kw) -> JointObjective:
+def _objective(mode="slimmable", arch="resnet18", **kw) -> JointObjective:
     torch.manual_seed(0)
-    backbone = create_backbone("resnet18", width=8)
+    backbone = create_backbone(arch, width=8 if arch.startswith("resnet") else 0.25)
     options = {"widths": (1.0, 0.75, 0.5, 0.25)} if mode == "slimmable" else {}
     return JointObjective(backbone, get_method("vicreg"), 32, mode=mode, **{**options, **kw})
 
@@ -90,11 +90,17 @@ def test_posthoc_freezes_the_dense_network_and_keeps_its_bn_in_eval():
     assert finetune.pairs(True) == [((0, "gated"), (1, "dense"))], "fine-tuning the dense network keeps an SSL loss on it"
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
 @pytest.mark.parametrize("mode", ["dual", "dense", "gated", "slimmable", "posthoc"])
-def test_every_mode_trains_a_step(mode):
-    objective = _objective(mode)
+def test_every_mode_trains_a_step(mode, arch):
+    objective = _objective(mode, arch)
+    before = {k: v.clone() for k, v in objective.backbone.state_dict().items()}
     optimizer = build_optimizer(objective, "lars", 0.1, 1e-4, 0.9, 0.02, 1.0)
     scheduler = warmup_cosine(optimizer, 0, 10)
     terms = train_step(objective, optimizer, scheduler, *_views(), progress=0.5, fast=False)
     assert torch.isfinite(terms["loss"])
     assert ("distill" in terms) == (mode in ("slimmable", "posthoc"))
+    after = objective.backbone.state_dict()
+    moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+    gates_moved = any(".gate.expand." in k for k in moved)
+    assert gates_moved == (mode not in ("slimmable", "dense")), moved  # the gates learn where they are used

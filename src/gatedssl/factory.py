@@ -9,7 +9,7 @@ from .checkpoint import first_mismatch
 from .config import PretrainConfig, upgrade_stored
 from .errors import UserError
 from .methods import JointObjective, get_method
-from .models.resnet import create_backbone
+from .models.backbone import create_backbone
 
 
 def select_device(name: str) -> torch.device:

@@ -6,7 +6,7 @@ Sub-network names are parsed here too, so a bad `--widths` or `--subnet` is caug
 
 from __future__ import annotations
 
-ARCH_NAMES = ("resnet18", "resnet34", "resnet50")  # models.resnet.ARCHS
+ARCH_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")  # models.backbone.ARCHS
 METHOD_NAMES = ("vicreg", "barlow", "simclr", "simsiam", "byol")  # methods.registry.METHODS
 MODE_NAMES = ("dual", "dense", "gated", "slimmable", "posthoc")  # methods.modes.MODES
 DATASET_NAMES = ("embedded", "cifar10", "cifar100", "stl10", "imagefolder")  # data.sources.DATASETS

@@ -82,8 +82,15 @@ def validate(cfg: PretrainConfig) -> list[str]:
             problems.append(message)
 
     check(0 < cfg.budget <= 1, f"budget: {cfg.budget} is outside (0, 1]; give the gated pass's share of the dense MACs, e.g. 0.5")
+    if cfg.width is not None and cfg.arch.startswith("mobilenet"):
+        check(0 < cfg.width <= 4, f"width: {cfg.width:g} is outside (0, 4]; for {cfg.arch} it is the width multiplier, e.g. 1.0 or 0.5")
+    elif cfg.width is not None:
+        check(
+            float(cfg.width).is_integer() and cfg.width >= 1,
+            f"width: {cfg.width:g} is not a channel count; for {cfg.arch} it is the first stage's channels, e.g. 64 (a width "
+            "multiplier is for the MobileNets)",
+        )
     for name in (
-        "width",
         "epochs",
         "batch_size",
         "proj_dim",
@@ -96,7 +103,7 @@ def validate(cfg: PretrainConfig) -> list[str]:
         value = getattr(cfg, name)
         check(value is None or value >= 1, f"{name}: must be a positive integer, got {value}")
     for name, most, why in (
-        ("width", 4096, "64 is the standard ResNet"),
+        ("width", 4096, "64 is the standard ResNet"),  # (a MobileNet's is checked above)
         ("proj_dim", 65536, "the papers use 2048 to 8192"),
         ("crop_size", 4096, "ImageNet is trained at 224"),
         ("data_workers", 256, "the default is the CPU cores, at most 16"),

@@ -10,6 +10,7 @@ from .checks import type_problems
 from .settings import (
     CROP_SIZES,
     DEFAULT_WIDTHS,
+    MOBILENET_WIDTHS,
     OPTIMIZER_DEFAULTS,
     POSTHOC_EPOCH_SHARE,
     RECIPES,
@@ -43,9 +44,13 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
         "stem": "cifar" if crop_size <= 64 else "imagenet",
         "blur_p": REFERENCE_BLUR.get(cfg.dataset, [0.0, 0.0]) if values["recipe"] == "reference" else size_blur(crop_size),
     }
+    if cfg.arch.startswith("mobilenet"):
+        defaults["width"] = MOBILENET_WIDTHS.get(cfg.dataset, MOBILENET_WIDTHS["default"])
     for key, value in defaults.items():
         if values.get(key) is None:
             values[key] = value
+    if isinstance(values["width"], float) and values["width"].is_integer() and not cfg.arch.startswith("mobilenet"):
+        values["width"] = int(values["width"])  # a ResNet's channels: w8, never w8.0, in names and files
     if cfg.mode == "posthoc" and cfg.epochs is None:
         values["epochs"] = max(1, round(POSTHOC_EPOCH_SHARE * values["epochs"]))
     if cfg.mode == "slimmable" and values["widths"] != []:  # an empty list stays empty: validate() names it

@@ -69,7 +69,11 @@ class PretrainConfig:
     )
     section("model")
     arch: str = _opt("resnet18", "backbone", ARCHS)
-    width: int | None = _opt(None, "channels of the first stage (64 = standard ResNet); recipe: 8 on embedded, 64 otherwise")
+    width: float | None = _opt(
+        None,
+        "ResNets: channels of the first stage (64 = standard; recipe: 8 on embedded, 64 otherwise); MobileNets: torchvision's "
+        "width multiplier (1.0 = standard; recipe: 0.25 on embedded, 1.0 otherwise)",
+    )
     stem: str | None = _opt(
         None, "stem: 'cifar' (3x3, no max-pool) or 'imagenet' (7x7/2 + max-pool); recipe: cifar up to 64 px", ("cifar", "imagenet")
     )
@@ -249,6 +253,8 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+MOBILENET_WIDTHS = {"embedded": 0.25, "default": 1.0}  # what the recipes' ResNet widths 8 and 64 are for a MobileNet
 
 SIZES: dict[str, dict[str, Any]] = {
     # sized so that `gatedssl pretrain` finishes in about 3 minutes on 2 CPU cores

@@ -9,7 +9,7 @@ import torch
 from ..data.augment import center_crop, normalize
 from ..data.sources import DatasetSplits, ImageSet
 from ..data.streaming import read_batches
-from ..models.resnet import GatedResNet
+from ..models.backbone import GatedBackbone
 from ..models.subnets import as_subnet
 from ..precision import autocast
 from .knn import knn_top1
@@ -30,7 +30,7 @@ class Features:
 
 @torch.no_grad()
 def extract(
-    backbone: GatedResNet,
+    backbone: GatedBackbone,
     images: ImageSet,
     splits: DatasetSplits,
     subnet: str,
@@ -69,7 +69,7 @@ def spread(n: int, m: int) -> torch.Tensor:
 
 
 def evaluate(
-    backbone: GatedResNet,
+    backbone: GatedBackbone,
     splits: DatasetSplits,
     device: torch.device,
     protocol: str = "weighted",
@@ -116,7 +116,7 @@ def evaluate(
 
 
 def online_knn(
-    backbone: GatedResNet,
+    backbone: GatedBackbone,
     splits: DatasetSplits,
     device: torch.device,
     passes: tuple[str, ...],

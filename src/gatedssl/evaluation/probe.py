@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..data.augment import BatchAugment, crop_flip
 from ..data.sources import DatasetSplits
 from ..data.streaming import read_batches
-from ..models.resnet import GatedResNet
+from ..models.backbone import GatedBackbone
 from ..models.subnets import as_subnet
 from ..precision import autocast
 from ..progress import image_bar
@@ -159,7 +159,7 @@ def _paper_run(backbone, splits, subnet, device, test_features, epochs, batch_si
 
 
 def linear_probe(
-    backbone: GatedResNet,
+    backbone: GatedBackbone,
     splits: DatasetSplits,
     subnet: str,
     device: torch.device,

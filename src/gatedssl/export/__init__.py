@@ -2,7 +2,8 @@
 
 from .encoder import Encoder, EvalTransform, load
 from .formats import torchvision_model
+from .mobilenet import PlainMobileNet, SkippingMobileNet
 from .plain import PlainResNet
 from .skipping import SkippingResNet
 
-__all__ = ["Encoder", "EvalTransform", "PlainResNet", "SkippingResNet", "load", "torchvision_model"]
+__all__ = ["Encoder", "EvalTransform", "PlainMobileNet", "PlainResNet", "SkippingMobileNet", "SkippingResNet", "load", "torchvision_model"]

@@ -14,7 +14,6 @@ from torch import nn
 from ..errors import UserError
 from .encoder import _load_classifier
 from .formats import onnx_bytes, verify_onnx, write_bytes, write_pt, write_torchscript, write_torchvision
-from .plain import PlainResNet, plain_spec, spec_macs
 
 
 class PlainClassifier(nn.Module):
@@ -27,7 +26,7 @@ class PlainClassifier(nn.Module):
     std: list[float]
     crop_size: int
 
-    def __init__(self, net: PlainResNet, head: nn.Linear, classes: list[str], transform=None):
+    def __init__(self, net: nn.Module, head: nn.Linear, classes: list[str], transform=None):
         super().__init__()
         self.net, self.head, self.classes = net, head, list(classes)
         self.mean = [float(m) for m in transform.mean] if transform is not None else [0.0, 0.0, 0.0]
@@ -50,7 +49,7 @@ def export_classifier(state: dict, checkpoint: str, out: str, fmt: str) -> dict:
     model = PlainClassifier(net, head, classes, encoder.transform).eval()
     size = encoder.transform.crop_size
     dense = state_backbone(state)
-    dense_macs = spec_macs(plain_spec(dense, dense.gated_channels), size)
+    dense_macs = dense.channel_costs(size).macs(dense.gated_channels)
     result = {
         "subnet": subnet,
         "format": fmt,

@@ -20,8 +20,6 @@ from ..data.augment import center_crop, normalize
 from ..data.sources import eval_geometry
 from ..data.streaming import fit_square
 from ..errors import UserError
-from .plain import PlainResNet
-from .skipping import SkippingResNet
 
 EXPORT_FORMAT = "gatedssl-export/1"
 
@@ -153,7 +151,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
         )
     state = read_weights(path)
     if isinstance(state, dict) and state.get("format") == EXPORT_FORMAT:
-        net = PlainResNet(state["arch"])
+        from .deploy import plain_from_spec
+
+        net = plain_from_spec(state["arch"])
         net.load_state_dict(state["state_dict"])
         transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["transform"].items()})
         head = None
@@ -168,9 +168,11 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
 
     objective, cfg = restore_objective(check_checkpoint(state, path), path)
     backbone = objective.backbone.eval()
-    nets = {name: PlainResNet.from_gated(backbone, name) for name in objective.subnets if name != "gated"}
+    from .deploy import plain_network, skipping_network
+
+    nets = {name: plain_network(backbone, name) for name in objective.subnets if name != "gated"}
     if cfg.mode != "slimmable":  # a slimmable run has no gates
-        nets.update(gated=SkippingResNet(backbone, strategy), backbone=backbone)
+        nets.update(gated=skipping_network(backbone, strategy), backbone=backbone)
     return Encoder(nets, EvalTransform.for_dataset(cfg.dataset, cfg.crop_size), cfg.to_dict()).to(device)
 
 
@@ -179,6 +181,7 @@ def _load_classifier(state: dict, path, strategy: str) -> Encoder:
     from ..config import PretrainConfig, upgrade_stored
     from ..factory import build_objective
     from ..models.classifier import Classifier
+    from .deploy import plain_network, skipping_network
 
     run = PretrainConfig(**upgrade_stored(state["run_config"]))
     subnet, weights = state["finetune"]["subnet"], state["model"]
@@ -189,9 +192,9 @@ def _load_classifier(state: dict, path, strategy: str) -> Encoder:
     model.load_state_dict(weights)
     backbone = model.backbone.eval()
     if subnet == "gated":
-        net = SkippingResNet(backbone, strategy)
+        net = skipping_network(backbone, strategy)
     else:
-        net = PlainResNet.from_gated(backbone, "gated" if subnet == "static" else subnet, keep=keep)
+        net = plain_network(backbone, "gated" if subnet == "static" else subnet, keep=keep)
     finetune = state["finetune"]
     if "transform" in state:  # as the fine-tune evaluated its images (a transfer keeps the run's normalisation)
         transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["transform"].items()})

@@ -22,17 +22,16 @@ from torch import nn
 
 from ..checkpoint import atomic_write, read_weights
 from ..errors import UserError
-from ..models.resnet import GatedResNet
-from ..models.torchvision_names import read_construction, sidecar_path, torchvision_arch, torchvision_construction, torchvision_names
+from ..models.backbone import GatedBackbone
+from ..models.torchvision_names import read_construction, sidecar_path
 from .encoder import EXPORT_FORMAT, EvalTransform
-from .plain import PlainResNet
 
 FORMATS = ("pt", "torchscript", "onnx", "torchvision")
 EXTRA = "pip install 'gatedssl[export]'"
 
 
 def write_pt(
-    net: PlainResNet, subnet: str, transform: EvalTransform, config: dict, out: Path, head: nn.Linear | None = None, classes=None
+    net: nn.Module, subnet: str, transform: EvalTransform, config: dict, out: Path, head: nn.Linear | None = None, classes=None
 ) -> None:
     """A state dict plus the architecture (each conv's channels): loads with weights_only=True. A fine-tune's
     file adds its head and class names."""
@@ -100,49 +99,48 @@ def verify_onnx(data: bytes, net: nn.Module, size: int, batches=(1, 5)) -> float
     return worst
 
 
-def torchvision_state_dict(backbone: GatedResNet) -> dict[str, torch.Tensor]:
-    """The dense encoder under torchvision's ResNet names (conv1, bn1, layerS.B..., downsample), no fc.
-
-    The dense BN set is kept as BatchNorm (not folded) so the network fine-tunes as usual. Refuses
-    what torchvision's constructors cannot build (another width, other blocks per stage): such a
-    state dict would only load into a hand-made network.
-    """
-    if backbone.width != 64:
-        raise UserError(
-            f"--format torchvision: torchvision's ResNets have width 64 and this run has width {backbone.width}; "
-            f"export with --format pt, torchscript or onnx instead"
-        )
-    if torchvision_arch(backbone) is None:
-        raise UserError(
-            f"--format torchvision: torchvision has no ResNet with these blocks per stage ({len(backbone.blocks)} blocks); "
-            f"export with --format pt, torchscript or onnx instead"
-        )
+def torchvision_state_dict(backbone: GatedBackbone) -> dict[str, torch.Tensor]:
+    """The dense encoder under torchvision's names (no classifier); the dense BN set kept as BatchNorm, so that the
+    network fine-tunes as usual. Refuses what torchvision's constructors cannot build (the backbone says why)."""
+    problem = backbone.torchvision_problem()
+    if problem:
+        raise UserError(f"--format torchvision: {problem}; export with --format pt, torchscript or onnx instead")
     ours = backbone.state_dict()
-    return {theirs: ours[key].detach().clone() for key, theirs in torchvision_names(backbone).items()}
+    return {theirs: ours[key].detach().clone() for key, theirs in backbone.torchvision_names().items()}
 
 
 def torchvision_code(construction: dict, weights: str | Path) -> str:
     """The Python lines that build the torchvision model an export fits and load it (printed by the export)."""
-    conv1 = construction["conv1"]
     classes = construction.get("classes")
-    lines = [
-        "import torch, torchvision",
-        f"model = torchvision.models.{construction['arch']}({f'num_classes={len(classes)}' if classes else ''})",
-    ]
-    if not classes:
-        lines.append("model.fc = torch.nn.Identity()")
-    if (conv1["kernel_size"], conv1["stride"], conv1["padding"]) != (7, 2, 3):  # torchvision's own conv1
-        lines.append(
-            f"model.conv1 = torch.nn.Conv2d(3, 64, kernel_size={conv1['kernel_size']}, stride={conv1['stride']}, "
-            f"padding={conv1['padding']}, bias=False)"
-        )
-    if not construction["maxpool"]:
-        lines.append("model.maxpool = torch.nn.Identity()")
+    if construction.get("family") == "mobilenet":
+        lines = ["import torch, torchvision", f"model = torchvision.models.{construction['arch']}(width_mult={construction['width_mult']})"]
+        lines.append("model.classifier = torch.nn.Identity()")
+        lines += [f"model.{_attribute_path(name)}.stride = (1, 1)" for name in construction["stride_one"]]
+    else:
+        conv1 = construction["conv1"]
+        lines = [
+            "import torch, torchvision",
+            f"model = torchvision.models.{construction['arch']}({f'num_classes={len(classes)}' if classes else ''})",
+        ]
+        if not classes:
+            lines.append("model.fc = torch.nn.Identity()")
+        if (conv1["kernel_size"], conv1["stride"], conv1["padding"]) != (7, 2, 3):  # torchvision's own conv1
+            lines.append(
+                f"model.conv1 = torch.nn.Conv2d(3, 64, kernel_size={conv1['kernel_size']}, stride={conv1['stride']}, "
+                f"padding={conv1['padding']}, bias=False)"
+            )
+        if not construction["maxpool"]:
+            lines.append("model.maxpool = torch.nn.Identity()")
     lines.append(f"model.load_state_dict(torch.load({str(weights)!r}, weights_only=True), strict=True)")
     return "\n".join(lines)
 
 
-def write_torchvision(backbone: GatedResNet, transform: EvalTransform, out: Path, head: nn.Linear | None = None, classes=None) -> dict:
+def _attribute_path(name: str) -> str:
+    """features.2.conv.1.0 -> features[2].conv[1][0]"""
+    return "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in name.split(".")).lstrip(".")
+
+
+def write_torchvision(backbone: GatedBackbone, transform: EvalTransform, out: Path, head: nn.Linear | None = None, classes=None) -> dict:
     """The state dict at `out` and, beside it (resnet18.pth -> resnet18.json), how to build the model it fits.
 
     A state dict cannot carry the stem's padding or the missing max-pool, and a torchvision model
@@ -161,7 +159,12 @@ def write_torchvision(backbone: GatedResNet, transform: EvalTransform, out: Path
             f"choose another --out name"
         )
     state = torchvision_state_dict(backbone.cpu())
-    construction = {**torchvision_construction(backbone), "transform": dataclasses.asdict(transform)}
+    construction = {**backbone.torchvision_construction(), "transform": dataclasses.asdict(transform)}
+    if head is not None and construction.get("family") == "mobilenet":
+        raise UserError(
+            "--format torchvision: a fine-tuned MobileNet's head is one linear layer, which torchvision's classifier is not; "
+            "export it with --format pt, torchscript or onnx"
+        )
     if head is not None:  # a fine-tune: torchvision's own fc, filled
         state.update({"fc.weight": head.weight.detach().cpu().clone(), "fc.bias": head.bias.detach().cpu().clone()})
         construction.update(fc="Linear", classes=list(classes))
@@ -185,6 +188,13 @@ def torchvision_model(weights: str | os.PathLike) -> nn.Module:
             f"export again, or build the model by hand with the stem the run used"
         )
     classes = construction.get("classes")
+    if construction.get("family") == "mobilenet":
+        model = getattr(torchvision.models, construction["arch"])(width_mult=construction["width_mult"])
+        model.classifier = nn.Identity()
+        for name in construction["stride_one"]:
+            model.get_submodule(name).stride = (1, 1)
+        model.load_state_dict(read_weights(weights), strict=True)
+        return model.eval()
     model = getattr(torchvision.models, construction["arch"])(**({"num_classes": len(classes)} if classes else {}))
     if not classes:
         model.fc = nn.Identity()

@@ -21,10 +21,11 @@ from ..evaluation.knn import knn_top1
 from ..evaluation.probe import linear_probe
 from ..evaluation.runs import read_summary
 from ..factory import restore_objective, select_device
-from ..models.resnet import BackboneOutput
+from ..models.backbone import BackboneOutput
 from ..models.torchvision_names import sidecar_path
 from ..names import parse_subnet
 from ..summary import write_summary
+from .deploy import plain_network
 from .encoder import EvalTransform
 from .formats import (
     FORMATS,
@@ -36,16 +37,15 @@ from .formats import (
     write_torchscript,
     write_torchvision,
 )
-from .plain import PlainResNet, plain_spec, spec_macs
 from .static import keep_rate_for, kept_channels
 
 SUBNETS = ("dense", "static")
 
 
 class PlainAsBackbone(nn.Module):
-    """A PlainResNet behind the backbone interface evaluation uses (`net(x, gated)` -> BackboneOutput)."""
+    """A plain network behind the backbone interface evaluation uses (`net(x, gated)` -> BackboneOutput)."""
 
-    def __init__(self, net: PlainResNet, size: int):
+    def __init__(self, net: nn.Module, size: int):
         super().__init__()
         self.net, self.feature_dim, self.macs = net, net.feature_dim, net.macs(size)
 
@@ -143,16 +143,16 @@ def export(
     size = transform.crop_size
     result: dict = {"subnet": subnet, "format": fmt, "file": str(out)}
     if subnet == "dense":
-        net = PlainResNet.from_gated(backbone, "dense")
+        net = plain_network(backbone, "dense")
         result.update(macs=net.macs(size), macs_ratio=1.0)
     elif _is_width(subnet):
         if subnet not in objective.subnets:
             raise UserError(
                 f"--subnet {subnet}: {checkpoint} has no such width (mode {cfg.mode}; its sub-networks: {', '.join(objective.subnets)})"
             )
-        net = PlainResNet.from_gated(backbone, subnet)
+        net = plain_network(backbone, subnet)
         splits = load_run_data(cfg, dev, warn=log, data_dir=data_dir)
-        dense_macs = spec_macs(plain_spec(backbone, backbone.gated_channels), size)
+        dense_macs = backbone.channel_costs(size).macs(backbone.gated_channels)
         result.update(
             macs=net.macs(size),
             macs_ratio=net.macs(size) / dense_macs,
@@ -165,8 +165,8 @@ def export(
         ).channel_frequency
         if keep_rate is None:
             keep_rate = keep_rate_for(backbone, frequency, macs_ratio if macs_ratio is not None else cfg.budget, size, channel_multiple)
-        net = PlainResNet.from_gated(backbone, "gated", keep=kept_channels(frequency, keep_rate, channel_multiple))
-        dense_macs = spec_macs(plain_spec(backbone, backbone.gated_channels), size)
+        net = plain_network(backbone, "gated", keep=kept_channels(frequency, keep_rate, channel_multiple))
+        dense_macs = backbone.channel_costs(size).macs(backbone.gated_channels)
         result.update(
             keep_rate=keep_rate,
             channel_multiple=channel_multiple,
@@ -190,7 +190,7 @@ def export(
     return result
 
 
-def measure(net: PlainResNet, splits, device: torch.device, cfg, probe: bool) -> dict:
+def measure(net: nn.Module, splits, device: torch.device, cfg, probe: bool) -> dict:
     """kNN top-1 and (fast) linear-probe accuracy of a plain network, as `gatedssl eval` measures the passes."""
     adapter = PlainAsBackbone(net, splits.crop_size).to(device)
     train = extract(adapter, splits.train, splits, "dense", device, precision=cfg.precision)

@@ -19,7 +19,7 @@ from ..models.subnets import SubNet
 def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """conv -> BN (eval statistics) as one convolution with a bias: inference pays for no BN."""
     weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, groups=conv.groups, bias=True)
     folded.weight.data.copy_(weight.detach())
     folded.bias.data.copy_(bias.detach())
     return folded
@@ -31,8 +31,10 @@ def first_channels(conv: nn.Conv2d, sub: SubNet, in_channels: int | None = None)
     if sub.kind != "width":
         return conv
     cout, cin = sub.channels(conv.out_channels), in_channels or sub.channels(conv.in_channels)
-    small = nn.Conv2d(cin, cout, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None).to(conv.weight.device)
-    small.weight.data.copy_(conv.weight.detach()[:cout, :cin])
+    groups = 1 if conv.groups == 1 else cout  # depthwise: one input channel per output
+    small = nn.Conv2d(cin, cout, conv.kernel_size, conv.stride, conv.padding, groups=groups, bias=conv.bias is not None)
+    small = small.to(conv.weight.device)
+    small.weight.data.copy_(conv.weight.detach()[:cout, : cin // groups])
     if conv.bias is not None:
         small.bias.data.copy_(conv.bias.detach()[:cout])
     return small

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from ..models.resnet import GatedResNet
-from .plain import plain_spec, spec_macs
+from ..models.backbone import GatedBackbone
 
 
 def kept_channels(frequency: list[torch.Tensor], keep_rate: float, multiple: int = 1) -> list[torch.Tensor]:
@@ -33,12 +32,12 @@ def kept_channels(frequency: list[torch.Tensor], keep_rate: float, multiple: int
     return kept
 
 
-def static_macs_ratio(backbone: GatedResNet, frequency: list[torch.Tensor], keep_rate: float, size: int, multiple: int = 1) -> float:
-    spec = plain_spec(backbone, [len(k) for k in kept_channels(frequency, keep_rate, multiple)])
-    return spec_macs(spec, size) / spec_macs(plain_spec(backbone, backbone.gated_channels), size)
+def static_macs_ratio(backbone: GatedBackbone, frequency: list[torch.Tensor], keep_rate: float, size: int, multiple: int = 1) -> float:
+    costs = backbone.channel_costs(size)
+    return costs.macs([len(k) for k in kept_channels(frequency, keep_rate, multiple)]) / costs.macs(backbone.gated_channels)
 
 
-def keep_rate_for(backbone: GatedResNet, frequency: list[torch.Tensor], macs_ratio: float, size: int, multiple: int = 1) -> float:
+def keep_rate_for(backbone: GatedBackbone, frequency: list[torch.Tensor], macs_ratio: float, size: int, multiple: int = 1) -> float:
     """The smallest keep rate whose static network spends at most `macs_ratio` of the dense MACs."""
     if not 0.0 < macs_ratio <= 1.0:
         raise UserError(f"--macs-ratio must be in (0, 1], got {macs_ratio:g}")

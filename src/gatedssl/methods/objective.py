@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import distributed, losses
-from ..models.resnet import BackboneOutput, GatedResNet
+from ..models.backbone import BackboneOutput, GatedBackbone
 from ..models.subnets import as_subnet
 from ..names import PAIRINGS
 from .modes import MODES, Mode, ModeOptions, Side, get_mode
@@ -25,7 +25,7 @@ from .registry import Embeddings, Method
 class JointObjective(nn.Module):
     def __init__(
         self,
-        backbone: GatedResNet,
+        backbone: GatedBackbone,
         method: Method,
         proj_dim: int | None = None,
         *,

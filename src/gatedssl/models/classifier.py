@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .resnet import BackboneOutput, GatedResNet
+from .backbone import BackboneOutput, GatedBackbone
 from .subnets import GATED, as_subnet
 
 FINETUNE_SUBNETS = ("dense", "gated", "static")  # and a slimmable run's widthW
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone: GatedResNet, subnet: str, classes: list[str], keep: list[torch.Tensor] | None = None):
+    def __init__(self, backbone: GatedBackbone, subnet: str, classes: list[str], keep: list[torch.Tensor] | None = None):
         super().__init__()
         self.backbone, self.subnet_name, self.classes = backbone, subnet, list(classes)
         self.sub = GATED if subnet == "static" else as_subnet(subnet)

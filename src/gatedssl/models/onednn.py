@@ -129,11 +129,14 @@ def sliced_conv(conv: nn.Conv2d, x: torch.Tensor, out_channels: int) -> torch.Te
     """`conv` restricted to its first `out_channels` outputs and to x's channels (its first inputs): a slimmable width.
 
     A slice can be narrow where the full conv is not, so the shape check is made on the slice."""
+    bias = None if conv.bias is None else conv.bias[:out_channels]
+    if conv.groups > 1:  # depthwise (the only grouped conv here): output channel i reads input channel i
+        return F.conv2d(x, conv.weight[:out_channels], bias, conv.stride, conv.padding, groups=out_channels)
     # a slice of a channels_last weight is strided; oneDNN's fast kernels want it packed (the copy is small; measured in BENCHMARKS.md)
     weight = conv.weight[:out_channels, : x.shape[1]].contiguous(memory_format=torch.channels_last)
-    if is_affected(conv, x.shape[1]) and needs_safe_path(x, conv.weight):
+    if bias is None and is_affected(conv, x.shape[1]) and needs_safe_path(x, conv.weight):
         return strided_1x1_weight_grad_safe(x, weight, None, conv.stride)
-    return F.conv2d(x, weight, None, conv.stride, conv.padding)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding)
 
 
 def avoid_onednn_1x1_crash(module: nn.Module) -> int:

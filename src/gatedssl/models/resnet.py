@@ -10,72 +10,29 @@ of the architecture.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbone import (  # noqa: F401  (BackboneOutput, create_backbone: where they were before backbone.py)
+    ARCHS,
+    BackboneOutput,
+    GatedBackbone,
+    PassBatchNorm,
+    SharedBatchNorm,
+    conv_macs,
+    create_backbone,
+    register_arch,
+    run_conv,
+)
 from .gate import ChannelGate
-from .onednn import avoid_onednn_1x1_crash, sliced_conv
-from .subnets import DENSE, GATED, SubNet, as_subnet
+from .onednn import avoid_onednn_1x1_crash
+from .subnets import DENSE, SubNet
 
 STEMS = ("cifar", "imagenet")
 
 
-@dataclass
-class BackboneOutput:
-    features: torch.Tensor  # (N, D) pooled features
-    masks: list[torch.Tensor]  # one (N, C_mid) 0/1 mask per gated block; all ones in the dense pass
-    macs: torch.Tensor  # (N,) MACs of this pass for each sample (float32; differentiable through masks)
-    dense_macs: int  # MACs of the dense pass for one sample at this input size
-
-
-class PassBatchNorm(nn.Module):
-    """BatchNorm with its own statistics and affine parameters per sub-network ("separate BN").
-
-    The gated pass sees switched-off channels, so its activation statistics differ from the
-    dense pass; sharing one BN would mix the two distributions. Slimmable widths add a slot
-    each (switchable BN). Without `separate`, the gated pass uses the dense slot.
-    """
-
-    def __init__(self, channels: int, separate: bool):
-        super().__init__()
-        self.dense = nn.BatchNorm2d(channels)
-        self.gated = nn.BatchNorm2d(channels) if separate else None
-
-    def add_slot(self, slot: str, channels: int) -> None:
-        self.add_module(slot, nn.BatchNorm2d(channels))
-
-    def slot(self, sub: SubNet) -> nn.BatchNorm2d:
-        """The BN this sub-network uses (its own; the dense set when it has none)."""
-        return self._modules.get(sub.bn_slot) or self.dense
-
-    def forward(self, x: torch.Tensor, sub: SubNet) -> torch.Tensor:
-        return self.slot(sub)(x)
-
-
-class SharedBatchNorm(nn.BatchNorm2d):
-    """The stem's and shortcuts' BN: one set shared by the dense and the gated pass (their channels
-    are never gated), plus a slot per slimmable width. Its own parameters are the dense slot, so
-    its state-dict keys are those of a plain BatchNorm2d."""
-
-    def add_slot(self, slot: str, channels: int) -> None:
-        self.add_module(slot, nn.BatchNorm2d(channels))
-
-    def slot(self, sub: SubNet) -> nn.BatchNorm2d:
-        """The BN this sub-network uses: a width's own slot, else this shared (dense) set."""
-        return self._modules.get(sub.bn_slot) or self
-
-    def forward(self, x: torch.Tensor, sub: SubNet = DENSE) -> torch.Tensor:
-        slot = self.slot(sub)
-        return super().forward(x) if slot is self else slot(x)
-
-
-def _run(conv: nn.Conv2d, x: torch.Tensor, sub: SubNet) -> torch.Tensor:
-    """conv on x; a slimmable width runs the slice of it that its channels use."""
-    return conv(x) if sub.kind != "width" else sliced_conv(conv, x, sub.channels(conv.out_channels))
+_run = run_conv
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
@@ -162,7 +119,7 @@ class GatedBottleneck(nn.Module):
         return per_channel, fixed
 
 
-class GatedResNet(nn.Module):
+class GatedResNet(GatedBackbone):
     """ResNet encoder (no classifier) with a dense and a gated pass over the same weights."""
 
     def __init__(
@@ -202,107 +159,34 @@ class GatedResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         avoid_onednn_1x1_crash(self)  # narrow strided shortcuts (width < 16) crash oneDNN's weight gradient on AVX512 CPUs
 
-    @property
-    def gated_channels(self) -> list[int]:
-        return [b.mid_channels for b in self.blocks]
+    def torchvision_names(self) -> dict[str, str]:
+        """gatedssl key -> torchvision key of every tensor the dense pass uses (models/torchvision_names.py)."""
+        from .torchvision_names import torchvision_names
 
-    @property
-    def gates(self) -> list[ChannelGate]:
-        return [b.gate for b in self.blocks]
+        return torchvision_names(self)
 
-    def dense_norms(self) -> list[nn.Module]:
-        """Every BN the dense pass uses: the stem's and the shortcuts' (shared with the gated pass) and each block's dense set."""
-        norms: list[nn.Module] = [self.stem_bn]
-        for block in self.blocks:
-            norms += [bn.dense for bn in block.children() if isinstance(bn, PassBatchNorm)]
-            if block.shortcut is not None:
-                norms.append(block.shortcut[1])
-        return norms
+    def torchvision_problem(self) -> str | None:
+        """Why torchvision's constructors cannot build this network (None when they can)."""
+        from .torchvision_names import torchvision_arch
 
-    def freeze_dense(self) -> None:
-        """Post-hoc gating: only the gates and the gated BN set learn; the dense weights, and the
-        statistics of every BN the dense pass uses, stay as they are (those BNs stay in eval mode)."""
-        self.requires_grad_(False)
-        for block in self.blocks:
-            block.gate.requires_grad_(True)
-            for bn in block.children():
-                if isinstance(bn, PassBatchNorm) and bn.gated is not None:
-                    bn.gated.requires_grad_(True)
-        self.dense_frozen = True
-        self.train(self.training)
+        if self.width != 64:
+            return f"torchvision's ResNets have width 64 and this run has width {self.width}"
+        if torchvision_arch(self) is None:
+            return f"torchvision has no ResNet with these blocks per stage ({len(self.blocks)} blocks)"
+        return None
 
-    def copy_dense_bn_to_gated(self) -> None:
-        """Start the gated BN set as the dense one (a B1 run's gated set never trained; a torchvision state dict has none)."""
-        with torch.no_grad():
-            for block in self.blocks:
-                for bn in block.children():
-                    if isinstance(bn, PassBatchNorm) and bn.gated is not None:
-                        bn.gated.load_state_dict(bn.dense.state_dict())
+    def torchvision_construction(self) -> dict:
+        from .torchvision_names import torchvision_construction
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if getattr(self, "dense_frozen", False):
-            for norm in self.dense_norms():
-                norm.train(False)
-        return self
+        return {**torchvision_construction(self), "family": "resnet"}
 
-    def add_widths(self, widths) -> None:
-        """Give each slimmable width below 1 its own BN set (switchable BN); width 1 is the dense network."""
-        for w in sorted({float(w) for w in widths if w < 1} - set(self.widths), reverse=True):
-            sub = as_subnet(f"width{w:g}")
-            for m in list(self.modules()):
-                if isinstance(m, (PassBatchNorm, SharedBatchNorm)):
-                    full = m.dense.num_features if isinstance(m, PassBatchNorm) else m.num_features
-                    m.add_slot(sub.bn_slot, sub.channels(full))
-            self.widths = (*self.widths, w)
-        for m in self.modules():  # new slots follow the network's device, dtype and training mode
-            for slot in m.children() if isinstance(m, (PassBatchNorm, SharedBatchNorm)) else ():
-                slot.to(self.stem_conv.weight.device).train(self.training)
-
-    def forward(
-        self, x: torch.Tensor, subnet: str | SubNet = DENSE, masks: list[torch.Tensor] | None = None, *, gated: bool | None = None
-    ) -> BackboneOutput:
-        """Run one sub-network. masks: run the gated pass with these (one (N, C_mid) 0/1 tensor per block)
-        instead of the gates'. gated=True/False is the older spelling of subnet "gated"/"dense"."""
-        sub = (GATED if gated else DENSE) if gated is not None else as_subnet(subnet)
-        if sub.kind == "width" and sub.width not in self.widths:
-            raise ValueError(
-                f"{sub.name}: this network has no BN for that width (it has {', '.join(f'width{w:g}' for w in self.widths) or 'none'})"
-            )
-        n = x.shape[0]
+    def stem(self, x: torch.Tensor, sub: SubNet) -> tuple[torch.Tensor, int, int]:
         out = F.relu(self.stem_bn(_run(self.stem_conv, x, sub), sub))
-        k = self.stem_conv.kernel_size[0]
-        stem_macs = out.shape[-2] * out.shape[-1] * self.stem_conv.in_channels * out.shape[1] * k * k
-        full_stem = stem_macs // out.shape[1] * self.stem_conv.out_channels
+        macs = conv_macs(self.stem_conv, x.shape[1], out)
+        full = macs // out.shape[1] * self.stem_conv.out_channels
         if self.stem_pool is not None:
             out = self.stem_pool(out)
-        fixed, dense = stem_macs, full_stem
-        used, per_channel = [], []
-        for i, block in enumerate(self.blocks):
-            mask = (block.gate(out) if masks is None else masks[i].float()) if sub.gated else None
-            in_hw = out.shape[-2] * out.shape[-1]
-            out = block(out, mask, sub)
-            out_hw = out.shape[-2] * out.shape[-1]
-            pc, fx = block.macs(in_hw, out_hw, sub)
-            full_pc, full_fx = block.macs(in_hw, out_hw)
-            fixed += fx + (block.gate.macs if sub.gated else 0)
-            dense += full_fx + full_pc * block.mid_channels
-            per_channel.append(pc)
-            if mask is None and sub.kind == "width":  # the first k channels, the same for every input
-                mask = out.new_zeros(n, block.mid_channels, dtype=torch.float32)
-                mask[:, : sub.channels(block.mid_channels)] = 1
-            used.append(mask if mask is not None else out.new_ones(n, block.mid_channels, dtype=torch.float32))
-        features = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-        if sub.gated:
-            # Python-int costs times mask sums: no host-to-device copy of a cost vector each step
-            macs = sum(m.sum(1) * pc for m, pc in zip(used, per_channel)) + float(fixed)
-        else:
-            spent = fixed + sum(pc * sub.channels(b.mid_channels) for pc, b in zip(per_channel, self.blocks))
-            macs = torch.full((n,), float(spent), device=x.device)
-        return BackboneOutput(features, used, macs, dense)
-
-
-ARCHS: dict[str, Callable[..., GatedResNet]] = {}
+        return out, macs, full
 
 
 def _register(name: str, block, layers):
@@ -315,16 +199,9 @@ def _register(name: str, block, layers):
 
     factory.__name__ = f"gated_{name}"
     factory.__doc__ = f"Gated {name} ({block.__name__}, stages {layers}); width 64 is the standard network."
-    ARCHS[name] = factory
-    return factory
+    return register_arch(name, factory)
 
 
 gated_resnet18 = _register("resnet18", GatedBasicBlock, (2, 2, 2, 2))
 gated_resnet34 = _register("resnet34", GatedBasicBlock, (3, 4, 6, 3))
 gated_resnet50 = _register("resnet50", GatedBottleneck, (3, 4, 6, 3))
-
-
-def create_backbone(arch: str, **kwargs) -> GatedResNet:
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
-    return ARCHS[arch](**kwargs)

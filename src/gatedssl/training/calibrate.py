@@ -16,20 +16,20 @@ import torch
 
 from ..data.sources import DatasetSplits
 from ..evaluation.evaluate import extract, spread
-from ..models.resnet import GatedResNet
+from ..models.backbone import GatedBackbone
 
 CALIBRATION_IMAGES = 1024
 TOLERANCE = 0.002  # stop once the training images' ratio is this close to the target
 ITERATIONS = 30
 
 
-def gated_ratio(backbone: GatedResNet, splits: DatasetSplits, indices: torch.Tensor, device, precision: str) -> float:
+def gated_ratio(backbone: GatedBackbone, splits: DatasetSplits, indices: torch.Tensor, device, precision: str) -> float:
     """The gated pass's mean MACs over the dense pass's, eval mode, on the images at `indices`."""
     out = extract(backbone, splits.pretrain, splits, "gated", device, precision=precision, indices=indices)
     return out.macs.mean().item() / out.dense_macs
 
 
-def set_offset(backbone: GatedResNet, value: float) -> None:
+def set_offset(backbone: GatedBackbone, value: float) -> None:
     """Every gate's logit offset (one number shared by all, as the calibration finds it)."""
     for gate in backbone.gates:
         gate.offset.fill_(value)
@@ -37,7 +37,7 @@ def set_offset(backbone: GatedResNet, value: float) -> None:
 
 @torch.no_grad()
 def calibrate_gates(
-    backbone: GatedResNet, splits: DatasetSplits, target: float, device, precision: str = "auto", images: int = CALIBRATION_IMAGES
+    backbone: GatedBackbone, splits: DatasetSplits, target: float, device, precision: str = "auto", images: int = CALIBRATION_IMAGES
 ) -> dict:
     """Set the gates' shared offset so that the gated MACs ratio on `images` training images is `target`.
 

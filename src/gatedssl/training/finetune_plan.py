@@ -133,7 +133,14 @@ def run_problems(cfg: FinetuneConfig, run: PretrainConfig) -> list[str]:
     return []
 
 
-OWN_FILES = {"checkpoints", "labels.txt", "metrics.jsonl", "summary.json", "failures.jsonl", ".lock"}  # what a fine-tune writes into its folder
+OWN_FILES = {
+    "checkpoints",
+    "labels.txt",
+    "metrics.jsonl",
+    "summary.json",
+    "failures.jsonl",
+    ".lock",
+}  # what a fine-tune writes into its folder
 
 
 def folder_problems(cfg: FinetuneConfig, resume: bool, overwrite: bool) -> list[str]:

@@ -19,7 +19,7 @@ from ..checkpoint import check_checkpoint, read_weights
 from ..config import PretrainConfig, upgrade_stored
 from ..errors import UserError
 from ..models.resnet import GatedResNet
-from ..models.torchvision_names import canonical_resnet, describe_resnet, read_construction, sidecar_path, torchvision_names
+from ..models.torchvision_names import canonical_resnet, describe_resnet, read_construction, sidecar_path
 
 WRAPPERS = ("module.", "model.")  # DataParallel/DDP; a Lightning module's `model` attribute
 BACKBONES = ("backbone", "encoder")  # solo-learn and lightly name the encoder `backbone`
@@ -127,6 +127,10 @@ def _dense_state(state: dict, backbone: GatedResNet, cfg: PretrainConfig, path: 
     if "model" in state and "config" in state:  # a gatedssl checkpoint: its objective's backbone
         model = state["model"]
         return {k[len("backbone.") :]: v for k, v in model.items() if k.startswith("backbone.")}
+    if not isinstance(
+        backbone, GatedResNet
+    ):  # other backbones read torchvision's own names (other libraries' ResNet layouts are ResNet-only)
+        return _torchvision_named(state, backbone, path)
     resnet = find_resnet(state, path)
     _check_fits(resnet, cfg, path)
     if cfg.stem == "cifar" and read_construction(sidecar_path(path)) is None:
@@ -134,7 +138,7 @@ def _dense_state(state: dict, backbone: GatedResNet, cfg: PretrainConfig, path: 
             f"init_from: a state dict does not record the 3x3 stem's padding; this run pads by {cfg.stem_padding} "
             f"(solo-learn's CIFAR ResNets: 2, lightly's CIFAR examples: 1); pass --stem-padding N if {path.name} was trained otherwise"
         )
-    names = torchvision_names(backbone)
+    names = backbone.torchvision_names()
     missing = [theirs for theirs in names.values() if theirs not in resnet]
     if missing:
         raise UserError(
@@ -142,6 +146,26 @@ def _dense_state(state: dict, backbone: GatedResNet, cfg: PretrainConfig, path: 
             f"it should hold {LOADS}"
         )
     return {ours: resnet[theirs] for ours, theirs in names.items()}
+
+
+def _torchvision_named(state: dict, backbone, path: Path) -> dict[str, torch.Tensor]:
+    """A torchvision-named encoder (e.g. `torchvision.models.mobilenet_v2().state_dict()`, its classifier ignored), at the
+    top level or under backbone./encoder., possibly inside a Lightning or DDP wrapper; under gatedssl's names."""
+    if isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    for wrapper in WRAPPERS:
+        if tensors and all(k.startswith(wrapper) for k in tensors):
+            tensors = {k[len(wrapper) :]: v for k, v in tensors.items()}
+    names = backbone.torchvision_names()
+    for prefix in ("", *(f"{b}." for b in BACKBONES)):
+        if all(prefix + theirs in tensors for theirs in names.values()):
+            return {ours: tensors[prefix + theirs] for ours, theirs in names.items()}
+    missing = next(t for t in names.values() if t not in tensors)
+    raise UserError(
+        f"init_from: {path} is not a torchvision {backbone.arch} of these settings (no {missing}; found {_found(tensors)}); "
+        f"give a gatedssl run or the state dict of torchvision.models.{backbone.arch}(width_mult=...)"
+    )
 
 
 def load_pretrained(cfg: PretrainConfig, backbone: GatedResNet, log=None) -> dict | None:
@@ -165,7 +189,7 @@ def load_pretrained(cfg: PretrainConfig, backbone: GatedResNet, log=None) -> dic
     elif not isinstance(state, dict):
         raise UserError(f"init_from: {source} holds no state dict (a {type(state).__name__}); it should hold {LOADS}")
     dense = _dense_state(state, backbone, cfg, source, log)
-    wanted = set(torchvision_names(backbone))
+    wanted = set(backbone.torchvision_names())
     try:
         backbone.load_state_dict({k: v for k, v in dense.items() if k in wanted}, strict=False)
     except RuntimeError as exc:
