@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py                      # the full table (about 10 minutes on 2 CPU cores)
     python benchmarks/latency.py --sizes 224 --batches 1 --threads 1 --densities 0.3
+    python benchmarks/latency.py --arch mobilenet_v2 --sizes 224 --batches 1   # any --arch gatedssl trains
 
 Variants: dense (the exported dense encoder: BN folded), masked gated (the training-time gated
 pass: every channel computed, then masked), real-skipping gated (only the open channels; batch
@@ -10,7 +11,7 @@ gates open most, within the gated pass's MACs; "x16": channel counts rounded up 
 see `gatedssl export --channel-multiple`), and dense and static under onnxruntime.
 
 Latency depends on which channels are open, not on trained weights: this benchmark uses a
-randomly initialised ResNet-18 (width 64) and SETS THE GATE BIASES so that every block opens the
+randomly initialised network (ResNet-18 width 64 unless --arch/--width say otherwise) and SETS THE GATE BIASES so that every block opens the
 wanted share of its channels on average, per channel a different share of the inputs (so masks
 vary per input). For every variant it prints median and p90 latency, and its latency ratio to
 dense beside its MACs ratio (the counted MACs, gates included, averaged over the inputs).
@@ -30,8 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from gatedssl.data.sources import load_dataset
-from gatedssl.export.plain import PlainResNet
-from gatedssl.export.skipping import SkippingResNet
+from gatedssl.export.deploy import plain_network, skipping_network
 from gatedssl.export.static import keep_rate_for, kept_channels
 from gatedssl.models import create_backbone
 
@@ -94,7 +94,7 @@ def breakdown(fn, runs: int = 5) -> dict[str, float]:
     return stages
 
 
-def ort_session(net: PlainResNet, size: int, threads: int):
+def ort_session(net: torch.nn.Module, size: int, threads: int):
     import onnxruntime
 
     from gatedssl.export.formats import onnx_bytes
@@ -111,7 +111,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     parser.add_argument("--densities", type=float, nargs="+", default=[0.3, 0.5])
-    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--arch", default="resnet18", help="resnet18, mobilenet_v2, ... (default: resnet18)")
+    parser.add_argument("--width", type=float, help="channels (ResNets, default 64) or width multiplier (MobileNets, default 1.0)")
     parser.add_argument("--reps", type=int, default=7, help="timed runs per cell at least (more within --budget-s)")
     parser.add_argument("--budget-s", type=float, default=2.0, help="time per cell to spend on extra runs")
     parser.add_argument("--group", action="store_true", help="also time the 'group' batch strategy of the real-skipping pass")
@@ -123,8 +124,10 @@ def main() -> None:
     parser.add_argument("--plot", metavar="FILE.png", help="also draw latency ratio against MACs ratio for every cell")
     args = parser.parse_args()
     device = torch.device(args.device)
+    width = args.width if args.width is not None else (64 if args.arch.startswith("resnet") else 1.0)
+    width = int(width) if args.arch.startswith("resnet") else width
     print(
-        f"torch {torch.__version__}, device {device}, {os.cpu_count()} CPUs; ResNet-18 width {args.width}; gate biases set to reach "
+        f"torch {torch.__version__}, device {device}, {os.cpu_count()} CPUs; {args.arch} width {width:g}; gate biases set to reach "
         f"each density with per-input variation (random weights; latency depends on channel counts, not on weights)"
     )
     table = []
@@ -135,7 +138,7 @@ def main() -> None:
         stem = "cifar" if size <= 64 else "imagenet"
         for density in args.densities:
             torch.manual_seed(0)
-            net = create_backbone("resnet18", stem=stem, width=args.width).eval()
+            net = create_backbone(args.arch, stem=stem, width=width).eval()
             calibration = images(size, 64)
             set_density(net, calibration, density)
             with torch.no_grad():
@@ -143,18 +146,18 @@ def main() -> None:
             gated_ratio = (out.macs.mean() / out.dense_macs).item()
             frequency = [m.mean(0) for m in out.masks]
 
-            def static_net(multiple: int) -> PlainResNet:  # the largest static network within the gated pass's MACs
+            def static_net(multiple: int) -> torch.nn.Module:  # the largest static network within the gated pass's MACs
                 q = keep_rate_for(net, frequency, gated_ratio, size, multiple)
-                return PlainResNet.from_gated(net, "gated", keep=kept_channels(frequency, q, multiple))
+                return plain_network(net, "gated", keep=kept_channels(frequency, q, multiple))
 
             static, static16 = static_net(1), static_net(16)
-            dense = PlainResNet.from_gated(net, "dense")
+            dense = plain_network(net, "dense")
             static_ratio = static.macs(size) / dense.macs(size)
             variants = {
                 "dense": (dense, 1.0),
                 "masked gated": (lambda x: net(x, gated=True), gated_ratio),
-                "skipping gated": (SkippingResNet(net, "union"), gated_ratio),
-                **({"skipping gated (group)": (SkippingResNet(net, "group"), gated_ratio)} if args.group else {}),
+                "skipping gated": (skipping_network(net, "union"), gated_ratio),
+                **({"skipping gated (group)": (skipping_network(net, "group"), gated_ratio)} if args.group else {}),
                 "static": (static, static_ratio),
                 "static (x16 channels)": (static16, static16.macs(size) / dense.macs(size)),
             }
