@@ -116,7 +116,7 @@ def main():
     )
     p.add_argument("--data-workers", type=int, default=None, help="workers that read streamed files (default: all cores, at most 16)")
     p.add_argument("--arch", default="resnet18")
-    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--width", type=float, default=64, help="ResNets: channels (64); MobileNets: the width multiplier (e.g. 1.0)")
     p.add_argument("--proj-dim", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--steps", type=int, default=20)
@@ -133,6 +133,7 @@ def main():
     p.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)")
     p.add_argument("--skip-baseline", action="store_true")
     args = p.parse_args()
+    args.width = int(args.width) if args.arch.startswith("resnet") else args.width
     device = select_device(args.device)
     splits = load_dataset(args.dataset, args.data_dir, storage=args.storage, device=device, workers=args.data_workers)
     aug_cfg = recipe(splits.crop_size, splits.mean, splits.std)

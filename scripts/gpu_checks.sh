@@ -3,7 +3,7 @@
 # Needs the CIFAR-10 JPEG copy as .data/cifar10-jpg.tar.gz (git-ignored; copy it from
 # ../shared/datasets/ and name .data/cifar10-jpg.tar.gz in the device tool's `carry`).
 # Writes every log under ${OUT:-gpu_out}/; each step prints its command first.
-#   scripts/gpu_checks.sh [quick|systems|ddp|grid|table1|finetune|all]   quick: throughput only (about 5 minutes);
+#   scripts/gpu_checks.sh [quick|systems|ddp|grid|table1|finetune|edge|all]   quick: throughput only (about 5 minutes);
 #   systems: every system of issue 12 on CIFAR-10 (B1, Dual, B2, slimmable, post-hoc; ${EPOCHS:-5} epochs each) and the widths' speed
 #   ddp: torchrun on every GPU of the machine against one process (images/s per device, scaling efficiency; issue 13)
 #   grid: short runs of the default recipe (2,000 CIFAR-10 images, epochs 1-10, widths 8/16/64, 4 modes, 3 seeds): none may
@@ -13,6 +13,8 @@
 #   a checkpoint (SIGTERM); call it again to go on. Hours of GPU time in all: it resumes across as many calls as it gets
 #   finetune: a 10-epoch Dual run on CIFAR-10 fine-tuned (dense and gated, 1 % and 10 % of the labels, against random init;
 #   issue 23) and the fine-tuning step against a torchvision loop
+#   edge: the MobileNets (issue 24): training throughput of MobileNetV2/V3-Large at width 1.0, a ${EPOCHS:-10}-epoch Dual
+#   sweep of each on CIFAR-10 at budgets 0.3 and 0.5 (resumable), and MobileNetV2's latency variants at 224 px on the GPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -56,6 +58,16 @@ if [ "${1:-all}" = finetune ]; then
   step finetune python -m gatedssl sweep --budgets 0.5 --dataset cifar10 --data-dir $DATA --epochs "${EPOCHS:-10}" \
     --no-baseline --finetune 0.01 0.1 --out "$OUT/finetune" --quiet
   step finetune_speed python benchmarks/finetune_speed.py --device cuda --batch-size 512 --steps 20
+  exit 0
+fi
+if [ "${1:-all}" = edge ]; then
+  for arch in mobilenet_v2 mobilenet_v3_large; do
+    step "throughput_$arch" python benchmarks/throughput.py --device cuda --dataset cifar10 --data-dir $DATA --arch $arch --width 1.0 \
+      --batch-size 512 --steps 40 --warmup 5 --skip-baseline
+    step "edge_$arch" python -m gatedssl sweep --arch $arch --width 1.0 --budgets 0.3 0.5 --dataset cifar10 --data-dir $DATA \
+      --epochs "${EPOCHS:-10}" --out "$OUT/edge-$arch" --quiet
+  done
+  step latency_mobilenet_v2 python benchmarks/latency.py --arch mobilenet_v2 --device cuda --sizes 224 --batches 1 64 --threads 1
   exit 0
 fi
 if [ "${1:-all}" = systems ]; then
