@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.mobilenet import GatedMobileNet
-from ..models.subnets import as_subnet
-from .slicing import first_channels, fold, input_major, take, take_inputs
+from .slicing import copy_conv as _copy
+from .slicing import first_channels, fold, input_major, kept_channels_of, take, take_inputs
 
 SPEC_FORMAT = "gatedssl-plain-mobilenet/1"
 
@@ -100,14 +100,6 @@ class FoldedInvertedResidual(nn.Module):
         weight = self.project.weight if everything else take_inputs(project_input_major, idx)
         out = F.conv2d(h, weight, self.project.bias)
         return out + x if self.residual else out
-
-
-def _copy(target: nn.Conv2d | None, source: nn.Conv2d, out_idx=None, in_idx=None) -> None:
-    if target is None:
-        return
-    weight, bias = take(source, out_idx, in_idx)
-    target.weight.copy_(weight)
-    target.bias.copy_(bias if bias is not None else torch.zeros_like(target.bias))
 
 
 def _folded_parts(block, sub) -> dict[str, nn.Conv2d | None]:
@@ -202,14 +194,7 @@ class PlainMobileNet(nn.Module):
 
     @classmethod
     def from_gated(cls, backbone: GatedMobileNet, bn: str = "dense", keep: list[torch.Tensor] | None = None) -> PlainMobileNet:
-        sub = as_subnet(bn)
-        if sub.kind == "width" and sub.width not in backbone.widths:
-            raise ValueError(f"{sub.name}: the network has no such width")
-        keep = (
-            [torch.arange(sub.channels(b.mid_channels)) for b in backbone.blocks]
-            if keep is None
-            else [k.to(torch.long).cpu() for k in keep]
-        )
+        sub, keep = kept_channels_of(backbone, bn, keep)
         was_training = backbone.training
         backbone.eval()
         with torch.no_grad():

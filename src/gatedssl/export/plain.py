@@ -15,7 +15,8 @@ from torch import nn
 
 from ..models.resnet import GatedResNet
 from ..models.subnets import DENSE, SubNet, as_subnet
-from .slicing import first_channels, fold, take
+from .slicing import copy_conv as _copy
+from .slicing import first_channels, fold, kept_channels_of
 
 SPEC_FORMAT = "gatedssl-plain-resnet/1"
 
@@ -110,14 +111,7 @@ class PlainResNet(nn.Module):
     def from_gated(cls, backbone: GatedResNet, bn: str = "dense", keep: list[torch.Tensor] | None = None) -> PlainResNet:
         """Fold one sub-network's BN set ("dense", "gated", or a slimmable width such as "width0.5") into
         its convs and keep, per block, the middle channels `keep[i]` (all the sub-network's when keep is None)."""
-        sub = as_subnet(bn)
-        if sub.kind == "width" and sub.width not in backbone.widths:
-            raise ValueError(f"{sub.name}: the network has no such width")
-        keep = (
-            [torch.arange(sub.channels(b.mid_channels)) for b in backbone.blocks]
-            if keep is None
-            else [k.to(torch.long).cpu() for k in keep]
-        )
+        sub, keep = kept_channels_of(backbone, bn, keep)
         net = cls(plain_spec(backbone, [len(k) for k in keep], sub))
         was_training = backbone.training
         backbone.eval()
@@ -140,12 +134,6 @@ class PlainResNet(nn.Module):
                     _copy(plain.shortcut, full[-1])
         backbone.train(was_training)
         return net.to(backbone.stem_conv.weight.device).eval()
-
-
-def _copy(target: nn.Conv2d, source: nn.Conv2d, out_idx=None, in_idx=None) -> None:
-    weight, bias = take(source, out_idx, in_idx)
-    target.weight.copy_(weight)
-    target.bias.copy_(bias)
 
 
 def plain_spec(backbone: GatedResNet, mid: list[int], sub: SubNet = DENSE) -> dict:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from ..models.subnets import SubNet
+from ..models.subnets import SubNet, as_subnet
 
 
 def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -38,6 +38,25 @@ def first_channels(conv: nn.Conv2d, sub: SubNet, in_channels: int | None = None)
     if conv.bias is not None:
         small.bias.data.copy_(conv.bias.detach()[:cout])
     return small
+
+
+def kept_channels_of(backbone, bn: str, keep: list[torch.Tensor] | None) -> tuple[SubNet, list[torch.Tensor]]:
+    """The sub-network `bn` names and, per gated unit, the hidden channels a plain network of it keeps (all of the
+    sub-network's when `keep` is None)."""
+    sub = as_subnet(bn)
+    if sub.kind == "width" and sub.width not in backbone.widths:
+        raise ValueError(f"{sub.name}: the network has no such width")
+    if keep is None:
+        return sub, [torch.arange(sub.channels(b.mid_channels)) for b in backbone.blocks]
+    return sub, [k.to(torch.long).cpu() for k in keep]
+
+
+@torch.no_grad()
+def copy_conv(target: nn.Conv2d, source: nn.Conv2d, out_idx=None, in_idx=None) -> None:
+    """target's weight and bias := source's, restricted to `out_idx` / `in_idx` (a missing bias copies as zeros)."""
+    weight, bias = take(source, out_idx, in_idx)
+    target.weight.copy_(weight)
+    target.bias.copy_(bias if bias is not None else torch.zeros_like(target.bias))
 
 
 def take(
