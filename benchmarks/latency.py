@@ -174,6 +174,7 @@ def main() -> None:
                     else {
                         "dense (onnxruntime)": (ort_session(dense, size, threads), 1.0),
                         "static (onnxruntime)": (ort_session(static, size, threads), static_ratio),
+                        "static x16 (onnxruntime)": (ort_session(static16, size, threads), static16.macs(size) / dense.macs(size)),
                     }
                 )
                 for batch in args.batches:
