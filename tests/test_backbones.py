@@ -283,3 +283,32 @@ def test_a_mobilenet_sub_network_fine_tunes_keeps_its_budget_and_predicts(mobile
     assert abs(result["macs_ratio"] - summary["budget"]) <= 0.05
     names, probabilities = gatedssl.load(tmp_path / subnet / "checkpoints/last.pt").predict(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     assert len(names) == 2 and probabilities.shape == (2, 10)
+
+
+def test_a_mobilenet_takes_the_reference_recipe_but_refuses_a_resnet_stem_padding(tmp_path, capsys):
+    from conftest import cli_error_lines
+
+    from gatedssl.config import PretrainConfig, resolve, validate
+
+    assert resolve(PretrainConfig(arch="mobilenet_v2", recipe="reference")).stem_padding == 1
+    assert validate(resolve(PretrainConfig(arch="mobilenet_v2", recipe="reference"))) == []
+    out = tmp_path / "run"
+    argv = ["pretrain", "--arch", "mobilenet_v2", "--stem-padding", "2", "--out", str(out)]
+    cli_error_lines(capsys, argv, "stem_padding", "drop --stem-padding")
+    cli_error_lines(capsys, ["pretrain", "--arch", "mobilenet_v2", "--width", "0", "--out", str(out)], "width")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["vicreg", "barlow", "simclr", "simsiam", "byol"])
+def test_every_method_trains_a_dual_mobilenet_step(method):
+    from gatedssl.methods import JointObjective, get_method
+    from gatedssl.training.optim import build_optimizer, warmup_cosine
+    from gatedssl.training.trainer import train_step
+
+    torch.manual_seed(0)
+    objective = JointObjective(create_backbone("mobilenet_v3_small", width=0.25), get_method(method), 32, mode="dual")
+    optimizer = build_optimizer(objective, "lars", 0.1, 1e-4, 0.9, 0.02, 1.0)
+    before = objective.backbone.blocks[3].project.weight.detach().clone()
+    x = torch.randn(2, 8, 3, 32, 32)
+    terms = train_step(objective, optimizer, warmup_cosine(optimizer, 0, 10), x[0], x[1], progress=0.5, fast=False)
+    assert torch.isfinite(terms["loss"]) and not torch.equal(before, objective.backbone.blocks[3].project.weight)

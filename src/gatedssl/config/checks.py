@@ -82,6 +82,10 @@ def validate(cfg: PretrainConfig) -> list[str]:
             problems.append(message)
 
     check(0 < cfg.budget <= 1, f"budget: {cfg.budget} is outside (0, 1]; give the gated pass's share of the dense MACs, e.g. 0.5")
+    check(
+        cfg.stem_padding in (None, 1) or not cfg.arch.startswith("mobilenet"),
+        f"stem_padding: {cfg.stem_padding} applies to the ResNets' CIFAR stem; {cfg.arch}'s stem is torchvision's (drop --stem-padding)",
+    )
     if cfg.width is not None and cfg.arch.startswith("mobilenet"):
         check(0 < cfg.width <= 4, f"width: {cfg.width:g} is outside (0, 4]; for {cfg.arch} it is the width multiplier, e.g. 1.0 or 0.5")
     elif cfg.width is not None:

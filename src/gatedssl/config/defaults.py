@@ -46,6 +46,7 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     }
     if cfg.arch.startswith("mobilenet"):
         defaults["width"] = MOBILENET_WIDTHS.get(cfg.dataset, MOBILENET_WIDTHS["default"])
+        defaults["stem_padding"] = 1  # the reference recipe's 2 is for the ResNets' 3x3 CIFAR stem
     for key, value in defaults.items():
         if values.get(key) is None:
             values[key] = value
