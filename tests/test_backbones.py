@@ -27,8 +27,8 @@ def test_resnets_give_the_outputs_the_code_before_declarations_gave(case):
             assert got.dense_macs == ref["dense_macs"]
             assert all(torch.equal(a, b) for a, b in zip(got.masks, ref["masks"], strict=True)), (mode, sub)
             assert torch.equal(got.macs, ref["macs"]), (mode, sub)
-            # same machine: bit for bit; another CPU's kernels may round differently
-            torch.testing.assert_close(got.features, ref["features"], rtol=1e-5, atol=1e-6)
+            # same machine and threads: bit for bit; other thread counts and CPUs round differently (2 threads: 1e-4)
+            torch.testing.assert_close(got.features, ref["features"], rtol=1e-3, atol=1e-4)
 
 
 MOBILENETS = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
