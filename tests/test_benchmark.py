@@ -87,6 +87,7 @@ def test_latency_benchmark_prints_every_variant_with_its_ratios(tmp_path):
         "static (x16 channels)",
         "dense (onnxruntime)",
         "static (onnxruntime)",
+        "static x16 (onnxruntime)",
     }
     for batch in ("1", "2"):
         cell = {" ".join(r[4:-4]): [float(v) for v in r[-4:]] for r in rows if r[1] == batch}
@@ -97,6 +98,18 @@ def test_latency_benchmark_prints_every_variant_with_its_ratios(tmp_path):
         assert cell["dense"][3] == 1.0 and 0.2 < cell["skipping gated"][3] < 0.45  # density 0.3 reached (gates add a little)
         assert cell["static"][3] <= cell["skipping gated"][3]  # the largest static network within the gated MACs
     assert (tmp_path / "latency.png").stat().st_size > 10_000
+
+
+def test_latency_benchmark_runs_any_arch():
+    args = ["--arch", "mobilenet_v3_small", "--width", "0.25", "--sizes", "32", "--batches", "1", "--threads", "1"]
+    proc = run_benchmark("latency", [*args, "--densities", "0.3", "--reps", "1", "--budget-s", "0", "--no-onnx"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mobilenet_v3_small width 0.25" in proc.stdout
+    cell = {
+        " ".join(r[4:-4]): [float(v) for v in r[-4:]] for r in (line.split() for line in proc.stdout.splitlines()) if r[:2] == ["32", "1"]
+    }
+    assert set(cell) == {"dense", "masked gated", "skipping gated", "static", "static (x16 channels)"}
+    assert cell["static"][3] <= cell["skipping gated"][3] < 1.0
 
 
 def test_widths_benchmark_prints_every_width_with_its_ratios():
