@@ -34,6 +34,7 @@ from gatedssl.data.sources import load_dataset
 from gatedssl.export.deploy import plain_network, skipping_network
 from gatedssl.export.static import keep_rate_for, kept_channels
 from gatedssl.models import create_backbone
+from gatedssl.names import WIDTH_MULTIPLIER_ARCHS
 
 
 def images(size: int, n: int) -> torch.Tensor:
@@ -124,8 +125,9 @@ def main() -> None:
     parser.add_argument("--plot", metavar="FILE.png", help="also draw latency ratio against MACs ratio for every cell")
     args = parser.parse_args()
     device = torch.device(args.device)
-    width = args.width if args.width is not None else (64 if args.arch.startswith("resnet") else 1.0)
-    width = int(width) if args.arch.startswith("resnet") else width
+    multiplier = args.arch in WIDTH_MULTIPLIER_ARCHS
+    width = args.width if args.width is not None else (1.0 if multiplier else 64)
+    width = width if multiplier else int(width)
     print(
         f"torch {torch.__version__}, device {device}, {os.cpu_count()} CPUs; {args.arch} width {width:g}; gate biases set to reach "
         f"each density with per-input variation (random weights; latency depends on channel counts, not on weights)"

@@ -25,6 +25,7 @@ from gatedssl.data.augment import BatchAugment, recipe
 from gatedssl.data.pipelines import DeviceViews, LoaderViews
 from gatedssl.data.sources import load_dataset
 from gatedssl.factory import build_objective, select_device
+from gatedssl.names import WIDTH_MULTIPLIER_ARCHS
 from gatedssl.precision import PRECISIONS, autocast, uses_bf16
 from gatedssl.training.optim import build_optimizer, warmup_cosine
 from gatedssl.training.trainer import train_step
@@ -133,7 +134,7 @@ def main():
     p.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)")
     p.add_argument("--skip-baseline", action="store_true")
     args = p.parse_args()
-    args.width = int(args.width) if args.arch.startswith("resnet") else args.width
+    args.width = args.width if args.arch in WIDTH_MULTIPLIER_ARCHS else int(args.width)
     device = select_device(args.device)
     splits = load_dataset(args.dataset, args.data_dir, storage=args.storage, device=device, workers=args.data_workers)
     aug_cfg = recipe(splits.crop_size, splits.mean, splits.std)

@@ -6,7 +6,9 @@ Sub-network names are parsed here too, so a bad `--widths` or `--subnet` is caug
 
 from __future__ import annotations
 
-ARCH_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")  # models.backbone.ARCHS
+# models.backbone.ARCHS; the second group's --width is torchvision's width multiplier, the first's the first stage's channels
+WIDTH_MULTIPLIER_ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+ARCH_NAMES = ("resnet18", "resnet34", "resnet50", *WIDTH_MULTIPLIER_ARCHS)
 METHOD_NAMES = ("vicreg", "barlow", "simclr", "simsiam", "byol")  # methods.registry.METHODS
 MODE_NAMES = ("dual", "dense", "gated", "slimmable", "posthoc")  # methods.modes.MODES
 DATASET_NAMES = ("embedded", "cifar10", "cifar100", "stl10", "imagefolder")  # data.sources.DATASETS

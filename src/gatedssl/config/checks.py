@@ -10,6 +10,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from ..names import WIDTH_MULTIPLIER_ARCHS
 from .settings import CROP_SIZES, PretrainConfig
 
 _INT64 = 2**63  # what torch (seeds, sizes) can hold; a float field's int must also convert to a float
@@ -83,10 +84,10 @@ def validate(cfg: PretrainConfig) -> list[str]:
 
     check(0 < cfg.budget <= 1, f"budget: {cfg.budget} is outside (0, 1]; give the gated pass's share of the dense MACs, e.g. 0.5")
     check(
-        cfg.stem_padding in (None, 1) or not cfg.arch.startswith("mobilenet"),
+        cfg.stem_padding in (None, 1) or cfg.arch not in WIDTH_MULTIPLIER_ARCHS,
         f"stem_padding: {cfg.stem_padding} applies to the ResNets' CIFAR stem; {cfg.arch}'s stem is torchvision's (drop --stem-padding)",
     )
-    if cfg.width is not None and cfg.arch.startswith("mobilenet"):
+    if cfg.width is not None and cfg.arch in WIDTH_MULTIPLIER_ARCHS:
         check(0 < cfg.width <= 4, f"width: {cfg.width:g} is outside (0, 4]; for {cfg.arch} it is the width multiplier, e.g. 1.0 or 0.5")
     elif cfg.width is not None:
         check(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from ..names import VICREG_WEIGHTS
+from ..names import VICREG_WEIGHTS, WIDTH_MULTIPLIER_ARCHS
 from .checks import type_problems
 from .settings import (
     CROP_SIZES,
@@ -44,13 +44,13 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
         "stem": "cifar" if crop_size <= 64 else "imagenet",
         "blur_p": REFERENCE_BLUR.get(cfg.dataset, [0.0, 0.0]) if values["recipe"] == "reference" else size_blur(crop_size),
     }
-    if cfg.arch.startswith("mobilenet"):
+    if cfg.arch in WIDTH_MULTIPLIER_ARCHS:
         defaults["width"] = MOBILENET_WIDTHS.get(cfg.dataset, MOBILENET_WIDTHS["default"])
         defaults["stem_padding"] = 1  # the reference recipe's 2 is for the ResNets' 3x3 CIFAR stem
     for key, value in defaults.items():
         if values.get(key) is None:
             values[key] = value
-    if isinstance(values["width"], float) and values["width"].is_integer() and not cfg.arch.startswith("mobilenet"):
+    if isinstance(values["width"], float) and values["width"].is_integer() and cfg.arch not in WIDTH_MULTIPLIER_ARCHS:
         values["width"] = int(values["width"])  # a ResNet's channels: w8, never w8.0, in names and files
     if cfg.mode == "posthoc" and cfg.epochs is None:
         values["epochs"] = max(1, round(POSTHOC_EPOCH_SHARE * values["epochs"]))
