@@ -132,7 +132,16 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
     """
     from ..models.torchvision_names import read_construction, sidecar_path
 
-    construction = read_construction(sidecar_path(path))
+    suffix = os.fspath(path).lower().rsplit(".", 1)[-1]
+    if suffix in ("onnx", "ts", "torchscript", "jit"):
+        runner = "onnxruntime.InferenceSession(path)" if suffix == "onnx" else "torch.jit.load(path)"
+        raise UserError(
+            f"{path} looks like an {'ONNX' if suffix == 'onnx' else 'TorchScript'} export: those are for other runtimes; load it with "
+            f"{runner} (input: float images normalised as its metadata says), or gatedssl.load the .pt export or the checkpoint"
+        )
+    state = read_weights(path)
+    ours = isinstance(state, dict) and (state.get("format") == EXPORT_FORMAT or "config" in state or "finetune" in state)
+    construction = None if ours else read_construction(sidecar_path(path))  # a .pt beside a torchvision export's .json
     if construction is not None:  # a torchvision export: the model its sidecar describes
         from .formats import torchvision_model
 
@@ -142,14 +151,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
             head, model.fc = model.fc, nn.Identity()
             return Encoder({"dense": model}, transform, head=head, classes=classes).to(device)
         return Encoder({"dense": model}, transform).to(device)
-    suffix = os.fspath(path).lower().rsplit(".", 1)[-1]
-    if suffix in ("onnx", "ts", "torchscript", "jit"):
-        runner = "onnxruntime.InferenceSession(path)" if suffix == "onnx" else "torch.jit.load(path)"
-        raise UserError(
-            f"{path} looks like an {'ONNX' if suffix == 'onnx' else 'TorchScript'} export: those are for other runtimes; load it with "
-            f"{runner} (input: float images normalised as its metadata says), or gatedssl.load the .pt export or the checkpoint"
-        )
-    state = read_weights(path)
     if isinstance(state, dict) and state.get("format") == EXPORT_FORMAT:
         from .deploy import plain_from_spec
 

@@ -82,7 +82,7 @@ def check_request(
         problems.append(f"--channel-multiple must be at least 1, got {channel_multiple}")
     if fmt == "torchvision" and subnet != "dense":
         problems.append(
-            "--format torchvision writes the dense encoder (torchvision's ResNets have fixed channel counts); use --subnet dense, "
+            "--format torchvision writes the dense encoder (torchvision's networks have fixed channel counts); use --subnet dense, "
             f"or --format pt, torchscript or onnx for the {subnet} sub-network"
         )
     if fmt == "onnx":
@@ -132,10 +132,11 @@ def export(
             )
         return export_classifier(state, checkpoint, out, fmt)
     objective, cfg = restore_objective(state, checkpoint)
-    if subnet == "static" and cfg.mode == "dense":
+    if subnet == "static" and cfg.mode in ("dense", "slimmable"):
+        what = "a dense-only run (mode dense)" if cfg.mode == "dense" else "a slimmable run: it trains widths, not gates"
         raise UserError(
-            f"{checkpoint} is a dense-only run (mode dense): its gates never trained, so they choose no channels; "
-            f"export --subnet dense, or a static sub-network of a dual or gated run"
+            f"{checkpoint} is {what}; its gates never trained, so they choose no channels; "
+            f"export --subnet dense{' or a widthW' if cfg.mode == 'slimmable' else ''}, or a static sub-network of a dual or gated run"
         )
     dev = select_device(device)
     backbone = objective.backbone.to(dev).eval()

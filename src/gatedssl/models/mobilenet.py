@@ -46,6 +46,12 @@ class BlockSpec:
     se: bool
     act: str
     stride: int
+    imagenet_stride: int = 0  # torchvision's stride, which decides the residual (0: the stride itself)
+
+    @property
+    def residual(self) -> bool:
+        """torchvision's rule, from its own stride: the CIFAR variant's stride-1 block keeps torchvision's structure."""
+        return (self.imagenet_stride or self.stride) == 1 and self.in_channels == self.out_channels
 
 
 class ConvNormAct(nn.Module):
@@ -86,7 +92,7 @@ class GatedInvertedResidual(nn.Module):
         super().__init__()
         cin, hidden, cout = spec.in_channels, spec.hidden, spec.out_channels
         self.in_channels, self.mid_channels, self.out_channels = cin, hidden, cout
-        self.act, self.residual = spec.act, spec.stride == 1 and cin == cout
+        self.act, self.residual = spec.act, spec.residual
         self.expand = nn.Conv2d(cin, hidden, 1, bias=False) if hidden != cin else None
         self.expand_bn = PassBatchNorm(hidden, separate_bn, eps, momentum) if hidden != cin else None
         self.depthwise = nn.Conv2d(hidden, hidden, spec.kernel, spec.stride, (spec.kernel - 1) // 2, groups=hidden, bias=False)
@@ -189,7 +195,7 @@ class GatedMobileNet(GatedBackbone):
         stem_act, last_act = ("relu6", "relu6") if v2 else ("hardswish", "hardswish")
         if stem == "cifar":  # stride 1 in the stem and in the first stride-2 block
             first = next(i for i, b in enumerate(specs) if b.stride == 2)
-            specs[first] = BlockSpec(**{**specs[first].__dict__, "stride": 1})
+            specs[first] = BlockSpec(**{**specs[first].__dict__, "stride": 1, "imagenet_stride": specs[first].stride})
         self.first = ConvNormAct(3, stem_channels, 3, 1 if stem == "cifar" else 2, stem_act, eps, momentum)
         self.widths: tuple[float, ...] = ()
         self.blocks = nn.ModuleList(GatedInvertedResidual(s, separate_bn, tau, gate_bias, eps, momentum) for s in specs)

@@ -158,8 +158,15 @@ def _torchvision_named(state: dict, backbone, path: Path) -> dict[str, torch.Ten
         if tensors and all(k.startswith(wrapper) for k in tensors):
             tensors = {k[len(wrapper) :]: v for k, v in tensors.items()}
     names = backbone.torchvision_names()
+    shapes = backbone.state_dict()
     for prefix in ("", *(f"{b}." for b in BACKBONES)):
         if all(prefix + theirs in tensors for theirs in names.values()):
+            for ours, theirs in names.items():
+                if tensors[prefix + theirs].shape != shapes[ours].shape:
+                    raise UserError(
+                        f"init_from: {path} is a {backbone.arch} of another width ({theirs}: {tuple(tensors[prefix + theirs].shape)} there, "
+                        f"{tuple(shapes[ours].shape)} at this run's --width {backbone.width:g}); pass the width multiplier it was built with"
+                    )
             return {ours: tensors[prefix + theirs] for ours, theirs in names.items()}
     missing = next(t for t in names.values() if t not in tensors)
     raise UserError(
@@ -183,7 +190,7 @@ def load_pretrained(cfg: PretrainConfig, backbone: GatedResNet, log=None) -> dic
             theirs = stored.get(key)
             if theirs != getattr(cfg, key):
                 raise UserError(
-                    f"init_from: {path} is a {key} {theirs} network and this run asks for {key} {getattr(cfg, key)}; "
+                    f"init_from: {path} is a network of {key} {theirs} and this run asks for {key} {getattr(cfg, key)}; "
                     f"pass --{key.replace('_', '-')} {theirs} (post-hoc gating keeps the source's architecture)"
                 )
     elif not isinstance(state, dict):
@@ -194,7 +201,7 @@ def load_pretrained(cfg: PretrainConfig, backbone: GatedResNet, log=None) -> dic
         backbone.load_state_dict({k: v for k, v in dense.items() if k in wanted}, strict=False)
     except RuntimeError as exc:
         detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
-        raise UserError(f"init_from: {path} does not fit a {cfg.arch} of width {cfg.width} ({detail[:160]})") from None
+        raise UserError(f"init_from: {path} does not fit a {cfg.arch} of width {cfg.width} ({detail[:160].rstrip()})") from None
     absent = sorted(wanted - set(dense))
     if absent:
         raise UserError(f"init_from: {path} lacks {absent[0]} of the dense encoder; give a run of the same architecture")

@@ -52,9 +52,9 @@ def plan_run(cfg: PretrainConfig, resume: bool | str = False, overwrite: bool = 
     if resume or auto:
         cfg = with_run_settings(cfg, paths, given if resume else None)
     cfg = resolve(cfg)
-    problems = validate(cfg)
-    if not problems and resume and given is not None:
-        problems = given_differ(cfg, paths, given)
+    # a setting that differs from the run's own is the problem to name first (a given --arch makes the run's width invalid)
+    problems = given_differ(cfg, paths, given) if resume and given is not None else []
+    problems = problems or validate(cfg)
     if not problems:
         problems = run_folder_problems(paths, resume, overwrite) + storage_problems(cfg)
     if not problems and overwrite and not resume:
