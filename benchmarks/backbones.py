@@ -1,10 +1,11 @@
-"""Accuracy per MAC across backbones: every run's dense and gated networks on one picture, MACs per image on x.
+"""Accuracy per MAC across backbones: Dual runs' dense and gated networks on one picture, MACs per image on x.
 
     python benchmarks/backbones.py SWEEP_OR_RUN ... --out backbones.png
 
 Reads only the runs' summary.json (any arch, width, budget, seed; seeds of one setting are averaged). Prints one row
 per (arch, width, budget, sub-network): fast-probe top-1 (kNN where no probe ran), MACs per image, MACs ratio, training
-time. The picture answers which backbone gives the most accuracy for a given compute at inference.
+time, for every run (B1 and post-hoc runs too); the picture draws the Dual runs. It answers which backbone gives the
+most accuracy for a given compute at inference.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def main() -> None:
         mean, std = statistics.mean(acc), (statistics.stdev(acc) if len(acc) > 1 else 0.0)
         macs, ratio, seconds = (statistics.mean(v[i] for v in values) for i in (1, 2, 3))
         arch, width, mode, budget, sub = key
-        rows.append((arch, width, sub, budget, mean, macs))
+        if mode == "dual":  # the picture: Dual's two networks; other systems are in the printed table
+            rows.append((arch, width, sub, budget, mean, macs))
         print(
             f"{arch:<20} {width:>6g} {mode:<6} {budget:>6g} {sub:<6} {len(values):>2} "
             f"{mean:>6.2f} ± {std:<4.2f} {macs / 1e6:>9.2f} M {ratio:>6.3f} {seconds:>8.0f}"
