@@ -57,7 +57,9 @@ def main() -> None:
 def plot(rows: list[tuple], path: str) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 5))
+    from matplotlib.ticker import FuncFormatter
+
+    fig = Figure(figsize=(10, 5))
     ax = fig.add_subplot()
     nets = sorted({(r[0], r[1]) for r in rows}, key=lambda n: (n[0], n[1]))
     for i, (arch, width) in enumerate(nets):
@@ -77,13 +79,15 @@ def plot(rows: list[tuple], path: str) -> None:
             label=f"{label}: gated (budgets {', '.join(f'{r[3]:g}' for r in gated)})",
         )
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(round(v, 6))[0] in "2357" else ""))
     ax.set(
         xlabel="MACs per image (millions, log scale)",
         ylabel="top-1 (fast linear probe), %",
         title="accuracy per MAC, embedded data, 16 epochs",
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"picture written to {path}")
