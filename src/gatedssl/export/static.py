@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from ..models.backbone import GatedBackbone
+from ..models.backbone import ChannelCosts, GatedBackbone
 
 
 def kept_channels(frequency: list[torch.Tensor], keep_rate: float, multiple: int = 1) -> list[torch.Tensor]:
@@ -32,8 +32,15 @@ def kept_channels(frequency: list[torch.Tensor], keep_rate: float, multiple: int
     return kept
 
 
-def static_macs_ratio(backbone: GatedBackbone, frequency: list[torch.Tensor], keep_rate: float, size: int, multiple: int = 1) -> float:
-    costs = backbone.channel_costs(size)
+def static_macs_ratio(
+    backbone: GatedBackbone,
+    frequency: list[torch.Tensor],
+    keep_rate: float,
+    size: int,
+    multiple: int = 1,
+    costs: ChannelCosts | None = None,
+) -> float:
+    costs = costs or backbone.channel_costs(size)  # one pass of the network; a search passes it in once
     return costs.macs([len(k) for k in kept_channels(frequency, keep_rate, multiple)]) / costs.macs(backbone.gated_channels)
 
 
@@ -43,9 +50,10 @@ def keep_rate_for(backbone: GatedBackbone, frequency: list[torch.Tensor], macs_r
         raise UserError(f"--macs-ratio must be in (0, 1], got {macs_ratio:g}")
     # the network changes only where Q crosses a channel's frequency: those are the candidates
     candidates = sorted({0.0, 1.0, *torch.cat([f.cpu() for f in frequency]).tolist()})
+    costs = backbone.channel_costs(size)
     lo, hi = 0, len(candidates) - 1
-    if static_macs_ratio(backbone, frequency, candidates[hi], size, multiple) > macs_ratio:
-        smallest = static_macs_ratio(backbone, frequency, candidates[hi], size, multiple)
+    smallest = static_macs_ratio(backbone, frequency, candidates[hi], size, multiple, costs)
+    if smallest > macs_ratio:
         raise UserError(
             f"--macs-ratio {macs_ratio:g} cannot be reached: keeping only the channels the gates open for every "
             f"training image (--keep-rate {candidates[hi]:g}{f', rounded up to multiples of {multiple}' if multiple > 1 else ''}) still "
@@ -53,7 +61,7 @@ def keep_rate_for(backbone: GatedBackbone, frequency: list[torch.Tensor], macs_r
         )
     while lo < hi:  # MACs fall as Q rises
         mid = (lo + hi) // 2
-        if static_macs_ratio(backbone, frequency, candidates[mid], size, multiple) <= macs_ratio:
+        if static_macs_ratio(backbone, frequency, candidates[mid], size, multiple, costs) <= macs_ratio:
             hi = mid
         else:
             lo = mid + 1

@@ -193,8 +193,9 @@ class GatedMobileNet(GatedBackbone):
         stem_channels, specs, last_in, last = _v2_specs(width) if v2 else _v3_specs(arch, width)
         eps, momentum = (1e-5, 0.1) if v2 else (1e-3, 0.01)
         stem_act, last_act = ("relu6", "relu6") if v2 else ("hardswish", "hardswish")
+        self.cifar_block = None  # the block whose stride the CIFAR variant sets to 1
         if stem == "cifar":  # stride 1 in the stem and in the first stride-2 block
-            first = next(i for i, b in enumerate(specs) if b.stride == 2)
+            first = self.cifar_block = next(i for i, b in enumerate(specs) if b.stride == 2)
             specs[first] = BlockSpec(**{**specs[first].__dict__, "stride": 1, "imagenet_stride": specs[first].stride})
         self.first = ConvNormAct(3, stem_channels, 3, 1 if stem == "cifar" else 2, stem_act, eps, momentum)
         self.widths: tuple[float, ...] = ()
@@ -223,10 +224,9 @@ class GatedMobileNet(GatedBackbone):
         from .torchvision_names import SIDECAR_FORMAT
 
         stride_one = []
-        if self.stem_kind == "cifar":
+        if self.cifar_block is not None:
             names = self.torchvision_names()
-            first = next(i for i, b in enumerate(self.blocks) if b.depthwise.stride[0] == 1 and self._imagenet_stride(i) == 2)
-            stride_one = [names["first.conv.weight"].rsplit(".", 1)[0], names[f"blocks.{first}.depthwise.weight"].rsplit(".", 1)[0]]
+            stride_one = [names[f"{key}.weight"].rsplit(".", 1)[0] for key in ("first.conv", f"blocks.{self.cifar_block}.depthwise")]
         return {
             "format": SIDECAR_FORMAT,
             "family": "mobilenet",
@@ -236,9 +236,6 @@ class GatedMobileNet(GatedBackbone):
             "classifier": "Identity",
             "feature_dim": self.feature_dim,
         }
-
-    def _imagenet_stride(self, i: int) -> int:
-        return (_v2_specs(self.width) if self.arch == "mobilenet_v2" else _v3_specs(self.arch, self.width))[1][i].stride
 
     def torchvision_names(self) -> dict[str, str]:
         """gatedssl key -> torchvision key, for every tensor the dense pass uses (no gates, no gated BN)."""

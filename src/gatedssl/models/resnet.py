@@ -32,9 +32,6 @@ from .subnets import DENSE, SubNet
 STEMS = ("cifar", "imagenet")
 
 
-_run = run_conv
-
-
 def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
 
@@ -46,7 +43,7 @@ def _shortcut(cin: int, cout: int, stride: int) -> nn.Module | None:
 
 
 def _identity(block, x: torch.Tensor, sub: SubNet) -> torch.Tensor:
-    return x if block.shortcut is None else block.shortcut[1](_run(block.shortcut[0], x, sub), sub)
+    return x if block.shortcut is None else block.shortcut[1](run_conv(block.shortcut[0], x, sub), sub)
 
 
 class GatedBasicBlock(nn.Module):
@@ -65,10 +62,10 @@ class GatedBasicBlock(nn.Module):
         self.gate = ChannelGate(in_channels, planes, tau, bias=gate_bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, sub: SubNet) -> torch.Tensor:
-        out = F.relu(self.bn1(_run(self.conv1, x, sub), sub))
+        out = F.relu(self.bn1(run_conv(self.conv1, x, sub), sub))
         if mask is not None:
             out = out * mask[:, :, None, None].to(out.dtype)
-        out = self.bn2(_run(self.conv2, out, sub), sub)
+        out = self.bn2(run_conv(self.conv2, out, sub), sub)
         return F.relu(out + _identity(self, x, sub))
 
     def macs(self, in_hw: int, out_hw: int, sub: SubNet = DENSE) -> tuple[int, int]:
@@ -103,11 +100,11 @@ class GatedBottleneck(nn.Module):
         self.gate = ChannelGate(in_channels, planes, tau, bias=gate_bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, sub: SubNet) -> torch.Tensor:
-        out = F.relu(self.bn1(_run(self.conv1, x, sub), sub))
+        out = F.relu(self.bn1(run_conv(self.conv1, x, sub), sub))
         if mask is not None:
             out = out * mask[:, :, None, None].to(out.dtype)
-        out = F.relu(self.bn2(_run(self.conv2, out, sub), sub))
-        out = self.bn3(_run(self.conv3, out, sub), sub)
+        out = F.relu(self.bn2(run_conv(self.conv2, out, sub), sub))
+        out = self.bn3(run_conv(self.conv3, out, sub), sub)
         return F.relu(out + _identity(self, x, sub))
 
     def macs(self, in_hw: int, out_hw: int, sub: SubNet = DENSE) -> tuple[int, int]:
@@ -181,7 +178,7 @@ class GatedResNet(GatedBackbone):
         return {**torchvision_construction(self), "family": "resnet"}
 
     def stem(self, x: torch.Tensor, sub: SubNet) -> tuple[torch.Tensor, int, int]:
-        out = F.relu(self.stem_bn(_run(self.stem_conv, x, sub), sub))
+        out = F.relu(self.stem_bn(run_conv(self.stem_conv, x, sub), sub))
         macs = conv_macs(self.stem_conv, x.shape[1], out)
         full = macs // out.shape[1] * self.stem_conv.out_channels
         if self.stem_pool is not None:
