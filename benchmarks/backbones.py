@@ -56,7 +56,6 @@ def main() -> None:
 
 def plot(rows: list[tuple], path: str) -> None:
     from matplotlib.figure import Figure
-
     from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(10, 5))
