@@ -1,6 +1,27 @@
+import contextlib
 import json
+import os
 
 import pytest
+
+# Under pytest-xdist (.ci/run runs `-n 2`) each worker process takes its share of the cores, and the programs
+# its tests start (the CLI, torchrun ranks) inherit it: two processes of two threads each on CI's 2 cores
+# ran slower than one process (BENCHMARKS.md, "Test suite").
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a learning test's training at the thread count its margin was measured at (other kernels, other sums)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture
