@@ -376,3 +376,46 @@ def test_a_slimmable_run_has_no_static_sub_network_to_export(tmp_path, capsys):
     argv = ["export", "--checkpoint", str(tmp_path / "slim/checkpoints/last.pt"), "--subnet", "static", "--keep-rate", "0.3"]
     cli_error_lines(capsys, [*argv, "--out", str(tmp_path / "static.pt")], "slimmable run", "widthW")
     assert not (tmp_path / "static.pt").exists()
+
+
+def toy_design(width: float):
+    """A backbone no family had before (an MnasNet-like stack: 5x5 kernels, SE only late, ReLU then hardswish)."""
+    from gatedssl.models.mobilenet import BlockSpec, MobileNetDesign, make_divisible
+
+    c = [make_divisible(n * width) for n in (16, 24, 40)]
+    blocks = [
+        BlockSpec(c[0], 3, c[0], c[0], False, "relu", 1),
+        BlockSpec(c[0], 5, 3 * c[0], c[1], False, "relu", 2),
+        BlockSpec(c[1], 5, 3 * c[1], c[1], True, "hardswish", 1),
+        BlockSpec(c[1], 3, 4 * c[1], c[2], True, "hardswish", 2),
+    ]
+    return MobileNetDesign(c[0], blocks, 96, act=("relu", "hardswish"))
+
+
+def test_a_new_backbone_is_one_declaration_and_the_toolchain_follows(tmp_path):
+    """A design function and one register_mobilenet call; MACs, static export, real skipping, TorchScript and
+    the `.pt` spec then work with no other change (the torchvision format is refused: it has no twin there)."""
+    from gatedssl.errors import UserError
+    from gatedssl.export.deploy import plain_from_spec, plain_network
+    from gatedssl.export.formats import torchvision_state_dict
+    from gatedssl.models.backbone import ARCHS
+    from gatedssl.models.mobilenet import register_mobilenet
+
+    register_mobilenet("toy_net", toy_design)
+    try:
+        for stem, size, width in (("cifar", 32, 1.0), ("imagenet", 64, 0.5)):
+            test_mobilenet_macs_equal_the_flop_counter_for_every_sub_network("toy_net", stem, size, width)
+        test_a_static_mobilenet_equals_the_gated_pass_with_its_channels_and_costs_what_it_counted("toy_net")
+        for strategy in ("union", "group"):
+            test_real_skipping_in_a_mobilenet_equals_the_masked_pass("toy_net", strategy)
+        net = trained_looking("toy_net")
+        x = torch.randn(2, 3, 32, 32)
+        static = plain_network(net, "gated", keep=[m[0].nonzero().flatten() for m in random_masks(net, 1)])
+        again = plain_from_spec(json.loads(json.dumps(static.spec)))  # what a `.pt` export stores: no design needed
+        again.load_state_dict(static.state_dict())
+        scripted = torch.jit.script(again)
+        torch.testing.assert_close(scripted(x), static(x))
+        with pytest.raises(UserError, match="toy_net has no torchvision twin"):
+            torchvision_state_dict(net)
+    finally:
+        ARCHS.pop("toy_net", None)

@@ -11,7 +11,7 @@ sets of every sub-network and post-hoc freezing live here once. A gated unit is 
 
 The hidden channels a unit switches never reach the residual stream (a ResNet block's middle
 channels, an inverted residual's expanded ones), so a closed channel is one that is not computed.
-A third backbone is one file of such units plus a registry entry (`register_arch`).
+A family registers its archs with `register_arch`; a new MobileNet-like one is a `register_mobilenet` declaration.
 """
 
 from __future__ import annotations

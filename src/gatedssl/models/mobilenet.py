@@ -17,11 +17,16 @@ What each gate switches, and why:
 multiples of 8). The CIFAR stem (`--stem cifar`, for 32 px inputs) sets stride 1 in the stem and in
 the first stride-2 block, as the common CIFAR ports do, so 32 px inputs end at 4 x 4 maps (224 px end at 7 x 7).
 BN epsilon and momentum are torchvision's (V3: 0.001 and 0.01), so its state dicts give its features.
+
+Each arch is a declaration (`MobileNetDesign`: its stem, a `BlockSpec` per block, its last conv), so another
+backbone of inverted residuals (MnasNet-, EfficientNet-lite-like) is a design function and one `register_mobilenet` call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -124,84 +129,101 @@ class GatedInvertedResidual(nn.Module):
         return per_channel, 0
 
 
-# torchvision's tables: (in, kernel, hidden, out, SE, activation, stride) per block, and the last conv's channels
-def _v2_specs(width: float) -> tuple[int, list[BlockSpec], int, int]:
-    stem, blocks, cin = make_divisible(32 * width), [], make_divisible(32 * width)
+@dataclass(frozen=True)
+class MobileNetDesign:
+    """Everything that tells one MobileNet-like backbone from another, at one width multiplier. A new backbone of
+    inverted residuals is a function width -> MobileNetDesign and one `register_mobilenet` call."""
+
+    stem_channels: int  # the stem's 3x3 conv (stride 2; 1 in the CIFAR variant)
+    blocks: list[BlockSpec]
+    last_channels: int  # the 1x1 conv before pooling: the feature dimension
+    act: tuple[str, str] = ("relu6", "relu6")  # the stem's and the last conv's activations
+    bn: tuple[float, float] = (1e-5, 0.1)  # BN epsilon and momentum (torchvision's, so that its state dicts give its features)
+    torchvision_layout: str | None = None  # "v2" or "v3": how torchvision names the layers; None: no torchvision twin
+
+
+def mobilenet_v2_design(width: float) -> MobileNetDesign:
+    """torchvision's MobileNetV2: (expansion t, channels c, blocks n, first stride s) per stage."""
+    cin, blocks = make_divisible(32 * width), []
     for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
         cout = make_divisible(c * width)
         for i in range(n):
             blocks.append(BlockSpec(cin, 3, int(round(cin * t)), cout, False, "relu6", s if i == 0 else 1))
             cin = cout
-    return stem, blocks, cin, make_divisible(1280 * max(1.0, width))
+    return MobileNetDesign(make_divisible(32 * width), blocks, make_divisible(1280 * max(1.0, width)), torchvision_layout="v2")
 
 
-_V3 = {
-    "mobilenet_v3_large": [
-        (16, 3, 16, 16, False, "relu", 1),
-        (16, 3, 64, 24, False, "relu", 2),
-        (24, 3, 72, 24, False, "relu", 1),
-        (24, 5, 72, 40, True, "relu", 2),
-        (40, 5, 120, 40, True, "relu", 1),
-        (40, 5, 120, 40, True, "relu", 1),
-        (40, 3, 240, 80, False, "hardswish", 2),
-        (80, 3, 200, 80, False, "hardswish", 1),
-        (80, 3, 184, 80, False, "hardswish", 1),
-        (80, 3, 184, 80, False, "hardswish", 1),
-        (80, 3, 480, 112, True, "hardswish", 1),
-        (112, 3, 672, 112, True, "hardswish", 1),
-        (112, 5, 672, 160, True, "hardswish", 2),
-        (160, 5, 960, 160, True, "hardswish", 1),
-        (160, 5, 960, 160, True, "hardswish", 1),
-    ],
-    "mobilenet_v3_small": [
-        (16, 3, 16, 16, True, "relu", 2),
-        (16, 3, 72, 24, False, "relu", 2),
-        (24, 3, 88, 24, False, "relu", 1),
-        (24, 5, 96, 40, True, "hardswish", 2),
-        (40, 5, 240, 40, True, "hardswish", 1),
-        (40, 5, 240, 40, True, "hardswish", 1),
-        (40, 5, 120, 48, True, "hardswish", 1),
-        (48, 5, 144, 48, True, "hardswish", 1),
-        (48, 5, 288, 96, True, "hardswish", 2),
-        (96, 5, 576, 96, True, "hardswish", 1),
-        (96, 5, 576, 96, True, "hardswish", 1),
-    ],
-}
-
-
-def _v3_specs(name: str, width: float) -> tuple[int, list[BlockSpec], int, int]:
+def v3_design(table: list[tuple], width: float) -> MobileNetDesign:
+    """A MobileNetV3 from torchvision's table: (in, kernel, hidden, out, SE, activation, stride) per block."""
     blocks = [
         BlockSpec(make_divisible(i * width), k, make_divisible(h * width), make_divisible(o * width), se, act, s)
-        for i, k, h, o, se, act, s in _V3[name]
+        for i, k, h, o, se, act, s in table
     ]
-    return make_divisible(16 * width), blocks, blocks[-1].out_channels, 6 * blocks[-1].out_channels
+    last = 6 * blocks[-1].out_channels
+    return MobileNetDesign(make_divisible(16 * width), blocks, last, ("hardswish", "hardswish"), (1e-3, 0.01), "v3")
+
+
+V3_LARGE = [
+    (16, 3, 16, 16, False, "relu", 1),
+    (16, 3, 64, 24, False, "relu", 2),
+    (24, 3, 72, 24, False, "relu", 1),
+    (24, 5, 72, 40, True, "relu", 2),
+    (40, 5, 120, 40, True, "relu", 1),
+    (40, 5, 120, 40, True, "relu", 1),
+    (40, 3, 240, 80, False, "hardswish", 2),
+    (80, 3, 200, 80, False, "hardswish", 1),
+    (80, 3, 184, 80, False, "hardswish", 1),
+    (80, 3, 184, 80, False, "hardswish", 1),
+    (80, 3, 480, 112, True, "hardswish", 1),
+    (112, 3, 672, 112, True, "hardswish", 1),
+    (112, 5, 672, 160, True, "hardswish", 2),
+    (160, 5, 960, 160, True, "hardswish", 1),
+    (160, 5, 960, 160, True, "hardswish", 1),
+]
+V3_SMALL = [
+    (16, 3, 16, 16, True, "relu", 2),
+    (16, 3, 72, 24, False, "relu", 2),
+    (24, 3, 88, 24, False, "relu", 1),
+    (24, 5, 96, 40, True, "hardswish", 2),
+    (40, 5, 240, 40, True, "hardswish", 1),
+    (40, 5, 240, 40, True, "hardswish", 1),
+    (40, 5, 120, 48, True, "hardswish", 1),
+    (48, 5, 144, 48, True, "hardswish", 1),
+    (48, 5, 288, 96, True, "hardswish", 2),
+    (96, 5, 576, 96, True, "hardswish", 1),
+    (96, 5, 576, 96, True, "hardswish", 1),
+]
 
 
 class GatedMobileNet(GatedBackbone):
-    """MobileNetV2 / V3 features (no classifier) with a dense and a gated pass over the same weights."""
+    """MobileNet-like features (no classifier) with a dense and a gated pass over the same weights."""
 
     def __init__(
-        self, arch: str, stem: str = "cifar", width: float = 1.0, separate_bn: bool = True, tau: float = 2 / 3, gate_bias: bool = True
+        self,
+        arch: str,
+        design: MobileNetDesign,
+        stem: str = "cifar",
+        width: float = 1.0,
+        separate_bn: bool = True,
+        tau: float = 2 / 3,
+        gate_bias: bool = True,
     ):
         super().__init__()
         if stem not in ("cifar", "imagenet"):
             raise ValueError(f"stem must be one of ('cifar', 'imagenet'), got {stem!r}")
-        if not 0 < width <= 4:
-            raise ValueError(f"width is {arch}'s width multiplier, in (0, 4]; got {width:g}")
         self.arch, self.stem_kind, self.width, self.separate_bn = arch, stem, width, separate_bn
-        v2 = arch == "mobilenet_v2"
-        stem_channels, specs, last_in, last = _v2_specs(width) if v2 else _v3_specs(arch, width)
-        eps, momentum = (1e-5, 0.1) if v2 else (1e-3, 0.01)
-        stem_act, last_act = ("relu6", "relu6") if v2 else ("hardswish", "hardswish")
+        self.torchvision_layout = design.torchvision_layout
+        specs = list(design.blocks)
+        eps, momentum = design.bn
         self.cifar_block = None  # the block whose stride the CIFAR variant sets to 1
         if stem == "cifar":  # stride 1 in the stem and in the first stride-2 block
             first = self.cifar_block = next(i for i, b in enumerate(specs) if b.stride == 2)
             specs[first] = BlockSpec(**{**specs[first].__dict__, "stride": 1, "imagenet_stride": specs[first].stride})
-        self.first = ConvNormAct(3, stem_channels, 3, 1 if stem == "cifar" else 2, stem_act, eps, momentum)
+        self.first = ConvNormAct(3, design.stem_channels, 3, 1 if stem == "cifar" else 2, design.act[0], eps, momentum)
         self.widths: tuple[float, ...] = ()
         self.blocks = nn.ModuleList(GatedInvertedResidual(s, separate_bn, tau, gate_bias, eps, momentum) for s in specs)
-        self.last = ConvNormAct(last_in, last, 1, 1, last_act, eps, momentum)
-        self.feature_dim = last
+        self.last = ConvNormAct(specs[-1].out_channels, design.last_channels, 1, 1, design.act[1], eps, momentum)
+        self.feature_dim = design.last_channels
         gate_convs = {id(m) for g in self.gates for m in g.modules()}
         for m in self.modules():  # torchvision's initialisation (the gates' as in the ResNets: kaiming, default biases)
             if isinstance(m, nn.Conv2d):
@@ -216,7 +238,8 @@ class GatedMobileNet(GatedBackbone):
         return self.last(x, sub)
 
     def torchvision_problem(self) -> str | None:
-        return None  # torchvision builds every width multiplier; the CIFAR strides are set by the construction
+        # torchvision builds every width multiplier; the CIFAR strides are set by the construction
+        return None if self.torchvision_layout else f"{self.arch} has no torchvision twin; export it as pt, onnx or torchscript"
 
     def torchvision_construction(self) -> dict:
         """How to build the torchvision model the dense weights fit: the width multiplier, and the convolutions whose
@@ -248,7 +271,7 @@ class GatedMobileNet(GatedBackbone):
 
         put("first.conv", "features.0.0", self.first.conv)
         put("first.bn", "features.0.1", self.first.bn)
-        v2 = self.arch == "mobilenet_v2"
+        v2 = self.torchvision_layout == "v2"
         for i, block in enumerate(self.blocks):
             prefix, j = f"features.{i + 1}.{'conv' if v2 else 'block'}", 0
             for conv in ("expand", "depthwise"):
@@ -271,19 +294,24 @@ class GatedMobileNet(GatedBackbone):
         return names
 
 
-def _register(name: str):
+def register_mobilenet(name: str, design: Callable[[float], MobileNetDesign]):
+    """Make `--arch name` the MobileNet that `design(width multiplier)` declares (and add `name` to names.ARCH_NAMES
+    and WIDTH_MULTIPLIER_ARCHS for the command line). Masks, MACs, skipping, static and slimmable export follow."""
+
     def factory(
         stem: str = "cifar", width: float = 1.0, separate_bn: bool = True, tau: float = 2 / 3, stem_padding: int = 1, gate_bias: bool = True
     ) -> GatedMobileNet:
         if stem_padding != 1:
             raise ValueError(f"{name}: stem_padding applies to the ResNets' CIFAR stem only")
-        return GatedMobileNet(name, stem=stem, width=width, separate_bn=separate_bn, tau=tau, gate_bias=gate_bias)
+        if not 0 < width <= 4:
+            raise ValueError(f"width is {name}'s width multiplier, in (0, 4]; got {width:g}")
+        return GatedMobileNet(name, design(width), stem=stem, width=width, separate_bn=separate_bn, tau=tau, gate_bias=gate_bias)
 
     factory.__name__ = f"gated_{name}"
-    factory.__doc__ = f"Gated {name}; width is torchvision's width multiplier (1.0 = the standard network)."
+    factory.__doc__ = f"Gated {name}; width is its width multiplier (1.0 = the standard network)."
     return register_arch(name, factory)
 
 
-gated_mobilenet_v2 = _register("mobilenet_v2")
-gated_mobilenet_v3_large = _register("mobilenet_v3_large")
-gated_mobilenet_v3_small = _register("mobilenet_v3_small")
+gated_mobilenet_v2 = register_mobilenet("mobilenet_v2", mobilenet_v2_design)
+gated_mobilenet_v3_large = register_mobilenet("mobilenet_v3_large", partial(v3_design, V3_LARGE))
+gated_mobilenet_v3_small = register_mobilenet("mobilenet_v3_small", partial(v3_design, V3_SMALL))
