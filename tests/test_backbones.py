@@ -273,6 +273,31 @@ def test_post_hoc_gating_starts_from_torchvisions_own_mobilenet(tmp_path):
     assert all(torch.equal(ours[f"backbone.{k}"], state[v]) for k, v in names.items())  # the dense network stayed theirs
 
 
+def test_gates_on_torchvisions_mobilenet_start_with_the_gated_pass_equal_to_the_dense_one(tmp_path):
+    """The gated BN set starts as a copy of torchvision's BN (it has no other), so with every gate open the
+    gated pass is torchvision's network before post-hoc training moves anything."""
+    import torchvision
+
+    from gatedssl.config import PretrainConfig
+    from gatedssl.training.init_from import load_pretrained
+
+    torch.manual_seed(0)
+    theirs = torchvision.models.mobilenet_v3_small(width_mult=0.25)
+    with torch.no_grad():
+        for m in theirs.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):  # statistics no fresh gated BN has
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+    torch.save(theirs.state_dict(), tmp_path / "mobilenet.pth")
+    cfg = PretrainConfig(mode="posthoc", init_from=str(tmp_path / "mobilenet.pth"), out=str(tmp_path / "run"), **TINY_MOBILENET)
+    net = create_backbone("mobilenet_v3_small", width=0.25)
+    load_pretrained(cfg, net)
+    net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    every = [torch.ones(2, c) for c in net.gated_channels]
+    torch.testing.assert_close(net(x, "gated", masks=every).features, net(x, "dense").features)
+
+
 @pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
 def test_a_slimmable_mobilenet_width_exports_as_a_plain_narrower_mobilenet(arch):
     from gatedssl.export.mobilenet import PlainMobileNet

@@ -100,9 +100,10 @@ def run_conv(conv: nn.Conv2d, x: torch.Tensor, sub: SubNet) -> torch.Tensor:
 
 
 def conv_macs(conv: nn.Conv2d, in_channels: int, out: torch.Tensor) -> int:
-    """Per-sample MACs of `conv` run on `in_channels` channels into `out` (a dense or a depthwise conv)."""
-    per_output = in_channels if conv.groups == 1 else 1
-    return out.shape[-2] * out.shape[-1] * conv.kernel_size[0] * conv.kernel_size[1] * per_output * out.shape[1]
+    """Per-sample MACs of an ungrouped `conv` (a stem's, a last 1x1's) run on `in_channels` channels into `out`.
+    Units count their own convolutions, depthwise ones included, per open channel (`macs`)."""
+    assert conv.groups == 1, "conv_macs counts ungrouped convolutions"
+    return out.shape[-2] * out.shape[-1] * conv.kernel_size[0] * conv.kernel_size[1] * in_channels * out.shape[1]
 
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
