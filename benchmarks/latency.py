@@ -8,7 +8,8 @@ Variants: dense (the exported dense encoder: BN folded), masked gated (the train
 pass: every channel computed, then masked), real-skipping gated (only the open channels; batch
 strategy "union", and "group" with --group), static (a plain network keeping the channels the
 gates open most, within the gated pass's MACs; "x16": channel counts rounded up to multiples of 16,
-see `gatedssl export --channel-multiple`), and dense and static under onnxruntime.
+see `gatedssl export --channel-multiple`), and dense and static under onnxruntime (with --int8 also
+quantized to INT8 as `gatedssl export --quantize int8` writes them).
 
 Latency depends on which channels are open, not on trained weights: this benchmark uses a
 randomly initialised network (ResNet-18 width 64 unless --arch/--width say otherwise) and SETS THE GATE BIASES so that every block opens the
@@ -95,15 +96,15 @@ def breakdown(fn, runs: int = 5) -> dict[str, float]:
     return stages
 
 
-def ort_session(net: torch.nn.Module, size: int, threads: int):
-    import onnxruntime
-
+def ort_session(net: torch.nn.Module, size: int, threads: int, int8: bool = False):
+    """The network under onnxruntime; int8: as `gatedssl export --quantize int8` writes it (calibrated on 32 of the images)."""
     from gatedssl.export.formats import onnx_bytes
+    from gatedssl.export.onnxfile import quantize_int8, session
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(onnx_bytes(net, size), options, providers=["CPUExecutionProvider"])
+    data = onnx_bytes(net, size)
+    if int8:
+        data = quantize_int8(data, iter([images(size, 32).numpy()]))
+    return session(data, threads)
 
 
 def main() -> None:
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=2.0, help="time per cell to spend on extra runs")
     parser.add_argument("--group", action="store_true", help="also time the 'group' batch strategy of the real-skipping pass")
     parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--int8", action="store_true", help="also time INT8 dense and static under onnxruntime (QDQ, per-channel)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--breakdown", action="store_true", help="also print where the time goes (profiler, batch 1) for each torch variant"
@@ -177,6 +179,14 @@ def main() -> None:
                         "dense (onnxruntime)": (ort_session(dense, size, threads), 1.0),
                         "static (onnxruntime)": (ort_session(static, size, threads), static_ratio),
                         "static x16 (onnxruntime)": (ort_session(static16, size, threads), static16.macs(size) / dense.macs(size)),
+                        **(
+                            {
+                                "dense int8 (onnxruntime)": (ort_session(dense, size, threads, int8=True), 1.0),
+                                "static int8 (onnxruntime)": (ort_session(static, size, threads, int8=True), static_ratio),
+                            }
+                            if args.int8
+                            else {}
+                        ),
                     }
                 )
                 for batch in args.batches:

@@ -242,6 +242,9 @@ def test_exported_classifiers_predict_as_the_loaded_fine_tune_and_carry_their_cl
     session = onnxruntime.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
     classes = json.loads({p.key: p.value for p in onnx.load(tmp_path / "c.onnx").metadata_props}["classes"])
     assert [classes[i] for i in session.run(None, {"images": x.numpy()})[0].argmax(1).tolist()] == names
+    onnx_model = gatedssl.load(tmp_path / "c.onnx")  # onnxruntime behind the checkpoint's interface: predict and embed
+    assert onnx_model.predict(test.images)[0] == names and onnx_model.classes == loaded.classes
+    torch.testing.assert_close(onnx_model.embed(test.images[:4]), loaded.embed(test.images[:4]), rtol=1e-4, atol=1e-4)
 
 
 def test_a_fine_tuned_gated_network_is_not_flattened_into_a_static_file(runs, tmp_path, capsys):

@@ -5,7 +5,6 @@ Each format carries the class names with the weights, so a deployed file says wh
 (`classes`, JSON), torchvision in the construction file beside the weights.
 """
 
-import json
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 from ..errors import UserError
 from .encoder import _load_classifier
 from .formats import onnx_bytes, verify_onnx, write_bytes, write_pt, write_torchscript, write_torchvision
+from .onnxfile import describe, with_metadata
 
 
 class PlainClassifier(nn.Module):
@@ -35,6 +35,19 @@ class PlainClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.net(x))
+
+
+class LogitsAndFeatures(nn.Module):
+    """The ONNX form of a classifier: logits first (what runtimes read), and the features they come from
+    (so that `gatedssl.load` of the file can embed as well as predict)."""
+
+    def __init__(self, model: PlainClassifier):
+        super().__init__()
+        self.net, self.head = model.net, model.head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net(x)
+        return self.head(features), features
 
 
 def export_classifier(state: dict, checkpoint: str, out: str, fmt: str) -> dict:
@@ -63,8 +76,8 @@ def export_classifier(state: dict, checkpoint: str, out: str, fmt: str) -> dict:
     elif fmt == "torchscript":
         write_torchscript(model, Path(out))
     elif fmt == "onnx":
-        about = {"classes": classes, "subnet": subnet, "mean": model.mean, "std": model.std, "crop_size": size}
-        data = with_metadata(onnx_bytes(model, size, output="logits"), {k: json.dumps(v) for k, v in about.items()})
+        about = describe(encoder.transform, subnet, result["macs"], result["macs_ratio"], "logits", classes=classes)
+        data = with_metadata(onnx_bytes(LogitsAndFeatures(model), size, output=("logits", "features")), about)
         result["onnx_max_abs_diff"] = verify_onnx(data, model, size)
         write_bytes(Path(out), data)
     else:
@@ -82,13 +95,3 @@ def state_backbone(state: dict):
     backbone = build_objective(PretrainConfig(**upgrade_stored(state["run_config"]))).backbone
     backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state["model"].items() if k.startswith("backbone.")})
     return backbone.eval()
-
-
-def with_metadata(data: bytes, values: dict[str, str]) -> bytes:
-    import onnx
-
-    model = onnx.load_from_string(data)
-    for key, value in values.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    return model.SerializeToString()

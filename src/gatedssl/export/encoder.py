@@ -1,6 +1,6 @@
 """`gatedssl.load`: a trained encoder, ready for inference, outside the training tool.
 
-    model = gatedssl.load("RUN/checkpoints/last.pt")      # or a file from `gatedssl export` (pt; torchvision + its .json)
+    model = gatedssl.load("RUN/checkpoints/last.pt")      # or a file from `gatedssl export` (pt, onnx; torchvision + its .json)
     features = model.embed(pil_images)                     # dense features
     light = model.embed(pil_images, subnet="gated")        # only the channels the gates open
 
@@ -133,11 +133,18 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
     from ..models.torchvision_names import read_construction, sidecar_path
 
     suffix = os.fspath(path).lower().rsplit(".", 1)[-1]
-    if suffix in ("onnx", "ts", "torchscript", "jit"):
-        runner = "onnxruntime.InferenceSession(path)" if suffix == "onnx" else "torch.jit.load(path)"
+    if suffix == "onnx":  # runs in onnxruntime, on the CPU, behind the same interface
+        from .formats import require
+        from .onnxfile import OnnxModel
+
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such file")
+        require("onnxruntime")
+        return OnnxModel(path)
+    if suffix in ("ts", "torchscript", "jit"):
         raise UserError(
-            f"{path} looks like an {'ONNX' if suffix == 'onnx' else 'TorchScript'} export: those are for other runtimes; load it with "
-            f"{runner} (input: float images normalised as its metadata says), or gatedssl.load the .pt export or the checkpoint"
+            f"{path} looks like a TorchScript export: that is for other runtimes; load it with torch.jit.load(path) "
+            f"(input: float images normalised as the run's dataset is), or gatedssl.load the .pt or .onnx export or the checkpoint"
         )
     state = read_weights(path)
     ours = isinstance(state, dict) and (state.get("format") == EXPORT_FORMAT or "config" in state or "finetune" in state)

@@ -64,8 +64,8 @@ def require(*modules: str) -> None:
             raise UserError(f"--format onnx needs the {module} package, which is not installed; {EXTRA}") from None
 
 
-def onnx_bytes(net: nn.Module, size: int, output: str = "features") -> bytes:
-    """The network as ONNX with a dynamic batch axis (input "images", output "features", or a classifier's "logits")."""
+def onnx_bytes(net: nn.Module, size: int, output: str | tuple[str, ...] = "features") -> bytes:
+    """The network as ONNX with a dynamic batch axis (input "images"; output "features", or a classifier's "logits" and "features")."""
     require("onnx", "onnxscript")
     buffer = io.BytesIO()
     example = torch.zeros(2, 3, size, size)
@@ -77,7 +77,7 @@ def onnx_bytes(net: nn.Module, size: int, output: str = "features") -> bytes:
             buffer,
             dynamo=True,
             input_names=["images"],
-            output_names=[output],
+            output_names=[output] if isinstance(output, str) else list(output),
             dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
             verbose=False,
         )

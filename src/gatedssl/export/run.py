@@ -37,9 +37,11 @@ from .formats import (
     write_torchscript,
     write_torchvision,
 )
+from .onnxfile import QUANTIZE, calibration_batches, describe, latency_ms, quantize_int8, quantized_ops, with_metadata
 from .static import keep_rate_for, kept_channels
 
 SUBNETS = ("dense", "static")
+CALIBRATION_IMAGES = 300  # INT8 calibration: enough for stable activation ranges, seconds to run
 
 
 class PlainAsBackbone(nn.Module):
@@ -62,10 +64,23 @@ def _is_width(subnet: str) -> bool:
 
 
 def check_request(
-    subnet: str, fmt: str, out: str, keep_rate: float | None, macs_ratio: float | None, channel_multiple: int = 1
+    subnet: str,
+    fmt: str,
+    out: str,
+    keep_rate: float | None,
+    macs_ratio: float | None,
+    channel_multiple: int = 1,
+    quantize: str | None = None,
+    calibration_images: int | None = None,
 ) -> list[str]:
     """Every problem with the request that needs no checkpoint, all at once."""
     problems = []
+    if quantize is not None and quantize not in QUANTIZE:
+        problems.append(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    elif quantize is not None and fmt != "onnx":
+        problems.append(f"--quantize {quantize} writes an ONNX model (onnxruntime's quantization); add --format onnx")
+    if calibration_images is not None and calibration_images < 1:
+        problems.append(f"--calibration-images must be at least 1, got {calibration_images}")
     if subnet not in SUBNETS and not _is_width(subnet):
         problems.append(f"--subnet must be one of {', '.join(SUBNETS)} or a slimmable run's widthW (e.g. width0.5), got {subnet!r}")
     if fmt not in FORMATS:
@@ -110,11 +125,13 @@ def export(
     data_dir: str | None = None,
     device: str = "auto",
     probe: bool = True,
+    quantize: str | None = None,
+    calibration_images: int | None = None,
     log=None,
 ) -> dict:
-    """Write the export; returns what was measured (and, for static, recorded in the run's summary)."""
+    """Write the export; returns what was measured (and, for static and INT8, recorded in the run's summary)."""
     log = log or (lambda message: print(message, file=sys.stderr))
-    problems = check_request(subnet, fmt, out, keep_rate, macs_ratio, channel_multiple)
+    problems = check_request(subnet, fmt, out, keep_rate, macs_ratio, channel_multiple, quantize, calibration_images)
     if not problems:  # never over the checkpoint it reads, nor over a file a run needs
         problems = write_problems("--out", out, reads=(checkpoint,))
         if fmt == "torchvision":  # its construction file is written beside it
@@ -130,6 +147,8 @@ def export(
                 f"{checkpoint} is a fine-tune of the {state['finetune']['subnet']} sub-network: export writes that network and its head; "
                 f"drop --subnet, --keep-rate, --macs-ratio and --channel-multiple (fine-tune another sub-network to export it)"
             )
+        if quantize is not None:
+            raise UserError(f"{checkpoint} is a fine-tune: --quantize applies to encoders for now; export it in fp32")
         return export_classifier(state, checkpoint, out, fmt)
     objective, cfg = restore_objective(state, checkpoint)
     if subnet == "static" and cfg.mode in ("dense", "slimmable"):
@@ -143,9 +162,13 @@ def export(
     transform = EvalTransform.for_dataset(cfg.dataset, cfg.crop_size)
     size = transform.crop_size
     result: dict = {"subnet": subnet, "format": fmt, "file": str(out)}
+    splits = None
     if subnet == "dense":
         net = plain_network(backbone, "dense")
         result.update(macs=net.macs(size), macs_ratio=1.0)
+        if quantize is not None:  # fp32 and INT8 are measured side by side
+            splits = load_run_data(cfg, dev, warn=log, data_dir=data_dir)
+            result.update(measure(net, splits, dev, cfg, probe) if splits.labeled else {"knn_top1": None})
     elif _is_width(subnet):
         if subnet not in objective.subnets:
             raise UserError(
@@ -181,14 +204,46 @@ def export(
     elif fmt == "torchscript":
         write_torchscript(net, Path(out))
     elif fmt == "onnx":
-        data = onnx_bytes(net, size)
+        about = describe(transform, subnet, result["macs"], result["macs_ratio"], "features", arch=cfg.arch)
+        data = with_metadata(onnx_bytes(net, size), about)
         result["onnx_max_abs_diff"] = verify_onnx(data, net, size)
+        if quantize is not None:
+            result["int8"] = quantized(data, net, splits, calibration_images, cfg, dev, probe, result)
+            data = result["int8"].pop("data")
         write_bytes(Path(out), data)
     else:
         result.update(write_torchvision(backbone.cpu(), transform, Path(out)))
-    if subnet == "static":
-        record_static(Path(checkpoint), result, log)
+    if subnet == "static" or quantize is not None:
+        record(Path(checkpoint), result, log)
     return result
+
+
+def quantized(data: bytes, net: nn.Module, splits, count: int | None, cfg, device, probe: bool, fp32: dict) -> dict:
+    """The INT8 form of the ONNX model `data`, calibrated on `count` of the run's training images (None: 300, or all
+    if fewer), measured beside fp32: kNN (and probe), batch-1 latency under onnxruntime at 1 thread. `data` holds the INT8 bytes."""
+    from .onnxfile import OnnxNetwork
+
+    images = splits.train if splits.labeled else splits.pretrain
+    if count is None:
+        count = min(CALIBRATION_IMAGES, len(images.labels))
+    elif count > len(images.labels):
+        raise UserError(f"--calibration-images {count}: the run's training set has {len(images.labels)} images; give at most that many")
+    int8 = quantize_int8(data, calibration_batches(splits, count))
+    size = splits.crop_size
+    onnx_net = OnnxNetwork(int8)
+    onnx_net.feature_dim = net.feature_dim
+    measured = measure(onnx_net, splits, torch.device("cpu"), cfg, probe) if splits.labeled else {"knn_top1": None}
+    fp32_ms, int8_ms = latency_ms(data, size), latency_ms(int8, size)
+    return {
+        "data": int8,
+        "calibration_images": count,
+        "ops": quantized_ops(int8),
+        **measured,
+        "latency_ms": {"runtime": "onnxruntime", "batch": 1, "threads": 1, "fp32": fp32_ms, "int8": int8_ms, "ratio": int8_ms / fp32_ms},
+        "knn_change": None if measured["knn_top1"] is None or fp32.get("knn_top1") is None else measured["knn_top1"] - fp32["knn_top1"],
+        "bytes": len(int8),
+        "fp32_bytes": len(data),
+    }
 
 
 def measure(net: nn.Module, splits, device: torch.device, cfg, probe: bool) -> dict:
@@ -212,8 +267,9 @@ def measure(net: nn.Module, splits, device: torch.device, cfg, probe: bool) -> d
     return measured
 
 
-def record_static(checkpoint: Path, result: dict, log=None) -> None:
-    """The latest static export goes under "static" in RUN/summary.json (when the checkpoint is a run's and the run has one)."""
+def record(checkpoint: Path, result: dict, log=None) -> None:
+    """The latest static export goes under "static" in RUN/summary.json, the latest INT8 export of each sub-network
+    under "int8" (when the checkpoint is a run's and the run has one)."""
     run = run_folder_of(checkpoint)
     if run is None or not (run / "summary.json").exists():
         return
@@ -223,5 +279,8 @@ def record_static(checkpoint: Path, result: dict, log=None) -> None:
             f"warning: {run / 'summary.json'} is unreadable; the static export is not recorded in it (`gatedssl eval` writes it)"
         )
         return
-    summary["static"] = result
+    if result["subnet"] == "static":
+        summary["static"] = result
+    if "int8" in result:
+        summary.setdefault("int8", {})[result["subnet"]] = result
     write_summary(run / "summary.json", summary)

@@ -1,0 +1,117 @@
+"""ONNX exports that describe themselves, load behind gatedssl.load's interface, and quantize to INT8."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("onnxruntime")
+
+import onnx  # noqa: E402
+
+import gatedssl  # noqa: E402
+from gatedssl.cli import main  # noqa: E402
+from gatedssl.data.sources import load_dataset  # noqa: E402
+
+FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint_v0.1.0.pt"  # gatedssl 0.1.0: ResNet-18 width 8, embedded data, 1 epoch
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    (root / "checkpoints").mkdir()
+    shutil.copy(FIXTURE, root / "checkpoints" / "last.pt")
+    (root / "config.yaml").write_text(yaml.safe_dump(torch.load(FIXTURE, weights_only=True)["config"]))
+    assert main(["eval", "--checkpoint", str(root / "checkpoints" / "last.pt"), "--device", "cpu"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def int8(run, tmp_path_factory):
+    """The static sub-network exported in fp32 and in INT8 (calibrated on all 20 training images the run has)."""
+    out = tmp_path_factory.mktemp("int8")
+    argv = ["export", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--subnet", "static", "--format", "onnx", "--no-probe"]
+    assert main([*argv, "--out", str(out / "fp32.onnx")]) == 0
+    assert main([*argv, "--out", str(out / "int8.onnx"), "--quantize", "int8"]) == 0
+    return out
+
+
+def metadata(path) -> dict:
+    """gatedssl's metadata (onnxruntime's quantization adds keys of its own, onnx.*)."""
+    return {p.key: json.loads(p.value) for p in onnx.load(path).metadata_props if not p.key.startswith("onnx.")}
+
+
+def test_an_onnx_export_says_what_it_takes_and_what_it_is(run, tmp_path):
+    assert (
+        main(["export", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--format", "onnx", "--out", str(tmp_path / "d.onnx")]) == 0
+    )
+    meta = metadata(tmp_path / "d.onnx")
+    assert meta["format"] == "gatedssl-onnx/1" and meta["gatedssl_version"] == gatedssl.__version__
+    assert meta["input_shape"] == ["N", 3, 32, 32] and meta["channel_order"] == "RGB" and meta["layout"] == "NCHW"
+    assert meta["mean"] == pytest.approx([0.4914, 0.4822, 0.4465], abs=1e-3) and len(meta["std"]) == 3
+    assert meta["subnet"] == "dense" and meta["macs_ratio"] == 1.0 and meta["macs"] > 0 and meta["arch"] == "resnet18"
+    images = load_dataset("embedded", limit_per_class=2).test.images
+    from_onnx = gatedssl.load(tmp_path / "d.onnx")
+    assert from_onnx.subnets == ["dense"] and from_onnx.transform == gatedssl.load(run / "checkpoints" / "last.pt").transform
+    torch.testing.assert_close(from_onnx.embed(images), gatedssl.load(run / "checkpoints" / "last.pt").embed(images), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="without a classifier head"):
+        from_onnx.predict(images)
+
+
+def test_an_int8_export_holds_quantized_convolutions_and_agrees_with_fp32(int8, run):
+    graph = onnx.load(int8 / "int8.onnx").graph
+    ops = [n.op_type for n in graph.node]
+    convs = ops.count("Conv")
+    assert convs > 0 and ops.count("QuantizeLinear") >= convs and ops.count("DequantizeLinear") >= 2 * convs  # inputs and weights
+    assert not any(n.op_type == "QuantizeLinear" for n in onnx.load(int8 / "fp32.onnx").graph.node)
+    meta = metadata(int8 / "int8.onnx")
+    assert meta["quantized"] == "int8" and meta == {**metadata(int8 / "fp32.onnx"), "quantized": "int8"}
+    images = load_dataset("embedded", limit_per_class=5).test.images
+    a, b = gatedssl.load(int8 / "fp32.onnx").embed(images), gatedssl.load(int8 / "int8.onnx").embed(images)
+    assert not torch.equal(a, b)  # it is another network
+    cosine = torch.nn.functional.cosine_similarity(a, b).min().item()
+    assert cosine > 0.97, cosine  # measured 2026-12-06: about 0.99
+    summary = json.loads((run / "summary.json").read_text())
+    recorded = summary["int8"]["static"]["int8"]
+    assert recorded["calibration_images"] == 20 and recorded["latency_ms"]["int8"] > 0 and recorded["ops"]["QuantizeLinear"] >= convs
+    assert abs(recorded["knn_change"]) < 15 and recorded["knn_top1"] is not None
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--quantize", "int8"], "add --format onnx"),
+        (["--format", "onnx", "--quantize", "int4"], "--quantize must be one of int8"),
+        (["--format", "onnx", "--quantize", "int8", "--calibration-images", "0"], "at least 1"),
+        (["--format", "onnx", "--quantize", "int8", "--calibration-images", "100000"], "give at most that many"),
+    ],
+)
+def test_bad_quantization_requests_are_one_line_and_write_nothing(run, tmp_path, capsys, extra, needle):
+    from conftest import cli_error_lines
+
+    before = (run / "summary.json").read_text()
+    out = tmp_path / "x.onnx"
+    cli_error_lines(capsys, ["export", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--out", str(out), *extra], needle)
+    assert not out.exists() and (run / "summary.json").read_text() == before
+
+
+def test_a_torn_or_foreign_onnx_file_is_one_line(tmp_path, run):
+    from gatedssl.errors import UserError
+
+    assert (
+        main(["export", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--format", "onnx", "--out", str(tmp_path / "d.onnx")]) == 0
+    )
+    data = (tmp_path / "d.onnx").read_bytes()
+    (tmp_path / "torn.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="onnxruntime cannot read it"):
+        gatedssl.load(tmp_path / "torn.onnx")
+    model = onnx.load(tmp_path / "d.onnx")
+    del model.metadata_props[:]
+    onnx.save(model, tmp_path / "foreign.onnx")
+    with pytest.raises(UserError, match="no gatedssl metadata"):
+        gatedssl.load(tmp_path / "foreign.onnx")
+    with pytest.raises(UserError, match="no such file"):
+        gatedssl.load(tmp_path / "absent.onnx")
