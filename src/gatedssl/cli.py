@@ -207,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
         "in RUN/summary.json under 'int8'",
     )
     x.add_argument(
+        "--latency-ms",
+        type=float,
+        metavar="X",
+        help="static: instead of a MACs target, measure candidate static networks on this machine and write the one with "
+        "the most channels whose median latency is at most X ms (the curve is printed and drawn beside --out)",
+    )
+    x.add_argument(
+        "--runtime", help="--latency-ms: measure under onnxruntime or torch (default: onnxruntime for --format onnx, else torch)"
+    )
+    x.add_argument("--threads", type=int, default=1, metavar="T", help="--latency-ms: threads the runtime uses (default: 1)")
+    x.add_argument("--batch-size", type=int, default=1, metavar="B", help="--latency-ms: images per forward (default: 1)")
+    x.add_argument(
         "--calibration-images",
         type=int,
         metavar="N",
@@ -443,6 +455,10 @@ def run_export(args: argparse.Namespace) -> int:
         probe=not args.no_probe,
         quantize=args.quantize,
         calibration_images=args.calibration_images,
+        latency_ms=args.latency_ms,
+        runtime=args.runtime,
+        threads=args.threads,
+        batch_size=args.batch_size,
     )
     what = f"classifier ({len(result['classes'])} classes)" if "classes" in result else "encoder"
     line = f"{result['subnet']} {what} written to {result['file']} ({result['format']}): {result['macs'] / 1e6:.1f} M MACs/image, {result['macs_ratio']:.3f} of dense"
@@ -458,6 +474,8 @@ def run_export(args: argparse.Namespace) -> int:
         line += f"\nverified with onnxruntime at batch 1 and 5: max |difference| {result['onnx_max_abs_diff']:.2g}"
     if "int8" in result:
         line += "\n" + int8_table(result)
+    if "latency_target" in result:
+        line += "\n" + latency_table(result["latency_target"])
     print(line)
     return 0
 
@@ -477,6 +495,21 @@ def int8_table(result: dict) -> str:
         f"  {'int8':6} {knn(q.get('knn_top1')):>10} {result['macs'] / 1e6:>8.1f} M {ms['int8']:>7.2f} ms {q['bytes'] / 1e6:>6.2f} MB",
         f"  latency: onnxruntime, batch 1, 1 thread, median; INT8 / fp32 = {ms['ratio']:.2f}; recorded under 'int8' in the run's summary.json",
     ]
+    return "\n".join(rows)
+
+
+def latency_table(target: dict) -> str:
+    """The candidates --latency-ms timed, the one written marked."""
+    how = f"{target['runtime']}{' INT8' if target['int8'] else ''}, {target['threads']} thread(s), batch {target['batch']}"
+    rows = [
+        f"latency target {target['target_ms']:g} ms ({how}; {len(target['curve'])} of {target['candidates']} candidates timed):",
+        f"  {'keep rate':>9} {'MACs/dense':>10} {'median ms':>10} {'kNN top-1':>10}",
+    ]
+    for m in target["curve"]:
+        knn = "-" if m["knn_top1"] is None else f"{m['knn_top1']:.2f} %"
+        mark = "  <- written" if m["index"] == target["chosen"] else ""
+        rows.append(f"  {m['keep_rate']:>9.4g} {m['macs_ratio']:>10.3f} {m['latency_ms']:>10.3g} {knn:>10}{mark}")
+    rows.append(f"  drawn in {target['plot']}")
     return "\n".join(rows)
 
 

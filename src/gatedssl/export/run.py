@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ from .formats import (
     write_torchscript,
     write_torchvision,
 )
+from .latency_target import RATIOS, Measured, check_target, no_candidate, plot, search, timer
 from .onnxfile import QUANTIZE, calibration_batches, describe, latency_ms, quantize_int8, quantized_ops, with_metadata
 from .static import keep_rate_for, kept_channels
 
@@ -127,15 +129,22 @@ def export(
     probe: bool = True,
     quantize: str | None = None,
     calibration_images: int | None = None,
+    latency_ms: float | None = None,
+    runtime: str | None = None,
+    threads: int = 1,
+    batch_size: int = 1,
     log=None,
 ) -> dict:
     """Write the export; returns what was measured (and, for static and INT8, recorded in the run's summary)."""
     log = log or (lambda message: print(message, file=sys.stderr))
     problems = check_request(subnet, fmt, out, keep_rate, macs_ratio, channel_multiple, quantize, calibration_images)
+    problems += check_target(latency_ms, keep_rate, macs_ratio, subnet, runtime, threads, batch_size)
     if not problems:  # never over the checkpoint it reads, nor over a file a run needs
         problems = write_problems("--out", out, reads=(checkpoint,))
         if fmt == "torchvision":  # its construction file is written beside it
             problems += write_problems("--out's construction file", sidecar_path(out), reads=(checkpoint,))
+        if latency_ms is not None:  # and the latency curve's picture
+            problems += write_problems("--out's latency picture", curve_path(out), reads=(checkpoint,))
     if problems:
         raise UserError("\n".join(problems))
     state = load_checkpoint(checkpoint)
@@ -187,7 +196,14 @@ def export(
         frequency = extract(
             backbone, splits.train if splits.labeled else splits.pretrain, splits, "gated", dev, precision=cfg.precision
         ).channel_frequency
-        if keep_rate is None:
+        if latency_ms is not None:
+            runtime = runtime or ("onnxruntime" if fmt == "onnx" else "torch")
+            target = TargetRequest(latency_ms, runtime, threads, batch_size, quantize, calibration_images)
+            keep_rate, result["latency_target"] = keep_rate_for_latency(
+                backbone, frequency, size, channel_multiple, target, splits, cfg, dev, log
+            )
+            result["latency_target"]["plot"] = str(curve_path(out))
+        elif keep_rate is None:
             keep_rate = keep_rate_for(backbone, frequency, macs_ratio if macs_ratio is not None else cfg.budget, size, channel_multiple)
         net = plain_network(backbone, "gated", keep=kept_channels(frequency, keep_rate, channel_multiple))
         dense_macs = backbone.channel_costs(size).macs(backbone.gated_channels)
@@ -213,9 +229,81 @@ def export(
         write_bytes(Path(out), data)
     else:
         result.update(write_torchvision(backbone.cpu(), transform, Path(out)))
+    if "latency_target" in result:
+        target = result["latency_target"]
+        curve = [Measured(**m) for m in target["curve"]]
+        chosen = next(m for m in curve if m.index == target["chosen"])
+        title = f"static candidates, {target['runtime']}{' INT8' if target['int8'] else ''}, {target['threads']} thread(s), batch {target['batch']}"
+        plot(curve, chosen, target["target_ms"], curve_path(out), title)
     if subnet == "static" or quantize is not None:
         record(Path(checkpoint), result, log)
     return result
+
+
+def curve_path(out: str | Path) -> Path:
+    """Where `--latency-ms` draws the latencies it measured: beside --out."""
+    return Path(out).with_suffix(".latency.png")
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    latency_ms: float
+    runtime: str
+    threads: int
+    batch: int
+    quantize: str | None
+    calibration_images: int | None
+
+
+def keep_rate_for_latency(
+    backbone, frequency, size: int, multiple: int, target: TargetRequest, splits, cfg, device, log
+) -> tuple[float, dict]:
+    """The keep rate of the largest static network (most channels) whose median latency on this machine meets the
+    target, and the curve measured on the way (MACs ratio, keep rate, latency, kNN of each candidate timed)."""
+    rates: list[float] = []
+    for ratio in RATIOS:  # candidates from the most channels to the fewest; ratios no keep rate reaches end the list
+        try:
+            q = keep_rate_for(backbone, frequency, ratio, size, multiple)
+        except UserError:
+            break
+        if not rates or q != rates[-1]:
+            rates.append(q)
+    costs = backbone.channel_costs(size)
+    full = costs.macs(backbone.gated_channels)
+
+    def network(i: int):
+        return plain_network(backbone, "gated", keep=kept_channels(frequency, rates[i], multiple))
+
+    def calibration():
+        images = splits.train if splits.labeled else splits.pretrain
+        count = min(target.calibration_images or CALIBRATION_IMAGES, len(images.labels))
+        return calibration_batches(splits, count)
+
+    time_of = timer(target.runtime, size, target.threads, target.batch, calibration if target.quantize else None)
+
+    def latency_of(i: int) -> float:
+        ms = time_of(network(i))
+        log(f"latency target {target.latency_ms:g} ms: candidate {i + 1}/{len(rates)} (keep rate {rates[i]:.4g}) took {ms:.3g} ms")
+        return ms
+
+    chosen, measured = search(len(rates), latency_of, target.latency_ms)
+    curve = []
+    for i, ms in sorted(measured.items()):
+        net = network(i)
+        knn = measure(net, splits, device, cfg, probe=False)["knn_top1"] if splits.labeled else None
+        curve.append(Measured(i, rates[i], net.macs(size) / full, ms, knn))
+    if chosen is None:
+        raise no_candidate(target.latency_ms, curve[-1], target.runtime, target.threads, target.batch)
+    return rates[chosen], {
+        "target_ms": target.latency_ms,
+        "runtime": target.runtime,
+        "threads": target.threads,
+        "batch": target.batch,
+        "int8": target.quantize is not None,
+        "chosen": chosen,
+        "candidates": len(rates),
+        "curve": [m.__dict__ for m in curve],
+    }
 
 
 def quantized(data: bytes, net: nn.Module, splits, count: int | None, cfg, device, probe: bool, fp32: dict) -> dict:
