@@ -115,3 +115,14 @@ def test_a_torn_or_foreign_onnx_file_is_one_line(tmp_path, run):
         gatedssl.load(tmp_path / "foreign.onnx")
     with pytest.raises(UserError, match="no such file"):
         gatedssl.load(tmp_path / "absent.onnx")
+
+
+def test_a_pt_export_says_of_itself_what_its_onnx_twin_says(run, tmp_path):
+    checkpoint = str(run / "checkpoints" / "last.pt")
+    for fmt in ("pt", "onnx"):
+        argv = ["export", "--checkpoint", checkpoint, "--subnet", "static", "--format", fmt, "--no-probe"]
+        assert main([*argv, "--out", str(tmp_path / f"s.{fmt}")]) == 0
+    pt = gatedssl.load(tmp_path / "s.pt")
+    assert pt.metadata == metadata(tmp_path / "s.onnx") == gatedssl.load(tmp_path / "s.onnx").metadata
+    assert pt.metadata["subnet"] == "static" and 0 < pt.metadata["macs_ratio"] < 1
+    assert pt.metadata["macs"] == pt.nets["static"].macs(32)

@@ -72,7 +72,7 @@ def export_classifier(state: dict, checkpoint: str, out: str, fmt: str) -> dict:
         "macs_ratio": net.macs(size) / dense_macs,
     }
     if fmt == "pt":
-        write_pt(net, subnet, encoder.transform, encoder.config, Path(out), head=head, classes=classes)
+        write_pt(net, subnet, encoder.transform, encoder.config, Path(out), head=head, classes=classes, macs_ratio=result["macs_ratio"])
     elif fmt == "torchscript":
         write_torchscript(model, Path(out))
     elif fmt == "onnx":

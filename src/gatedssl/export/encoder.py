@@ -88,6 +88,7 @@ class Encoder(nn.Module):
         self.transform = transform
         self.config = config or {}
         self.head, self.classes = head, classes  # a fine-tune's classifier (gatedssl finetune)
+        self.metadata: dict = {}  # an export's "about": input, sub-network, MACs, version (as an ONNX file's metadata)
         self.eval()
 
     @property
@@ -168,7 +169,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
         if "head" in state:  # a fine-tune's export
             head = nn.Linear(state["head"]["weight"].shape[1], state["head"]["weight"].shape[0])
             head.load_state_dict(state["head"])
-        return Encoder({state["subnet"]: net}, transform, state.get("config"), head=head, classes=state.get("classes")).to(device)
+        model = Encoder({state["subnet"]: net}, transform, state.get("config"), head=head, classes=state.get("classes"))
+        model.metadata = state.get("about", {})  # what the file says of itself (gatedssl 0.2.0's exports say nothing)
+        return model.to(device)
     if isinstance(state, dict) and "finetune" in state:
         return _load_classifier(state, path, strategy).to(device)
     from ..checkpoint import check_checkpoint

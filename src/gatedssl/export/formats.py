@@ -31,11 +31,23 @@ EXTRA = "pip install 'gatedssl[export]'"
 
 
 def write_pt(
-    net: nn.Module, subnet: str, transform: EvalTransform, config: dict, out: Path, head: nn.Linear | None = None, classes=None
+    net: nn.Module,
+    subnet: str,
+    transform: EvalTransform,
+    config: dict,
+    out: Path,
+    head: nn.Linear | None = None,
+    classes=None,
+    macs_ratio: float = 1.0,
 ) -> None:
     """A state dict plus the architecture (each conv's channels): loads with weights_only=True. A fine-tune's
-    file adds its head and class names."""
+    file adds its head and class names. "about" says what the file is, as an ONNX export's metadata does."""
+    from .onnxfile import about
+
+    output = "logits" if head is not None else "features"
+    extra = {"arch": config.get("arch")} if head is None else {"classes": list(classes)}
     state = {
+        "about": about(transform, subnet, net.macs(transform.crop_size), macs_ratio, output, **extra),
         "format": EXPORT_FORMAT,
         "subnet": subnet,
         "arch": net.spec,

@@ -31,7 +31,12 @@ QUANTIZE = (INT8,)
 
 
 def describe(transform: EvalTransform, subnet: str, macs: int, macs_ratio: float, output: str, **extra) -> dict[str, str]:
-    """The metadata an ONNX export carries (every value JSON)."""
+    """The metadata an ONNX export carries (`about`, every value as JSON)."""
+    return {k: json.dumps(v) for k, v in about(transform, subnet, macs, macs_ratio, output, **extra).items()}
+
+
+def about(transform: EvalTransform, subnet: str, macs: int, macs_ratio: float, output: str, **extra) -> dict:
+    """What an exported file says of itself: its input, its sub-network and MACs, the gatedssl that wrote it."""
     from .. import __version__
 
     values = {
@@ -52,7 +57,7 @@ def describe(transform: EvalTransform, subnet: str, macs: int, macs_ratio: float
         "macs_ratio": float(macs_ratio),
         **extra,
     }
-    return {k: json.dumps(v) for k, v in values.items()}
+    return values
 
 
 def with_metadata(data: bytes, values: dict[str, str]) -> bytes:

@@ -216,7 +216,7 @@ def export(
             **(measure(net, splits, dev, cfg, probe) if splits.labeled else {"knn_top1": None}),
         )
     if fmt == "pt":
-        write_pt(net, subnet, transform, cfg.to_dict(), Path(out))
+        write_pt(net, subnet, transform, cfg.to_dict(), Path(out), macs_ratio=result["macs_ratio"])
     elif fmt == "torchscript":
         write_torchscript(net, Path(out))
     elif fmt == "onnx":
