@@ -394,6 +394,30 @@ def test_fine_tunes_of_other_data_or_length_are_rows_of_their_own_not_seeds_of_o
     ]
 
 
+def test_an_int8_classifier_is_measured_on_the_fine_tunes_own_test_images_and_recorded(runs, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    out = tmp_path / "ft"
+    quiet(config(runs, out, subnet="static", epochs=2))
+    argv = ["export", "--checkpoint", str(out / "checkpoints/last.pt"), "--format", "onnx", "--quantize", "int8"]
+    assert main([*argv, "--out", str(tmp_path / "c8.onnx")]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and "int8" in printed
+    recorded = json.loads((out / "summary.json").read_text())["int8"]["static"]
+    assert recorded["int8"]["metric"] == "top1" and recorded["int8"]["change"] == pytest.approx(recorded["int8"]["top1"] - recorded["top1"])
+    assert recorded["top1"] == pytest.approx(json.loads((out / "summary.json").read_text())["top1"], abs=0.5)  # fp32 ONNX = the fine-tune
+    assert (
+        "static" not in json.loads((out / "summary.json").read_text())
+        or "classes" not in json.loads((out / "summary.json").read_text())["static"]
+    )
+    assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(tmp_path / "c8.onnx").graph.node) > 0
+    test = load_dataset("embedded", limit_per_class=30).test
+    names, _ = gatedssl.load(tmp_path / "c8.onnx").predict(test.images)
+    correct = sum(test.classes[y] == n for y, n in zip(test.labels.tolist(), names))
+    assert round(100 * correct / len(names), 2) == pytest.approx(recorded["int8"]["top1"], abs=0.01)  # what the export measured
+
+
 def test_export_of_a_fine_tune_refuses_options_it_would_ignore_and_load_names_foreign_formats(runs, tmp_path, capsys):
     out = tmp_path / "ft"
     quiet(config(runs, out, epochs=1))

@@ -485,14 +485,15 @@ def int8_table(result: dict) -> str:
     q = result["int8"]
     ms = q["latency_ms"]
 
-    def knn(value) -> str:
+    def pct(value) -> str:
         return "-" if value is None else f"{value:.2f} %"
 
+    metric = q["metric"]
     rows = [
         f"INT8 (calibrated on {q['calibration_images']} training images; {sum(q['ops'].values())} quantization nodes):",
-        f"  {'':6} {'kNN top-1':>10} {'MACs':>10} {'latency':>10} {'size':>9}",
-        f"  {'fp32':6} {knn(result.get('knn_top1')):>10} {result['macs'] / 1e6:>8.1f} M {ms['fp32']:>7.2f} ms {q['fp32_bytes'] / 1e6:>6.2f} MB",
-        f"  {'int8':6} {knn(q.get('knn_top1')):>10} {result['macs'] / 1e6:>8.1f} M {ms['int8']:>7.2f} ms {q['bytes'] / 1e6:>6.2f} MB",
+        f"  {'':6} {'kNN top-1' if metric == 'knn_top1' else 'top-1':>10} {'MACs':>10} {'latency':>10} {'size':>9}",
+        f"  {'fp32':6} {pct(result.get(metric)):>10} {result['macs'] / 1e6:>8.1f} M {ms['fp32']:>7.2f} ms {q['fp32_bytes'] / 1e6:>6.2f} MB",
+        f"  {'int8':6} {pct(q.get(metric)):>10} {result['macs'] / 1e6:>8.1f} M {ms['int8']:>7.2f} ms {q['bytes'] / 1e6:>6.2f} MB",
         f"  latency: onnxruntime, batch 1, 1 thread, median; INT8 / fp32 = {ms['ratio']:.2f}; recorded under 'int8' in the run's summary.json",
     ]
     return "\n".join(rows)

@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import UserError
 from .encoder import _load_classifier
 from .formats import onnx_bytes, verify_onnx, write_bytes, write_pt, write_torchscript, write_torchvision
-from .onnxfile import describe, with_metadata
+from .onnxfile import describe, int8_report, top1, with_metadata
 
 
 class PlainClassifier(nn.Module):
@@ -50,7 +50,9 @@ class LogitsAndFeatures(nn.Module):
         return self.head(features), features
 
 
-def export_classifier(state: dict, checkpoint: str, out: str, fmt: str) -> dict:
+def export_classifier(
+    state: dict, checkpoint: str, out: str, fmt: str, quantize: str | None = None, calibration_images=None, log=None
+) -> dict:
     subnet = state["finetune"]["subnet"]
     if subnet == "gated":
         raise UserError(
@@ -79,12 +81,25 @@ def export_classifier(state: dict, checkpoint: str, out: str, fmt: str) -> dict:
         about = describe(encoder.transform, subnet, result["macs"], result["macs_ratio"], "logits", classes=classes)
         data = with_metadata(onnx_bytes(LogitsAndFeatures(model), size, output=("logits", "features")), about)
         result["onnx_max_abs_diff"] = verify_onnx(data, model, size)
+        if quantize is not None:  # fp32 and INT8 top-1 side by side, on the fine-tune's own test images
+            splits = finetune_split(state, log)
+            result["top1"] = top1(data, splits)
+            result["int8"] = int8_report(data, splits, calibration_images, lambda int8: {"top1": top1(int8, splits)}, result, "top1")
+            data = result["int8"].pop("data")
         write_bytes(Path(out), data)
     else:
         if subnet != "dense":
             raise UserError("--format torchvision writes the dense network; use --format pt, torchscript or onnx for this one")
         result.update(write_torchvision(dense, encoder.transform, Path(out), head=head, classes=classes))
     return result
+
+
+def finetune_split(state: dict, log):
+    """The images the fine-tune trained and tested on (a moved folder: the fine-tune's own --data-dir names it)."""
+    from ..config import PretrainConfig, upgrade_stored
+    from ..training.finetune import FinetuneConfig, finetune_data
+
+    return finetune_data(FinetuneConfig(**state["finetune"]), PretrainConfig(**upgrade_stored(state["run_config"])), log)
 
 
 def state_backbone(state: dict):

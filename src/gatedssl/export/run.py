@@ -39,11 +39,10 @@ from .formats import (
     write_torchvision,
 )
 from .latency_target import RATIOS, Measured, check_target, no_candidate, plot, search, timer
-from .onnxfile import QUANTIZE, calibration_batches, describe, latency_ms, quantize_int8, quantized_ops, with_metadata
+from .onnxfile import CALIBRATION_IMAGES, QUANTIZE, OnnxNetwork, calibration_batches, describe, int8_report, with_metadata
 from .static import keep_rate_for, kept_channels
 
 SUBNETS = ("dense", "static")
-CALIBRATION_IMAGES = 300  # INT8 calibration: enough for stable activation ranges, seconds to run
 
 
 class PlainAsBackbone(nn.Module):
@@ -156,9 +155,10 @@ def export(
                 f"{checkpoint} is a fine-tune of the {state['finetune']['subnet']} sub-network: export writes that network and its head; "
                 f"drop --subnet, --keep-rate, --macs-ratio and --channel-multiple (fine-tune another sub-network to export it)"
             )
+        result = export_classifier(state, checkpoint, out, fmt, quantize, calibration_images, log)
         if quantize is not None:
-            raise UserError(f"{checkpoint} is a fine-tune: --quantize applies to encoders for now; export it in fp32")
-        return export_classifier(state, checkpoint, out, fmt)
+            record(Path(checkpoint), result, log)
+        return result
     objective, cfg = restore_objective(state, checkpoint)
     if subnet == "static" and cfg.mode in ("dense", "slimmable"):
         what = "a dense-only run (mode dense)" if cfg.mode == "dense" else "a slimmable run: it trains widths, not gates"
@@ -224,7 +224,13 @@ def export(
         data = with_metadata(onnx_bytes(net, size), about)
         result["onnx_max_abs_diff"] = verify_onnx(data, net, size)
         if quantize is not None:
-            result["int8"] = quantized(data, net, splits, calibration_images, cfg, dev, probe, result)
+
+            def score(int8: bytes) -> dict:  # the INT8 file measured as the fp32 network was
+                onnx_net = OnnxNetwork(int8)
+                onnx_net.feature_dim = net.feature_dim
+                return measure(onnx_net, splits, torch.device("cpu"), cfg, probe) if splits.labeled else {"knn_top1": None}
+
+            result["int8"] = int8_report(data, splits, calibration_images, score, result, "knn_top1")
             data = result["int8"].pop("data")
         write_bytes(Path(out), data)
     else:
@@ -306,34 +312,6 @@ def keep_rate_for_latency(
     }
 
 
-def quantized(data: bytes, net: nn.Module, splits, count: int | None, cfg, device, probe: bool, fp32: dict) -> dict:
-    """The INT8 form of the ONNX model `data`, calibrated on `count` of the run's training images (None: 300, or all
-    if fewer), measured beside fp32: kNN (and probe), batch-1 latency under onnxruntime at 1 thread. `data` holds the INT8 bytes."""
-    from .onnxfile import OnnxNetwork
-
-    images = splits.train if splits.labeled else splits.pretrain
-    if count is None:
-        count = min(CALIBRATION_IMAGES, len(images.labels))
-    elif count > len(images.labels):
-        raise UserError(f"--calibration-images {count}: the run's training set has {len(images.labels)} images; give at most that many")
-    int8 = quantize_int8(data, calibration_batches(splits, count))
-    size = splits.crop_size
-    onnx_net = OnnxNetwork(int8)
-    onnx_net.feature_dim = net.feature_dim
-    measured = measure(onnx_net, splits, torch.device("cpu"), cfg, probe) if splits.labeled else {"knn_top1": None}
-    fp32_ms, int8_ms = latency_ms(data, size), latency_ms(int8, size)
-    return {
-        "data": int8,
-        "calibration_images": count,
-        "ops": quantized_ops(int8),
-        **measured,
-        "latency_ms": {"runtime": "onnxruntime", "batch": 1, "threads": 1, "fp32": fp32_ms, "int8": int8_ms, "ratio": int8_ms / fp32_ms},
-        "knn_change": None if measured["knn_top1"] is None or fp32.get("knn_top1") is None else measured["knn_top1"] - fp32["knn_top1"],
-        "bytes": len(int8),
-        "fp32_bytes": len(data),
-    }
-
-
 def measure(net: nn.Module, splits, device: torch.device, cfg, probe: bool) -> dict:
     """kNN top-1 and (fast) linear-probe accuracy of a plain network, as `gatedssl eval` measures the passes."""
     adapter = PlainAsBackbone(net, splits.crop_size).to(device)
@@ -359,6 +337,8 @@ def record(checkpoint: Path, result: dict, log=None) -> None:
     """The latest static export goes under "static" in RUN/summary.json, the latest INT8 export of each sub-network
     under "int8" (when the checkpoint is a run's and the run has one)."""
     run = run_folder_of(checkpoint)
+    if run is None and checkpoint.parent.name == "checkpoints" and (checkpoint.parent.parent / "labels.txt").is_file():
+        run = checkpoint.parent.parent  # a fine-tune's folder (FT/checkpoints, FT/labels.txt, FT/summary.json)
     if run is None or not (run / "summary.json").exists():
         return
     summary = read_summary(run / "summary.json")
@@ -367,7 +347,7 @@ def record(checkpoint: Path, result: dict, log=None) -> None:
             f"warning: {run / 'summary.json'} is unreadable; the static export is not recorded in it (`gatedssl eval` writes it)"
         )
         return
-    if result["subnet"] == "static":
+    if result["subnet"] == "static" and "classes" not in result:  # a pretraining run's static export
         summary["static"] = result
     if "int8" in result:
         summary.setdefault("int8", {})[result["subnet"]] = result

@@ -59,18 +59,8 @@ class Setup:
     values: dict  # the recipe's numbers
 
 
-def prepare(cfg: FinetuneConfig, log) -> Setup:
-    path = Path(cfg.checkpoint)
-    if not path.is_file():
-        raise UserError(f"--checkpoint {cfg.checkpoint}: no such file; give RUN/checkpoints/last.pt of a pretraining run")
-    state = check_checkpoint(read_weights(path), path)
-    if "finetune" in state:
-        raise UserError(f"--checkpoint {cfg.checkpoint} is a fine-tune's; give the pretraining run's checkpoint")
-    objective, run = restore_objective(state, path)
-    problems = run_problems(cfg, run)
-    if problems:
-        raise UserError("\n".join(problems))
-    device = select_device(cfg.device)
+def finetune_data(cfg: FinetuneConfig, run: PretrainConfig, log) -> DatasetSplits:
+    """The labelled images a fine-tune trains and tests on (the run's, or a transfer's), normalised as the run's were."""
     crop = eval_geometry(run.dataset, run.crop_size)[0]  # the run's crop size, also for another dataset
     dataset = cfg.dataset or run.dataset
     if cfg.data_dir and dataset == "embedded":
@@ -93,6 +83,22 @@ def prepare(cfg: FinetuneConfig, log) -> Setup:
         raise UserError(
             f"fine-tuning needs labels: {splits.unlabeled_reason}; give --dataset/--data-dir with train/ and test/ class folders"
         )
+    return splits
+
+
+def prepare(cfg: FinetuneConfig, log) -> Setup:
+    path = Path(cfg.checkpoint)
+    if not path.is_file():
+        raise UserError(f"--checkpoint {cfg.checkpoint}: no such file; give RUN/checkpoints/last.pt of a pretraining run")
+    state = check_checkpoint(read_weights(path), path)
+    if "finetune" in state:
+        raise UserError(f"--checkpoint {cfg.checkpoint} is a fine-tune's; give the pretraining run's checkpoint")
+    objective, run = restore_objective(state, path)
+    problems = run_problems(cfg, run)
+    if problems:
+        raise UserError("\n".join(problems))
+    device = select_device(cfg.device)
+    splits = finetune_data(cfg, run, log)
     labels, classes = splits.train.labels, splits.train.classes
     if cfg.label_list is not None:
         index = read_label_list(cfg.label_list, splits.train.image_names(), classes)
