@@ -77,6 +77,7 @@ def test_export_writes_the_largest_network_within_the_target_and_draws_the_curve
         (["--latency-ms", "5", "--runtime", "tvm"], "--runtime must be one of onnxruntime, torch"),
         (["--latency-ms", "5", "--threads", "0"], "--threads must be at least 1"),
         (["--threads", "2"], "add --latency-ms"),
+        (["--latency-ms", "5", "--runtime", "torch", "--quantize", "int8", "--format", "onnx"], "drop --runtime torch"),
     ],
 )
 def test_bad_latency_targets_are_one_line_and_write_nothing(run, tmp_path, capsys, extra, needle):

@@ -88,6 +88,7 @@ def test_an_int8_export_holds_quantized_convolutions_and_agrees_with_fp32(int8, 
         (["--format", "onnx", "--quantize", "int4"], "--quantize must be one of int8"),
         (["--format", "onnx", "--quantize", "int8", "--calibration-images", "0"], "at least 1"),
         (["--format", "onnx", "--quantize", "int8", "--calibration-images", "100000"], "give at most that many"),
+        (["--format", "onnx", "--calibration-images", "10"], "add --quantize int8"),
     ],
 )
 def test_bad_quantization_requests_are_one_line_and_write_nothing(run, tmp_path, capsys, extra, needle):
@@ -127,3 +128,23 @@ def test_a_pt_export_says_of_itself_what_its_onnx_twin_says(run, tmp_path):
     assert pt.metadata == metadata(tmp_path / "s.onnx") == gatedssl.load(tmp_path / "s.onnx").metadata
     assert pt.metadata["subnet"] == "static" and 0 < pt.metadata["macs_ratio"] < 1
     assert pt.metadata["macs"] == pt.nets["static"].macs(32)
+
+
+def test_export_overwrites_only_its_own_kind_of_file_and_an_interrupt_says_nothing_was_half_written(run, tmp_path, capsys, monkeypatch):
+    from conftest import cli_error_lines
+
+    import gatedssl.export.run as export_run
+
+    mine = tmp_path / "mine.txt"
+    mine.write_text("a user's notes")
+    argv = ["export", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--format", "onnx"]
+    cli_error_lines(capsys, [*argv, "--out", str(mine)], "is not a onnx file")
+    assert mine.read_text() == "a user's notes"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_run, "onnx_bytes", interrupted)
+    assert main([*argv, "--out", str(tmp_path / "x.onnx")]) == 130
+    err = capsys.readouterr().err
+    assert "nothing half-written" in err and "--resume" not in err and not (tmp_path / "x.onnx").exists()

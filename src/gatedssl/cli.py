@@ -504,7 +504,7 @@ def latency_table(target: dict) -> str:
     how = f"{target['runtime']}{' INT8' if target['int8'] else ''}, {target['threads']} thread(s), batch {target['batch']}"
     rows = [
         f"latency target {target['target_ms']:g} ms ({how}; {len(target['curve'])} of {target['candidates']} candidates timed):",
-        f"  {'keep rate':>9} {'MACs/dense':>10} {'median ms':>10} {'kNN top-1':>10}",
+        f"  {'keep rate':>9} {'MACs/dense':>10} {'median ms':>10} {'kNN (fp32)' if target['int8'] else 'kNN top-1':>10}",
     ]
     for m in target["curve"]:
         knn = "-" if m["knn_top1"] is None else f"{m['knn_top1']:.2f} %"
@@ -576,7 +576,13 @@ def main(argv: list[str] | None = None) -> int:
             print(str(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
+        resumable = args.command in ("pretrain", "sweep", "finetune")
+        what = (
+            "the last checkpoint is kept; continue with --resume"
+            if resumable
+            else "files are written whole or not at all: nothing half-written"
+        )
+        print(f"interrupted: {what}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # whoever read the output stopped reading (`| head`, a killed parent): no bug, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's exit flush does not raise again

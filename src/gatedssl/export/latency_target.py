@@ -97,7 +97,9 @@ def timer(runtime: str, size: int, threads: int, batch: int, int8_calibration=No
     return onnxruntime_ms
 
 
-def check_target(latency_ms: float | None, keep_rate, macs_ratio, subnet: str, runtime: str | None, threads: int, batch: int) -> list[str]:
+def check_target(
+    latency_ms: float | None, keep_rate, macs_ratio, subnet: str, runtime: str | None, threads: int, batch: int, quantize: str | None = None
+) -> list[str]:
     problems = []
     if latency_ms is None:
         if runtime is not None or threads != 1 or batch != 1:
@@ -111,6 +113,8 @@ def check_target(latency_ms: float | None, keep_rate, macs_ratio, subnet: str, r
         problems.append("--latency-ms chooses a static sub-network's channels; add --subnet static")
     if runtime is not None and runtime not in RUNTIMES:
         problems.append(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    elif runtime == "torch" and quantize is not None:
+        problems.append("--quantize int8 writes an onnxruntime model, so it is timed under onnxruntime; drop --runtime torch")
     if threads < 1:
         problems.append(f"--threads must be at least 1, got {threads}")
     if batch < 1:

@@ -244,8 +244,12 @@ class OnnxModel:
                 f"(or by an older version); export it again, or run it with onnxruntime directly"
             )
         self.metadata, self.path = meta, Path(path)
-        size = int(meta["crop_size"])
-        self.transform = EvalTransform(size, int(meta.get("stored_size", size)), tuple(meta["mean"]), tuple(meta["std"]))
+        try:
+            size = int(meta["crop_size"])
+            mean, std = tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
+            self.transform = EvalTransform(size, int(meta.get("stored_size", size)), mean, std)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{path}: its metadata is damaged ({type(exc).__name__}: {exc}); export it again") from None
         self.classes: list[str] | None = meta.get("classes")
         self.subnets = [meta.get("subnet", "dense")]
         self.config: dict = {}

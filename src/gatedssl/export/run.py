@@ -43,6 +43,12 @@ from .onnxfile import CALIBRATION_IMAGES, QUANTIZE, OnnxNetwork, calibration_bat
 from .static import keep_rate_for, kept_channels
 
 SUBNETS = ("dense", "static")
+SUFFIXES = {
+    "pt": (".pt", ".pth"),
+    "torchscript": (".ts", ".torchscript", ".pt", ".jit"),
+    "onnx": (".onnx",),
+    "torchvision": (".pth", ".pt"),
+}
 
 
 class PlainAsBackbone(nn.Module):
@@ -80,6 +86,8 @@ def check_request(
         problems.append(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     elif quantize is not None and fmt != "onnx":
         problems.append(f"--quantize {quantize} writes an ONNX model (onnxruntime's quantization); add --format onnx")
+    if calibration_images is not None and quantize is None:
+        problems.append("--calibration-images calibrates --quantize int8; add --quantize int8, or drop it")
     if calibration_images is not None and calibration_images < 1:
         problems.append(f"--calibration-images must be at least 1, got {calibration_images}")
     if subnet not in SUBNETS and not _is_width(subnet):
@@ -109,7 +117,12 @@ def check_request(
     folder = Path(out).resolve().parent
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if Path(out).is_dir():
-        problems.append(f"--out {out} is a folder; give a file name such as {Path(out) / 'encoder.pt'}")
+        problems.append(f"--out {out} is a folder; give a file name such as {Path(out) / ('encoder' + SUFFIXES.get(fmt, ('.pt',))[0])}")
+    elif Path(out).is_file() and fmt in SUFFIXES and Path(out).suffix.lower() not in SUFFIXES[fmt]:
+        problems.append(
+            f"--out {out} exists and is not a {fmt} file (a {fmt} export is named *{' or *'.join(SUFFIXES[fmt])}); "
+            f"choose a new name: export overwrites only its own kind of file"
+        )
     elif not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         problems.append(f"--out: cannot write in {existing}; choose a folder you can write to")
     return problems
@@ -137,7 +150,7 @@ def export(
     """Write the export; returns what was measured (and, for static and INT8, recorded in the run's summary)."""
     log = log or (lambda message: print(message, file=sys.stderr))
     problems = check_request(subnet, fmt, out, keep_rate, macs_ratio, channel_multiple, quantize, calibration_images)
-    problems += check_target(latency_ms, keep_rate, macs_ratio, subnet, runtime, threads, batch_size)
+    problems += check_target(latency_ms, keep_rate, macs_ratio, subnet, runtime, threads, batch_size, quantize)
     if not problems:  # never over the checkpoint it reads, nor over a file a run needs
         problems = write_problems("--out", out, reads=(checkpoint,))
         if fmt == "torchvision":  # its construction file is written beside it
