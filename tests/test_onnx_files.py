@@ -148,3 +148,17 @@ def test_export_overwrites_only_its_own_kind_of_file_and_an_interrupt_says_nothi
     assert main([*argv, "--out", str(tmp_path / "x.onnx")]) == 130
     err = capsys.readouterr().err
     assert "nothing half-written" in err and "--resume" not in err and not (tmp_path / "x.onnx").exists()
+
+
+def test_a_run_whose_data_folder_moved_is_told_to_give_data_dir(tmp_path, capsys):
+    from conftest import cli_error_lines
+
+    state = torch.load(FIXTURE, weights_only=True)
+    state["config"].update(dataset="imagefolder", data_dir=str(tmp_path / "images-that-moved"))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "run" / "checkpoints" / "last.pt")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(state["config"]))
+    argv = ["export", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"), "--format", "onnx", "--quantize", "int8"]
+    cli_error_lines(capsys, [*argv, "--out", str(tmp_path / "d.onnx")], "is gone", "--data-dir")
+    cli_error_lines(capsys, [*argv, "--out", str(tmp_path / "d.onnx"), "--data-dir", str(tmp_path / "nowhere")], "no such folder")
+    assert not (tmp_path / "d.onnx").exists()

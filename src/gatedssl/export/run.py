@@ -189,7 +189,7 @@ def export(
         net = plain_network(backbone, "dense")
         result.update(macs=net.macs(size), macs_ratio=1.0)
         if quantize is not None:  # fp32 and INT8 are measured side by side
-            splits = load_run_data(cfg, dev, warn=log, data_dir=data_dir)
+            splits = run_data(cfg, dev, log, data_dir)
             result.update(measure(net, splits, dev, cfg, probe) if splits.labeled else {"knn_top1": None})
     elif _is_width(subnet):
         if subnet not in objective.subnets:
@@ -197,7 +197,7 @@ def export(
                 f"--subnet {subnet}: {checkpoint} has no such width (mode {cfg.mode}; its sub-networks: {', '.join(objective.subnets)})"
             )
         net = plain_network(backbone, subnet)
-        splits = load_run_data(cfg, dev, warn=log, data_dir=data_dir)
+        splits = run_data(cfg, dev, log, data_dir)
         dense_macs = backbone.channel_costs(size).macs(backbone.gated_channels)
         result.update(
             macs=net.macs(size),
@@ -205,7 +205,7 @@ def export(
             **(measure(net, splits, dev, cfg, probe) if splits.labeled else {"knn_top1": None}),
         )
     else:
-        splits = load_run_data(cfg, dev, warn=log, data_dir=data_dir)
+        splits = run_data(cfg, dev, log, data_dir)
         frequency = extract(
             backbone, splits.train if splits.labeled else splits.pretrain, splits, "gated", dev, precision=cfg.precision
         ).channel_frequency
@@ -257,6 +257,15 @@ def export(
     if subnet == "static" or quantize is not None:
         record(Path(checkpoint), result, log)
     return result
+
+
+def run_data(cfg, device, log, data_dir: str | None):
+    """The run's images (measurements, calibration); a folder that moved since training is one line naming --data-dir."""
+    folder = data_dir or cfg.data_dir
+    if folder and not Path(folder).exists():
+        flag = f"--data-dir {data_dir}: no such folder" if data_dir else f"the run's data folder {folder} is gone (moved or deleted)"
+        raise UserError(f"{flag}; give the folder's new place with --data-dir")
+    return load_run_data(cfg, device, warn=log, data_dir=data_dir)
 
 
 def curve_path(out: str | Path) -> Path:
