@@ -54,6 +54,18 @@ def test_a_width_exports_and_loads_as_a_plain_network(run, tmp_path, capsys):
     torch.testing.assert_close(a, b)
 
 
+def test_a_width_quantizes_to_int8_measured_beside_fp32(run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    folder, _ = run
+    out = tmp_path / "w05.onnx"
+    argv = ["export", "--checkpoint", str(folder / "checkpoints/last.pt"), "--subnet", "width0.5", "--format", "onnx"]
+    assert main([*argv, "--quantize", "int8", "--calibration-images", "64", "--no-probe", "--out", str(out)]) == 0
+    recorded = json.loads((folder / "summary.json").read_text())["int8"]["width0.5"]
+    assert recorded["int8"]["calibration_images"] == 64 and recorded["int8"]["ops"]["QuantizeLinear"] > 0
+    assert abs(recorded["int8"]["change"]) < 5  # kNN of the INT8 width against its fp32 self
+    assert gatedssl.load(out).embed(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 32)
+
+
 def test_eval_reproduces_every_width(run, tmp_path):
     folder, summary = run
     assert main(["eval", "--checkpoint", str(folder / "checkpoints/last.pt"), "--out", str(tmp_path / "again.json")]) == 0
