@@ -128,6 +128,9 @@ def test_a_pt_export_says_of_itself_what_its_onnx_twin_says(run, tmp_path):
     assert pt.metadata == metadata(tmp_path / "s.onnx") == gatedssl.load(tmp_path / "s.onnx").metadata
     assert pt.metadata["subnet"] == "static" and 0 < pt.metadata["macs_ratio"] < 1
     assert pt.metadata["macs"] == pt.nets["static"].macs(32)
+    from_run = gatedssl.load(checkpoint).metadata  # a checkpoint says the same of its dense network, and names its sub-networks
+    assert from_run["subnet"] == "dense" and from_run["macs"] == round(pt.metadata["macs"] / pt.metadata["macs_ratio"])
+    assert from_run["subnets"] == ["dense", "gated", "gated-masked"] and from_run["mean"] == pt.metadata["mean"]
 
 
 def test_export_overwrites_only_its_own_kind_of_file_and_an_interrupt_says_nothing_was_half_written(run, tmp_path, capsys, monkeypatch):

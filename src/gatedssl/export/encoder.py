@@ -184,7 +184,12 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", strategy: 
     nets = {name: plain_network(backbone, name) for name in objective.subnets if name != "gated"}
     if cfg.mode != "slimmable":  # a slimmable run has no gates
         nets.update(gated=skipping_network(backbone, strategy), backbone=backbone)
-    return Encoder(nets, EvalTransform.for_dataset(cfg.dataset, cfg.crop_size), cfg.to_dict()).to(device)
+    model = Encoder(nets, EvalTransform.for_dataset(cfg.dataset, cfg.crop_size), cfg.to_dict())
+    from .onnxfile import about
+
+    size = model.transform.crop_size
+    model.metadata = about(model.transform, "dense", nets["dense"].macs(size), 1.0, "features", arch=cfg.arch, subnets=model.subnets)
+    return model.to(device)
 
 
 def _load_classifier(state: dict, path, strategy: str) -> Encoder:
