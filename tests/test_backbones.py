@@ -1,6 +1,7 @@
 """Backbones as declarations: the ResNets unchanged by the move, and the MobileNets through the whole toolchain."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -438,7 +439,9 @@ def test_a_new_backbone_is_one_declaration_and_the_toolchain_follows(tmp_path):
         static = plain_network(net, "gated", keep=[m[0].nonzero().flatten() for m in random_masks(net, 1)])
         again = plain_from_spec(json.loads(json.dumps(static.spec)))  # what a `.pt` export stores: no design needed
         again.load_state_dict(static.state_dict())
-        scripted = torch.jit.script(again)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still what mobile runtimes load
+            scripted = torch.jit.script(again)
         torch.testing.assert_close(scripted(x), static(x))
         with pytest.raises(UserError, match="toy_net has no torchvision twin"):
             torchvision_state_dict(net)
