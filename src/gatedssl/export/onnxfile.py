@@ -12,9 +12,7 @@ the form its x86 kernels run fastest), calibrated on images of the run's own tra
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,15 +137,21 @@ def quantize_int8(data: bytes, batches: Iterator[np.ndarray]) -> bytes:
         return with_metadata(int8.read_bytes(), {**metadata, "quantized": json.dumps(INT8)})
 
 
+def calibration_count(splits, count: int | None) -> int:
+    """How many training images calibrate INT8: `count` (at most the run's), or 300 (all, if the run has fewer)."""
+    images = splits.train if splits.labeled else splits.pretrain
+    if count is None:
+        return min(CALIBRATION_IMAGES, len(images.labels))
+    if count > len(images.labels):
+        raise UserError(f"--calibration-images {count}: the training set has {len(images.labels)} images; give at most that many")
+    return count
+
+
 def int8_report(data: bytes, splits, count: int | None, score, fp32: dict, metric: str) -> dict:
     """The INT8 form of the ONNX model `data`, calibrated on `count` training images (None: 300, or all if fewer),
     measured beside fp32: `score(bytes)` (kNN and probe for an encoder, top-1 for a classifier), batch-1 latency
     under onnxruntime at 1 thread, size. "data" holds the INT8 bytes."""
-    images = splits.train if splits.labeled else splits.pretrain
-    if count is None:
-        count = min(CALIBRATION_IMAGES, len(images.labels))
-    elif count > len(images.labels):
-        raise UserError(f"--calibration-images {count}: the training set has {len(images.labels)} images; give at most that many")
+    count = calibration_count(splits, count)
     int8 = quantize_int8(data, calibration_batches(splits, count))
     measured = score(int8)
     fp32_ms, int8_ms = latency_ms(data, splits.crop_size), latency_ms(int8, splits.crop_size)
@@ -191,16 +195,11 @@ def quantized_ops(data: bytes) -> dict[str, int]:
 
 def latency_ms(data: bytes, size: int, batch: int = 1, threads: int = 1, repeats: int = 50) -> float:
     """Median wall ms of one forward of the model under onnxruntime (after warm-up)."""
+    from .latency_target import median_ms
+
     runner = session(data, threads)
-    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-    for _ in range(5):
-        runner.run(None, {"images": x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner.run(None, {"images": x})
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    feed = {"images": np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)}
+    return median_ms(lambda: runner.run(None, feed), repeats=repeats, warmup=5)
 
 
 class OnnxNetwork(nn.Module):

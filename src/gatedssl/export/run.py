@@ -6,6 +6,7 @@ run's summary.json under "static", so the report can set static pruning beside p
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from .formats import (
     write_torchvision,
 )
 from .latency_target import RATIOS, Measured, check_target, no_candidate, plot, search, timer
-from .onnxfile import CALIBRATION_IMAGES, QUANTIZE, OnnxNetwork, calibration_batches, describe, int8_report, with_metadata
+from .onnxfile import QUANTIZE, OnnxNetwork, calibration_batches, calibration_count, describe, int8_report, with_metadata
 from .static import keep_rate_for, kept_channels
 
 SUBNETS = ("dense", "static")
@@ -239,9 +240,7 @@ def export(
         if quantize is not None:
 
             def score(int8: bytes) -> dict:  # the INT8 file measured as the fp32 network was
-                onnx_net = OnnxNetwork(int8)
-                onnx_net.feature_dim = net.feature_dim
-                return measure(onnx_net, splits, torch.device("cpu"), cfg, probe) if splits.labeled else {"knn_top1": None}
+                return measure(OnnxNetwork(int8), splits, torch.device("cpu"), cfg, probe) if splits.labeled else {"knn_top1": None}
 
             result["int8"] = int8_report(data, splits, calibration_images, score, result, "knn_top1")
             data = result["int8"].pop("data")
@@ -288,23 +287,24 @@ def keep_rate_for_latency(
 ) -> tuple[float, dict]:
     """The keep rate of the largest static network (most channels) whose median latency on this machine meets the
     target, and the curve measured on the way (MACs ratio, keep rate, latency, kNN of each candidate timed)."""
+    costs = backbone.channel_costs(size)  # one pass of the network serves every candidate's MACs
+    full = costs.macs(backbone.gated_channels)
     rates: list[float] = []
     for ratio in RATIOS:  # candidates from the most channels to the fewest; ratios no keep rate reaches end the list
         try:
-            q = keep_rate_for(backbone, frequency, ratio, size, multiple)
+            q = keep_rate_for(backbone, frequency, ratio, size, multiple, costs)
         except UserError:
             break
         if not rates or q != rates[-1]:
             rates.append(q)
-    costs = backbone.channel_costs(size)
-    full = costs.macs(backbone.gated_channels)
 
+    @functools.cache  # each candidate timed is built once, for its timing and its kNN
     def network(i: int):
         return plain_network(backbone, "gated", keep=kept_channels(frequency, rates[i], multiple))
 
+    count = calibration_count(splits, target.calibration_images) if target.quantize else 0
+
     def calibration():
-        images = splits.train if splits.labeled else splits.pretrain
-        count = min(target.calibration_images or CALIBRATION_IMAGES, len(images.labels))
         return calibration_batches(splits, count)
 
     time_of = timer(target.runtime, size, target.threads, target.batch, calibration if target.quantize else None)

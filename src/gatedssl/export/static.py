@@ -44,13 +44,20 @@ def static_macs_ratio(
     return costs.macs([len(k) for k in kept_channels(frequency, keep_rate, multiple)]) / costs.macs(backbone.gated_channels)
 
 
-def keep_rate_for(backbone: GatedBackbone, frequency: list[torch.Tensor], macs_ratio: float, size: int, multiple: int = 1) -> float:
+def keep_rate_for(
+    backbone: GatedBackbone,
+    frequency: list[torch.Tensor],
+    macs_ratio: float,
+    size: int,
+    multiple: int = 1,
+    costs: ChannelCosts | None = None,
+) -> float:
     """The smallest keep rate whose static network spends at most `macs_ratio` of the dense MACs."""
     if not 0.0 < macs_ratio <= 1.0:
         raise UserError(f"--macs-ratio must be in (0, 1], got {macs_ratio:g}")
     # the network changes only where Q crosses a channel's frequency: those are the candidates
     candidates = sorted({0.0, 1.0, *torch.cat([f.cpu() for f in frequency]).tolist()})
-    costs = backbone.channel_costs(size)
+    costs = costs or backbone.channel_costs(size)  # one pass of the network; a caller asking many ratios passes it in
     lo, hi = 0, len(candidates) - 1
     smallest = static_macs_ratio(backbone, frequency, candidates[hi], size, multiple, costs)
     if smallest > macs_ratio:
