@@ -121,6 +121,8 @@ def trained_looking(arch: str, stem: str = "cifar", width: float = 0.5, widths=(
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
+            elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:  # the SE's: zeros at init, not once trained
+                m.bias.uniform_(-0.3, 0.3)
     return net.eval()
 
 

@@ -80,6 +80,7 @@ def test_latency_benchmark_prints_every_variant_with_its_ratios(tmp_path):
     variants = {" ".join(r[4:-4]) for r in rows}
     assert variants == {
         "dense",
+        "dense (channels_last)",
         "masked gated",
         "skipping gated",
         "skipping gated (group)",
@@ -108,7 +109,8 @@ def test_latency_benchmark_runs_any_arch():
     cell = {
         " ".join(r[4:-4]): [float(v) for v in r[-4:]] for r in (line.split() for line in proc.stdout.splitlines()) if r[:2] == ["32", "1"]
     }
-    assert set(cell) == {"dense", "masked gated", "skipping gated", "static", "static (x16 channels)"}
+    assert set(cell) == {"dense", "dense (channels_last)", "masked gated", "skipping gated", "static", "static (x16 channels)"}
+    assert cell["dense (channels_last)"][3] == 1.0
     assert cell["static"][3] <= cell["skipping gated"][3] < 1.0
 
 

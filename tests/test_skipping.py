@@ -140,3 +140,23 @@ def test_channel_multiple_adds_the_next_most_frequent_channels():
     # 4 -> 6: channels 2 (0.5) and 9 (0.4) join; an empty block stays empty; 4 of 4 cannot grow
     assert [k.tolist() for k in rounded] == [[0, 2, 3, 5, 8, 9], [], [0, 1, 2, 3]]
     assert [len(k) for k in kept_channels(frequency, 0.0, multiple=4)] == [10, 10, 4]
+
+
+@pytest.mark.parametrize("small_map", [0, 10**9], ids=["convolutions", "matrix-products"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_each_way_of_running_a_sliced_convolution_equals_the_masked_pass(monkeypatch, arch, small_map):
+    """Every sliced convolution as a channels_last convolution, then every one as a matrix product over patches
+    (strided, 1x1 and 3x3 alike): the executor picks between them by map size, so both must be exact."""
+    from gatedssl.export import skipping
+
+    monkeypatch.setattr(skipping, "SMALL_MAP", {"first": small_map, "second": small_map})
+    net = trained_looking(arch, "cifar")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    executor = SkippingResNet(net, "union")
+    with torch.no_grad():
+        for kind in ("open", "one", "random"):
+            masks = make_masks(net, len(x), kind)
+            masked = net(x, gated=True, masks=masks).features
+            for rows in (slice(0, 3), slice(1, 2)):
+                got, _ = executor(x[rows], masks=[m[rows] for m in masks])
+                assert close(got, masked[rows]), (kind, rows, (got - masked[rows]).abs().max().item())

@@ -1,10 +1,11 @@
 """MobileNets that deploy: BN folded in, hidden channels kept per block (static) or chosen per input (skipping).
 
-One module, `FoldedInvertedResidual`, is a block with its BN folded into its convolutions. Built
+One module, `FoldedInvertedResidual`, is a block with its BN folded into its convolutions: built
 from a subset of the hidden channels it is the static export's block (plain convolutions, what
-TorchScript and ONNX write); built with all of them, `skip(x, idx)` computes only the hidden
-channels `idx` (the real-skipping pass). Both slice the same way, with slicing.take: the expansion's
-rows, the depthwise conv's channels, the SE's columns and rows, the projection's columns.
+TorchScript and ONNX write), sliced with slicing.take (the expansion's rows, the depthwise conv's
+channels, the SE's columns and rows, the projection's columns). Built with all of them, it is the
+source of `_SkippingInvertedResidual`, the real-skipping pass's block, which takes the same slices
+per input from weights stored hidden-channel-major and runs its 1x1 convolutions as matrix products.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..models.mobilenet import GatedMobileNet
 from .slicing import copy_conv as _copy
-from .slicing import first_channels, fold, input_major, kept_channels_of, take, take_inputs
+from .slicing import first_channels, fold, kept_channels_of
 
 SPEC_FORMAT = "gatedssl-plain-mobilenet/1"
 
@@ -30,12 +31,13 @@ def _conv(c: list[int], bias: bool = True) -> nn.Conv2d:
 
 
 def _act(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The activation, in place: every caller passes a map it has just computed (a copy less per layer)."""
     if name == "relu":
-        return F.relu(x)
+        return F.relu(x, inplace=True)
     if name == "relu6":
-        return F.relu6(x)
+        return F.relu6(x, inplace=True)
     if name == "hardswish":
-        return F.hardswish(x)
+        return F.hardswish(x, inplace=True)
     return x
 
 
@@ -73,32 +75,6 @@ class FoldedInvertedResidual(nn.Module):
             scale = F.relu(self.fc1(F.adaptive_avg_pool2d(h, 1)))
             h = h * F.hardsigmoid(self.fc2(scale))
         out = self.project(h)
-        return out + x if self.residual else out
-
-    @torch.jit.unused
-    def skip(self, x: torch.Tensor, idx: torch.Tensor, within: torch.Tensor | None, project_input_major: torch.Tensor) -> torch.Tensor:
-        """The block computing only hidden channels `idx` (`within`: a per-sample 0/1 mask on them)."""
-        if len(idx) == 0:
-            out = self.constant.expand(x.shape[0], self.out_channels, self._out_size(x.shape[2]), self._out_size(x.shape[3]))
-            return out + x if self.residual else out
-        assert self.depthwise is not None and self.project is not None
-        everything = len(idx) == self.depthwise.out_channels
-        if self.expand is not None:
-            weight, bias = (self.expand.weight, self.expand.bias) if everything else take(self.expand, out_idx=idx)
-            h = _act(F.conv2d(x, weight, bias), self.act)
-        else:
-            h = x if everything else x.index_select(1, idx)
-        weight, bias = (self.depthwise.weight, self.depthwise.bias) if everything else take(self.depthwise, out_idx=idx)
-        h = _act(F.conv2d(h, weight, bias, self.depthwise.stride, self.depthwise.padding, groups=len(idx)), self.act)
-        if within is not None:
-            h = h * within[:, :, None, None].to(h.dtype)
-        if self.fc1 is not None and self.fc2 is not None:
-            w1 = self.fc1.weight if everything else self.fc1.weight.index_select(1, idx)
-            w2, b2 = (self.fc2.weight, self.fc2.bias) if everything else take(self.fc2, out_idx=idx)
-            scale = F.relu(F.conv2d(F.adaptive_avg_pool2d(h, 1), w1, self.fc1.bias))
-            h = h * F.hardsigmoid(F.conv2d(scale, w2, b2))
-        weight = self.project.weight if everything else take_inputs(project_input_major, idx)
-        out = F.conv2d(h, weight, self.project.bias)
         return out + x if self.residual else out
 
 
@@ -242,6 +218,76 @@ def spec_macs(spec: dict, size: int) -> int:
     return total + conv(spec["last"]["conv"], hw)[0]
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """A channels_last map as the (N*H*W, C) matrix it is in memory (a view): a 1x1 convolution is one product with it."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _as_map(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N*H*W, C) rows back to an (N, C, H, W) channels_last map of `like`'s N, H, W (a view)."""
+    n, _, h, w = like.shape
+    return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+class _SkippingInvertedResidual(nn.Module):
+    """An inverted residual computing only the hidden channels `idx`, in channels_last.
+
+    In channels_last a 1x1 convolution is a matrix product with the map's rows, so the expansion and the
+    projection run as products with weights stored hidden-channel-major: the kept channels are whole rows,
+    read without the transposes and oneDNN weight reorders that sliced convolutions cost per call.
+    """
+
+    def __init__(self, block: FoldedInvertedResidual):
+        super().__init__()
+        assert block.depthwise is not None and block.project is not None
+        self.act, self.residual, self.hidden = block.act, block.residual, block.depthwise.out_channels
+        self.stride, self.padding = block.depthwise.stride, block.depthwise.padding
+        self.register_buffer("project_bias", block.project.bias.detach().clone())
+        self.register_buffer("project_rows", block.project.weight.detach().flatten(1).t().contiguous())  # (hidden, out)
+        self.register_buffer("depthwise_weight", block.depthwise.weight.detach().clone())
+        self.register_buffer("depthwise_bias", block.depthwise.bias.detach().clone())
+        self.expand = block.expand is not None
+        if block.expand is not None:
+            self.register_buffer("expand_rows", block.expand.weight.detach().flatten(1).contiguous())  # (hidden, in)
+            self.register_buffer("expand_bias", block.expand.bias.detach().clone())
+        self.se = block.fc1 is not None and block.fc2 is not None
+        if block.fc1 is not None and block.fc2 is not None:
+            self.register_buffer("squeeze_rows", block.fc1.weight.detach().flatten(1).t().contiguous())  # (hidden, squeeze)
+            self.register_buffer("squeeze_bias", block.fc1.bias.detach().clone())
+            self.register_buffer("excite_rows", block.fc2.weight.detach().flatten(1).contiguous())  # (hidden, squeeze)
+            self.register_buffer("excite_bias", block.fc2.bias.detach().clone())
+        self.register_buffer("constant", block.constant.clone())
+        self.kernel = block.kernel
+
+    def _out_size(self, n: int) -> int:
+        return (n + 2 * self.padding[0] - self.kernel) // self.stride[0] + 1
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, within: torch.Tensor | None) -> torch.Tensor:
+        """The block on channels_last `x`, computing hidden channels `idx` (`within`: a per-sample 0/1 mask on them)."""
+        if len(idx) == 0:
+            out = self.constant.expand(x.shape[0], -1, self._out_size(x.shape[2]), self._out_size(x.shape[3]))
+            return out + x if self.residual else out.contiguous(memory_format=torch.channels_last)
+        every = len(idx) == self.hidden
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t if every else t.index_select(0, idx)
+
+        if self.expand:
+            h = _as_map(torch.addmm(rows(self.expand_bias), _rows(x), rows(self.expand_rows).t()), x)
+            h = _act(h, self.act)
+        else:
+            h = x if every else _as_map(_rows(x).index_select(1, idx), x)  # x.index_select(1, ...) would copy all of x first
+        h = F.conv2d(h, rows(self.depthwise_weight), rows(self.depthwise_bias), self.stride, self.padding, groups=len(idx))
+        h = _act(h, self.act)
+        if within is not None:
+            h = h * within[:, :, None, None].to(h.dtype)
+        if self.se:
+            squeezed = F.relu(torch.addmm(self.squeeze_bias, h.mean((2, 3)), rows(self.squeeze_rows)))
+            h = h * F.hardsigmoid(torch.addmm(rows(self.excite_bias), squeezed, rows(self.excite_rows).t()))[:, :, None, None]
+        out = _as_map(torch.addmm(self.project_bias, _rows(h), rows(self.project_rows)), h)
+        return out + x if self.residual else out
+
+
 class SkippingMobileNet(nn.Module):
     """Eval-only gated pass of a trained GatedMobileNet computing only the hidden channels each gate opens
     (batch 1, or the batch's union with per-sample zeros: strategy "union"; "group": one pattern at a time)."""
@@ -253,38 +299,38 @@ class SkippingMobileNet(nn.Module):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.strategy = strategy
-        full = PlainMobileNet.from_gated(backbone, "gated")
-        self.stem, self.blocks, self.last = full.stem, full.blocks, full.last
+        full = PlainMobileNet.from_gated(backbone, "gated").to(memory_format=torch.channels_last)
+        self.stem, self.last = full.stem, full.last
+        self.blocks = nn.ModuleList(_SkippingInvertedResidual(b) for b in full.blocks)
+        self.register_buffer("last_rows", full.last.conv.weight.detach().flatten(1).contiguous())  # the 1x1 head conv as a product
         was_training = backbone.training
         backbone.eval()
         with torch.no_grad():
             self.gate_reduce = nn.ModuleList(_as_linear(fold(b.gate.reduce, b.gate.bn)) for b in backbone.blocks)
             self.gate_expand = nn.ModuleList(_as_linear(b.gate.expand, b.gate.offset) for b in backbone.blocks)
-            for i, block in enumerate(self.blocks):
-                self.register_buffer(f"project_input_major{i}", input_major(block.project))
         backbone.train(was_training)
         self.eval()
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, masks: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        out, used = self.stem(x), []
+        out, used = self.stem(x.contiguous(memory_format=torch.channels_last)), []  # channels_last: see the blocks
         for i, block in enumerate(self.blocks):
             if masks is None:
                 mask = self.gate_expand[i](F.relu(self.gate_reduce[i](out.mean((2, 3))))) >= 0
             else:
                 mask = masks[i].bool()
-            weight = getattr(self, f"project_input_major{i}")
             if out.shape[0] == 1 or self.strategy == "union":
                 open_any = mask.any(0)
                 idx = open_any.nonzero().flatten()
                 same = out.shape[0] == 1 or bool((mask == open_any).all())
-                out = block.skip(out, idx, None if same else mask[:, idx], weight)
+                out = block(out, idx, None if same else mask[:, idx])
             else:
                 patterns, which = torch.unique(mask, dim=0, return_inverse=True)
-                parts = [block.skip(out[which == g], p.nonzero().flatten(), None, weight) for g, p in enumerate(patterns)]
+                parts = [block(out[which == g], p.nonzero().flatten(), None) for g, p in enumerate(patterns)]
                 result = torch.empty(out.shape[0], *parts[0].shape[1:], dtype=out.dtype, device=out.device)
                 for g, part in enumerate(parts):
                     result[which == g] = part
                 out = result
             used.append(mask.float())
-        return torch.flatten(F.adaptive_avg_pool2d(self.last(out), 1), 1), used
+        last = _as_map(torch.addmm(self.last.conv.bias, _rows(out), self.last_rows.t()), out)
+        return torch.flatten(F.adaptive_avg_pool2d(_act(last, self.last.act), 1), 1), used

@@ -56,7 +56,7 @@ class ChannelsLastMaxPool(nn.MaxPool2d):
         super().__init__(3, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last):  # a channels_last network stays so
             return super().forward(x)
         return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
 

@@ -2,7 +2,9 @@
 
 Per block, the gate reads the block's input and opens a set of middle channels; conv1 then runs
 with only those output channels and conv2 with only those input channels (weights and folded BN
-biases sliced by slicing.take). A block with no open channel is its shortcut plus a constant.
+biases taken by rows from layouts kept for it). A block with no open channel is its shortcut plus a
+constant. The pass runs in channels_last, where sliced convolutions keep oneDNN's full speed and
+small maps become one matrix product over patches (_Geometry; BENCHMARKS.md measures both choices).
 
 Batches (`strategy`):
 - "group": samples that share a mask run together; with per-input masks that is one sample at a
@@ -20,10 +22,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.resnet import GatedResNet
-from .plain import ChannelsLastMaxPool, branch_constant, fold_block
-from .slicing import fold, input_major, take, take_inputs
+from .plain import branch_constant, fold_block
+from .slicing import fold
 
 STRATEGIES = ("union", "group")
+CL = torch.channels_last
+# output positions (N*H*W) up to which a sliced convolution runs as one matrix product (BENCHMARKS.md): conv2's
+# other path must first transpose its sliced weight, conv1's need not, so conv2's matrix product pays off on larger maps
+SMALL_MAP = {"first": 64, "second": 196}
+
+
+class _Geometry:
+    """A convolution's kernel, stride and padding, applied to weights sliced per input.
+
+    Small maps (ResNet's last stages at batch 1) run as one matrix product over patches: the sliced weight is
+    read where it lies, where oneDNN would first reorder it and PyTorch's own path first copy it. Larger maps
+    run as a channels_last convolution, which oneDNN computes at full speed for any channel count.
+    """
+
+    def __init__(self, conv: nn.Conv2d, small_map: int):
+        assert conv.groups == 1 and conv.kernel_size[0] == conv.kernel_size[1]
+        self.kernel, self.stride, self.padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        self.small_map = small_map
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The convolution of x with `weight` (C_out, C_in, kh, kw), of any strides."""
+        k, s, p = self.kernel, self.stride, self.padding
+        n, _, h, w = x.shape
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if n * ho * wo > self.small_map:
+            return F.conv2d(x, weight, bias, s, p)
+        windows = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1).unfold(1, k, s).unfold(2, k, s)  # (N, Ho, Wo, C, kh, kw), a view
+        patches = windows.permute(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, -1)  # one copy; columns in (i, j, channel) order
+        matrix = weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])  # a view for both stored layouts
+        out = patches @ matrix if bias is None else torch.addmm(bias, patches, matrix)
+        return out.view(n, ho, wo, -1).permute(0, 3, 1, 2)
 
 
 def _as_linear(conv: nn.Conv2d, offset: torch.Tensor | float = 0.0) -> nn.Linear:
@@ -39,18 +72,27 @@ def _as_linear(conv: nn.Conv2d, offset: torch.Tensor | float = 0.0) -> nn.Linear
 
 
 class _SkippingBlock(nn.Module):
+    """One residual block of the skipping pass. Its two sliced convolutions keep their weights in the layouts
+    slicing reads fastest: conv1 (C_mid, kh, kw, C_in), whose kept rows are a channels_last weight as they stand,
+    and conv2 (kh, kw, C_mid, C_out), whose kept channels are kh*kw blocks of whole rows of a matrix product."""
+
     def __init__(self, block, bn: str):
         super().__init__()
         full = fold_block(block, bn)
-        self.convs = nn.ModuleList(full[:-1])
-        self.shortcut = full[-1]
+        first, second, *rest = full[:-1]
+        self.first, self.second = _Geometry(first, SMALL_MAP["first"]), _Geometry(second, SMALL_MAP["second"])
+        self.register_buffer("first_weight", first.weight.detach().permute(0, 2, 3, 1).contiguous())
+        self.register_buffer("first_bias", first.bias.detach().clone())
+        self.register_buffer("second_weight", second.weight.detach().permute(2, 3, 1, 0).contiguous())
+        self.register_buffer("second_bias", second.bias.detach().clone())
+        self.rest = nn.ModuleList(rest).to(memory_format=CL)
+        self.shortcut = None if full[-1] is None else full[-1].to(memory_format=CL)
         # the gate as two matrix products on the pooled input, its BN folded in: 1x1 convs on 1x1 maps
         # take PyTorch's slow convolution path at batch 1
         self.gate_reduce = _as_linear(fold(block.gate.reduce, block.gate.bn))
         self.gate_expand = _as_linear(block.gate.expand, block.gate.offset)
         self.mid_channels = block.mid_channels
         self.register_buffer("constant", branch_constant(full))
-        self.register_buffer("second_input_major", input_major(full[1]))
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_mid) bool: the channels the block's gate opens for each sample (logit >= 0)."""
@@ -61,14 +103,14 @@ class _SkippingBlock(nn.Module):
         if len(idx) == 0:
             return self.constant
         everything = len(idx) == self.mid_channels
-        first, second, *rest = self.convs
-        weight, bias = (first.weight, first.bias) if everything else take(first, out_idx=idx)
-        out = F.conv2d(x, weight, bias, first.stride, first.padding).relu_()  # in place: one map less to allocate
+        weight = self.first_weight if everything else self.first_weight.index_select(0, idx)
+        bias = self.first_bias if everything else self.first_bias.index_select(0, idx)
+        out = self.first(x, weight.permute(0, 3, 1, 2), bias).relu_()  # in place: one map less to allocate
         if within is not None:
             out.mul_(within[:, :, None, None].to(out.dtype))
-        weight = second.weight if everything else take_inputs(self.second_input_major, idx)
-        out = F.conv2d(out, weight, second.bias, second.stride, second.padding)
-        for conv in rest:
+        weight = self.second_weight if everything else self.second_weight.index_select(2, idx)
+        out = self.second(out, weight.permute(3, 2, 0, 1), self.second_bias)
+        for conv in self.rest:
             out = conv(out.relu_())
         return out
 
@@ -109,15 +151,15 @@ class SkippingResNet(nn.Module):
         was_training = backbone.training
         backbone.eval()
         with torch.no_grad():
-            self.stem = fold(backbone.stem_conv, backbone.stem_bn)
-            self.pool = None if backbone.stem_pool is None else ChannelsLastMaxPool()
+            self.stem = fold(backbone.stem_conv, backbone.stem_bn).to(memory_format=CL)
+            self.pool = None if backbone.stem_pool is None else nn.MaxPool2d(3, 2, 1)
             self.blocks = nn.ModuleList(_SkippingBlock(b, "gated") for b in backbone.blocks)
         backbone.train(was_training)
         self.eval()
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, masks: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        out = F.relu(self.stem(x))
+        out = self.stem(x.contiguous(memory_format=CL)).relu_()  # channels_last throughout: see _Geometry
         if self.pool is not None:
             out = self.pool(out)
         used = []

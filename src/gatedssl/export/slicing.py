@@ -2,9 +2,10 @@
 
 A block's middle channels are conv1's outputs and conv2's inputs. Keeping a subset `idx` of them
 means taking rows `idx` of conv1 (and its folded bias) and columns `idx` of conv2; every other
-convolution of the block is unchanged. The static export keeps one subset for all inputs, the
-skipping executor one subset per input (or per batch), and a width-sliced (slimmable) network
-keeps the first channels of every conv (`first_channels`): all of them call `take` or `first_channels`.
+convolution of the block is unchanged. The static export keeps one subset for all inputs (`take`), and a
+width-sliced (slimmable) network keeps the first channels of every conv (`first_channels`). The
+skipping executors keep one subset per input (or per batch); they store each sliced weight in the
+layout its slices are read fastest from, and take its rows themselves (skipping.py, mobilenet.py).
 """
 
 from __future__ import annotations
@@ -70,17 +71,3 @@ def take(
     if in_idx is not None:
         weight = weight.index_select(1, in_idx)
     return weight, bias
-
-
-def input_major(conv: nn.Conv2d) -> torch.Tensor:
-    """conv's weight stored (C_in, C_out, kh, kw): slicing its inputs then reads only the kept rows.
-
-    Taking input channels of the usual (C_out, C_in, kh, kw) layout touches nearly every cache line
-    of the weight; at batch 1 that read costs as much as the convolution it feeds (BENCHMARKS.md).
-    """
-    return conv.weight.detach().transpose(0, 1).contiguous()
-
-
-def take_inputs(weight_input_major: torch.Tensor, in_idx: torch.Tensor) -> torch.Tensor:
-    """(C_out, k, kh, kw) weight of input channels `in_idx`, from an `input_major` copy."""
-    return weight_input_major.index_select(0, in_idx).transpose(0, 1)
