@@ -187,6 +187,10 @@ def main() -> None:
                             {
                                 "dense int8 (onnxruntime)": (ort_session(dense, size, threads, int8=True), 1.0),
                                 "static int8 (onnxruntime)": (ort_session(static, size, threads, int8=True), static_ratio),
+                                "static x16 int8 (onnxruntime)": (
+                                    ort_session(static16, size, threads, int8=True),
+                                    static16.macs(size) / dense.macs(size),
+                                ),
                             }
                             if args.int8
                             else {}

@@ -1,8 +1,9 @@
-"""The ResNet real-skipping pass of another commit against this one's, the dense network beside, interleaved in one process.
+"""The real-skipping pass of another commit against this one's, the dense network beside, interleaved in one process.
 
-    python benchmarks/skipping_ab.py --old HEAD~1          # 224 and 32 px, densities 0.3 and 0.5, batch 1, 1 thread
+    python benchmarks/skipping_ab.py --old HEAD~1          # ResNet-18 w64, 224 and 32 px, densities 0.3 and 0.5, batch 1, 1 thread
+    python benchmarks/skipping_ab.py --old HEAD~1 --arch mobilenet_v2
 
-Speed changes to `export/skipping.py` are measured with it: both executors run on the same network, masks and
+Speed changes to a skipping executor (`export/skipping.py`, `export/mobilenet.py`) are measured with it: both executors run on the same network, masks and
 inputs, alternating rounds, so machine noise falls on both alike. Random weights with gate biases set for each
 density, as benchmarks/latency.py does.
 """
@@ -10,7 +11,9 @@ density, as benchmarks/latency.py does.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
+import inspect
+import re
 import statistics
 import subprocess
 import sys
@@ -18,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from latency import images, set_density, timed
+from latency import WIDTH_MULTIPLIER_ARCHS, images, set_density, timed
 
 from gatedssl.export.deploy import plain_network, skipping_network
 from gatedssl.models import create_backbone
@@ -26,18 +29,23 @@ from gatedssl.models import create_backbone
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def old_executor(ref: str):
-    """export/skipping.py as it was at `ref`, imported as a module of its own."""
-    text = subprocess.run(
-        ["git", "show", f"{ref}:src/gatedssl/export/skipping.py"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    text = text.replace("from ..", "from gatedssl.").replace("from .", "from gatedssl.export.")
-    path = Path(tempfile.mkdtemp()) / "skipping_old.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("skipping_old", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def old_executor(ref: str, kind: type) -> type:
+    """The skipping executor class `kind` as its module was at `ref`, with the sibling modules it imports (slicing,
+    plain, ...) as they were there too, each imported as a module of its own."""
+    package = Path(inspect.getfile(kind)).resolve().parent.relative_to(ROOT)
+    folder = Path(tempfile.mkdtemp())
+    todo, done = [Path(inspect.getfile(kind)).stem], set()
+    while todo:
+        name = todo.pop()
+        done.add(name)
+        text = subprocess.run(["git", "show", f"{ref}:{package}/{name}.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        siblings = set(re.findall(r"^\s*from \.(\w+) import", text, flags=re.M))
+        todo += [s for s in siblings - done if s not in todo]
+        text = re.sub(r"^(\s*)from \.(\w+) import", r"\1from old_\2 import", text, flags=re.M)
+        (folder / f"old_{name}.py").write_text(text.replace("from ..", "from gatedssl."))
+    sys.path.insert(0, str(folder))
+    module = importlib.import_module(f"old_{Path(inspect.getfile(kind)).stem}")
+    return getattr(module, kind.__name__)
 
 
 def main() -> None:
@@ -45,22 +53,26 @@ def main() -> None:
     parser.add_argument("--old", default="HEAD~1", help="the git commit to compare with (default: HEAD~1)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 32])
     parser.add_argument("--densities", type=float, nargs="+", default=[0.3, 0.5])
-    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--arch", default="resnet18", help="resnet18, mobilenet_v2, ... (default: resnet18)")
+    parser.add_argument("--width", type=float, help="channels (ResNets, default 64) or width multiplier (MobileNets, default 1.0)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    old = old_executor(args.old)
+    multiplier = args.arch in WIDTH_MULTIPLIER_ARCHS
+    width = args.width if args.width is not None else (1.0 if multiplier else 64)
+    width = width if multiplier else int(width)
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}; ResNet-18 width {args.width}, batch 1, 1 thread; old = {args.old}, new = the working tree")
+    print(f"torch {torch.__version__}; {args.arch} width {width:g}, batch 1, 1 thread; old = {args.old}, new = the working tree")
     for size in args.sizes:
         for density in args.densities:
             torch.manual_seed(0)
-            net = create_backbone("resnet18", stem="imagenet" if size > 64 else "cifar", width=args.width).eval()
+            net = create_backbone(args.arch, stem="imagenet" if size > 64 else "cifar", width=width).eval()
             calibration = images(size, 16)
             set_density(net, calibration, density)
             with torch.no_grad():
                 out = net(calibration, gated=True)
             ratio = (out.macs.mean() / out.dense_macs).item()
-            nets = {"dense": plain_network(net, "dense"), "old": old.SkippingResNet(net), "new": skipping_network(net)}
+            new = skipping_network(net)
+            nets = {"dense": plain_network(net, "dense"), "old": old_executor(args.old, type(new))(net), "new": new}
             # the dense network in channels_last too (the layout the new executor runs in), the faster of the two at 224 px
             nets["dense_cl"] = plain_network(net, "dense").to(memory_format=torch.channels_last)
             x = images(size, 1)

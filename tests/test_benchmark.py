@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -149,3 +151,13 @@ def test_divergence_grid_runs_the_cli_and_counts_explosions(tmp_path):
     assert "exploded or non-finite: 0 of 1 runs" in proc.stdout and (tmp_path / "grid.png").stat().st_size > 0
     proc = run_benchmark("divergence_grid", [*common, "--seeds", "1", "--", "--limit-per-class", "20", "--proj-dim", "64", "--lr", "1e6"])
     assert "exploded or non-finite: 1 of 1 runs" in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("arch, width", [("resnet18", "8"), ("mobilenet_v3_small", "0.25")])
+def test_skipping_ab_times_the_committed_executor_against_the_working_tree(arch, width):
+    args = ["--old", "HEAD", "--arch", arch, "--width", width, "--sizes", "32", "--densities", "0.5", "--rounds", "1"]
+    proc = run_benchmark("skipping_ab", args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("32 px d 0.5"))
+    ratio = float(re.search(r"new/old ([0-9.]+)", line).group(1))
+    assert 0.2 < ratio < 5.0, line  # the same network, masks and input timed twice: a ratio, whatever the code's speed
