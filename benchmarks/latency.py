@@ -136,7 +136,7 @@ def main() -> None:
     )
     table = []
     print(
-        f"{'size':>4} {'batch':>5} {'thr':>3} {'dens':>4}  {'variant':<24} {'median ms':>10} {'p90 ms':>8}  {'lat/dense':>9}  {'MACs/dense':>10}"
+        f"{'size':>4} {'batch':>5} {'thr':>3} {'dens':>4}  {'variant':<30} {'median ms':>10} {'p90 ms':>8}  {'lat/dense':>9}  {'MACs/dense':>10}"
     )
     for size in args.sizes:
         stem = "cifar" if size <= 64 else "imagenet"
@@ -219,7 +219,7 @@ def main() -> None:
                         median = statistics.median(times)
                         p90 = sorted(times)[max(0, int(round(0.9 * len(times))) - 1)]
                         print(
-                            f"{size:>4} {batch:>5} {threads:>3} {density:>4.1f}  {name:<24} {median * 1e3:>10.2f} {p90 * 1e3:>8.2f}  "
+                            f"{size:>4} {batch:>5} {threads:>3} {density:>4.1f}  {name:<30} {median * 1e3:>10.2f} {p90 * 1e3:>8.2f}  "
                             f"{median / base:>9.3f}  {ratio:>10.3f}",
                             flush=True,
                         )

@@ -160,3 +160,28 @@ def test_each_way_of_running_a_sliced_convolution_equals_the_masked_pass(monkeyp
             for rows in (slice(0, 3), slice(1, 2)):
                 got, _ = executor(x[rows], masks=[m[rows] for m in masks])
                 assert close(got, masked[rows]), (kind, rows, (got - masked[rows]).abs().max().item())
+
+
+def test_plain_networks_run_channels_last_where_that_is_faster():
+    """The layout each deployed network runs in (BENCHMARKS.md times both): a ResNet with the ImageNet stem in
+    channels_last and one with the CIFAR stem in NCHW, a MobileNet always in channels_last, the skipping pass always."""
+    from gatedssl.export.deploy import plain_network, skipping_network
+
+    def first_conv_layout(net, module, size) -> bool:
+        seen = []
+        handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        with torch.no_grad():
+            net(torch.randn(1, 3, size, size))
+        handle.remove()
+        return seen[0]
+
+    plain = plain_network(trained_looking("resnet18", "imagenet"), "dense")
+    assert first_conv_layout(plain, plain.stem[0], 64) and plain.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    cifar = trained_looking("resnet18", "cifar")
+    plain = plain_network(cifar, "dense")
+    assert not first_conv_layout(plain, plain.stem[0], 32) and plain.stem[0].weight.is_contiguous()
+    skipping = skipping_network(cifar)
+    assert first_conv_layout(skipping, skipping.stem, 32)
+    mobilenet = create_backbone("mobilenet_v2", stem="cifar", width=0.25).eval()
+    plain = plain_network(mobilenet, "dense")
+    assert first_conv_layout(plain, plain.stem.conv, 32)

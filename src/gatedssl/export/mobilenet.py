@@ -157,8 +157,10 @@ class PlainMobileNet(nn.Module):
         self.blocks = nn.Sequential(*[FoldedInvertedResidual(b) for b in spec["blocks"]])
         self.last = ConvAct(spec["last"])
         self.feature_dim = spec["last"]["conv"][1]
+        self.to(memory_format=torch.channels_last)  # oneDNN's depthwise and 1x1 convolutions run faster so (BENCHMARKS.md)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)  # as its weights: see __init__
         return torch.flatten(F.adaptive_avg_pool2d(self.last(self.blocks(self.stem(x))), 1), 1)
 
     @property

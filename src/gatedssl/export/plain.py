@@ -95,8 +95,15 @@ class PlainResNet(nn.Module):
             blocks.append(PlainBlock(body, shortcut))
         self.blocks = nn.Sequential(*blocks)
         self.feature_dim = spec["blocks"][-1]["out"]
+        # weights and maps in channels_last for the ImageNet stem's inputs (224 px: oneDNN runs the dense network 5-10 %
+        # and static ones 10-20 % faster so), in NCHW for the CIFAR stem's (32 px: 7-13 % slower so; BENCHMARKS.md)
+        self.channels_last = bool(spec["pool"])
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return torch.flatten(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1)
 
     @property
