@@ -117,6 +117,9 @@ def main() -> None:
     parser.add_argument("--width", type=float, help="channels (ResNets, default 64) or width multiplier (MobileNets, default 1.0)")
     parser.add_argument("--reps", type=int, default=7, help="timed runs per cell at least (more within --budget-s)")
     parser.add_argument("--budget-s", type=float, default=2.0, help="time per cell to spend on extra runs")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="time every variant this many times in turn, each --reps / --budget-s (default: 1)"
+    )
     parser.add_argument("--group", action="store_true", help="also time the 'group' batch strategy of the real-skipping pass")
     parser.add_argument("--no-onnx", action="store_true")
     parser.add_argument("--int8", action="store_true", help="also time INT8 dense and static under onnxruntime (QDQ, per-channel)")
@@ -200,13 +203,14 @@ def main() -> None:
                 for batch in args.batches:
                     x = images(size, batch).to(device)
                     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-                    results = {}
-                    with torch.no_grad():
-                        for name, (module, ratio) in variants.items():
-                            results[name] = (timed(lambda: (module(x), sync()), args.reps, args.budget_s), ratio)
-                    for name, (session, ratio) in sessions.items():
-                        feed = {"images": x.cpu().numpy()}
-                        results[name] = (timed(lambda: session.run(None, feed), args.reps, args.budget_s), ratio)
+                    feed = {"images": x.cpu().numpy()}
+                    results = {name: ([], ratio) for name, (_, ratio) in {**variants, **sessions}.items()}
+                    for _ in range(args.rounds):  # interleaved: a noisy moment falls on every variant alike
+                        with torch.no_grad():
+                            for name, (module, _) in variants.items():
+                                results[name][0].extend(timed(lambda: (module(x), sync()), args.reps, args.budget_s))
+                        for name, (session, _) in sessions.items():
+                            results[name][0].extend(timed(lambda: session.run(None, feed), args.reps, args.budget_s))
                     if args.breakdown and batch == 1:
                         with torch.no_grad():
                             for name, (module, _) in variants.items():
