@@ -45,22 +45,6 @@ class Constant(nn.Module):
         return self.value
 
 
-class ChannelsLastMaxPool(nn.MaxPool2d):
-    """The stem's 3x3/2 max-pool, computed in channels_last on the CPU.
-
-    PyTorch's NCHW max-pool on the CPU took 6 ms for one 64 x 112 x 112 map, channels_last 0.3 ms
-    (2026-11-28, BENCHMARKS.md): 14 % of a dense ResNet-18 at 224 px and batch 1, none of it MACs.
-    """
-
-    def __init__(self):
-        super().__init__(3, 2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last):  # a channels_last network stays so
-            return super().forward(x)
-        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
-
-
 class PlainBlock(nn.Module):
     def __init__(self, body: nn.Module, shortcut: nn.Module):
         super().__init__()
@@ -87,7 +71,7 @@ class PlainResNet(nn.Module):
         if spec.get("format") != SPEC_FORMAT:
             raise ValueError(f"not a {SPEC_FORMAT} architecture: {spec.get('format')!r}")
         self.spec = spec
-        self.stem = nn.Sequential(_conv(spec["stem"]), nn.ReLU(), *([ChannelsLastMaxPool()] if spec["pool"] else []))
+        self.stem = nn.Sequential(_conv(spec["stem"]), nn.ReLU(), *([nn.MaxPool2d(3, 2, 1)] if spec["pool"] else []))
         blocks = []
         for b in spec["blocks"]:
             body = _body([_conv(c) for c in b["convs"]]) if b["convs"] else Constant(b["out"])
@@ -95,8 +79,9 @@ class PlainResNet(nn.Module):
             blocks.append(PlainBlock(body, shortcut))
         self.blocks = nn.Sequential(*blocks)
         self.feature_dim = spec["blocks"][-1]["out"]
-        # weights and maps in channels_last for the ImageNet stem's inputs (224 px: oneDNN runs the dense network 5-10 %
-        # and static ones 10-20 % faster so), in NCHW for the CIFAR stem's (32 px: 7-13 % slower so; BENCHMARKS.md)
+        # weights and maps in channels_last for the ImageNet stem's inputs (224 px: oneDNN runs the dense network 8-9 %
+        # and static ones 15-18 % faster so, and its max-pool 20x faster than in NCHW), in NCHW for the CIFAR stem's,
+        # which has no max-pool (32 px: 8-14 % slower in channels_last; BENCHMARKS.md)
         self.channels_last = bool(spec["pool"])
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
