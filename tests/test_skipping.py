@@ -146,12 +146,13 @@ def test_channel_multiple_adds_the_next_most_frequent_channels():
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_each_way_of_running_a_sliced_convolution_equals_the_masked_pass(monkeypatch, arch, small_map):
     """Every sliced convolution as a channels_last convolution, then every one as a matrix product over patches
-    (strided, 1x1 and 3x3 alike): the executor picks between them by map size, so both must be exact."""
+    (strided, 1x1 and 3x3 alike, on odd and non-square maps): the executor picks between them by map size, so both
+    must be exact."""
     from gatedssl.export import skipping
 
     monkeypatch.setattr(skipping, "SMALL_MAP", {"first": small_map, "second": small_map})
     net = trained_looking(arch, "cifar")
-    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(3, 3, 33, 40, generator=torch.Generator().manual_seed(3))  # odd and non-square: the patch geometry
     executor = SkippingResNet(net, "union")
     with torch.no_grad():
         for kind in ("open", "one", "random"):
