@@ -283,11 +283,13 @@ def test_macs_ratio_picks_the_smallest_keep_rate_that_meets_it():
         "out_folder",
         "bad_format",
         "static_of_dense_run",
+        "multiple_of_dense",
+        "name_of_other_format",
     ],
 )
 def test_bad_export_requests_are_one_line(run, tmp_path, capsys, monkeypatch, case):
     checkpoint = str(run / "checkpoints" / "last.pt")
-    out = tmp_path / "out.pt"
+    out = tmp_path / ("out.onnx" if case == "onnx_missing" else "out.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(FIXTURE.read_bytes()[:5000])
     (tmp_path / "file").write_text("x")
@@ -307,6 +309,8 @@ def test_bad_export_requests_are_one_line(run, tmp_path, capsys, monkeypatch, ca
         "out_folder": ["--out", str(tmp_path)],
         "bad_format": ["--format", "keras"],
         "static_of_dense_run": ["--checkpoint", str(tmp_path / "dense_run.pt"), "--subnet", "static"],
+        "multiple_of_dense": ["--channel-multiple", "16"],
+        "name_of_other_format": ["--out", str(tmp_path / "x.onnx")],
     }[case]
     if case == "onnx_missing":
         monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the extra were not installed
@@ -325,6 +329,8 @@ def test_bad_export_requests_are_one_line(run, tmp_path, capsys, monkeypatch, ca
         "out_folder": "is a folder",
         "bad_format": "--format",
         "static_of_dense_run": "dense-only run",
+        "multiple_of_dense": "add --subnet static",
+        "name_of_other_format": "but --format is pt",
     }[case]
     assert expected in line, line
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "x.onnx").exists()

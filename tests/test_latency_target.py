@@ -94,7 +94,7 @@ def test_a_target_no_candidate_meets_names_the_fastest_latency_reached(run, tmp_
     from conftest import cli_error_lines
 
     monkeypatch.setattr("gatedssl.export.run.timer", lambda *a, **k: lambda net: 7.25)
-    out = tmp_path / "x.onnx"
+    out = tmp_path / "x.pt"
     argv = ["export", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--subnet", "static", "--out", str(out)]
     cli_error_lines(capsys, [*argv, "--latency-ms", "1"], "took 7.25 ms; ask for at least that")
     assert not out.exists() and not (tmp_path / "x.latency.png").exists()

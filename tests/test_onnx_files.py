@@ -77,6 +77,7 @@ def test_an_int8_export_holds_quantized_convolutions_and_agrees_with_fp32(int8, 
     summary = json.loads((run / "summary.json").read_text())
     recorded = summary["int8"]["static"]["int8"]
     assert recorded["calibration_images"] == 20 and recorded["latency_ms"]["int8"] > 0 and recorded["ops"]["QuantizeLinear"] >= convs
+    assert Path(summary["int8"]["static"]["file"]).is_absolute()  # the summary is read from any folder
     assert recorded["metric"] == "knn_top1" and recorded["knn_top1"] is not None
     assert recorded["change"] == pytest.approx(recorded["knn_top1"] - summary["int8"]["static"]["knn_top1"])
 

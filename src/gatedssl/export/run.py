@@ -111,6 +111,8 @@ def check_request(
         problems.append("give --keep-rate or --macs-ratio, not both")
     if (keep_rate is not None or macs_ratio is not None) and subnet != "static":
         problems.append("--keep-rate and --macs-ratio choose the static sub-network's channels; add --subnet static")
+    if channel_multiple is not None and subnet != "static":
+        problems.append("--channel-multiple rounds the static sub-network's channel counts; add --subnet static, or drop it")
     if keep_rate is not None and not 0.0 <= keep_rate <= 1.0:
         problems.append(f"--keep-rate must be in [0, 1], got {keep_rate:g}")
     if macs_ratio is not None and not 0.0 < macs_ratio <= 1.0:
@@ -131,6 +133,16 @@ def check_request(
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if Path(out).is_dir():
         problems.append(f"--out {out} is a folder; give a file name such as {Path(out) / ('encoder' + SUFFIXES.get(fmt, ('.pt',))[0])}")
+    elif (
+        fmt in SUFFIXES
+        and not (quantize is not None and fmt != "onnx")  # said above: add --format onnx
+        and any(Path(out).suffix.lower() in names for f, names in SUFFIXES.items() if f != fmt)
+        and Path(out).suffix.lower() not in SUFFIXES[fmt]
+    ):  # a file named for another format would be read as that format, and fail
+        problems.append(
+            f"--out {out} names a {Path(out).suffix} file, but --format is {fmt}; name it *{SUFFIXES[fmt][0]}, or give the --format "
+            f"the name says"
+        )
     elif Path(out).is_file() and fmt in SUFFIXES and Path(out).suffix.lower() not in SUFFIXES[fmt]:
         problems.append(
             f"--out {out} exists and is not a {fmt} file (a {fmt} export is named *{' or *'.join(SUFFIXES[fmt])}); "
@@ -196,7 +208,7 @@ def export(
     backbone = objective.backbone.to(dev).eval()
     transform = EvalTransform.for_dataset(cfg.dataset, cfg.crop_size)
     size = transform.crop_size
-    result: dict = {"subnet": subnet, "format": fmt, "file": str(out)}
+    result: dict = {"subnet": subnet, "format": fmt, "file": str(Path(out).resolve())}  # the summary is read from anywhere
     splits = None
     if subnet == "dense":
         net = plain_network(backbone, "dense")
