@@ -229,6 +229,11 @@ def main():
             ("export: output folder not writable", ["export", "--checkpoint", last, "--out", "/proc/gatedssl/e.pt"]),
             ("export: a width of a dual run", ["export", "--checkpoint", last, "--subnet", "width0.5", "--out", str(root / "e.pt")]),
             ("export: a width above 1", ["export", "--checkpoint", last, "--subnet", "width1.5", "--out", str(root / "e.pt")]),
+            (
+                "export: a channel multiple for the dense network",
+                ["export", "--checkpoint", last, "--channel-multiple", "16", "--out", str(root / "e.pt")],
+            ),
+            ("export: a pt file named .onnx", ["export", "--checkpoint", last, "--out", str(root / "e.onnx")]),
             ("--resume with a value other than auto", ["pretrain", "--out", str(done), "--resume", "yes"]),
             ("negative --checkpoint-minutes", ["pretrain", "--checkpoint-minutes", "-5"]),
             ("slimmable: a width outside (0, 1]", ["pretrain", "--mode", "slimmable", "--widths", "0", "0.5"]),
