@@ -193,3 +193,11 @@ def test_an_onnx_static_export_rounds_channel_counts_only_on_wide_networks(run, 
     assert budget["channel_multiple"] == 1 and budget["macs_ratio"] <= 0.5 and any("keeping the exact counts" in m for m in said)
     with pytest.raises(export_run.UserError, match="cannot be reached"):
         exported("asked16.onnx", channel_multiple=16)  # asked for, so not overridden
+
+
+def test_the_summary_names_the_export_by_its_absolute_path(run, tmp_path, monkeypatch):
+    """An --out relative to where the command ran is recorded absolute: the summary is read from the run's folder."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["export", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--subnet", "static", "--no-probe", "--out", "rel.pt"]
+    assert main(argv) == 0
+    assert json.loads((run / "summary.json").read_text())["static"]["file"] == str(tmp_path / "rel.pt")
