@@ -201,3 +201,25 @@ def test_the_summary_names_the_export_by_its_absolute_path(run, tmp_path, monkey
     argv = ["export", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--subnet", "static", "--no-probe", "--out", "rel.pt"]
     assert main(argv) == 0
     assert json.loads((run / "summary.json").read_text())["static"]["file"] == str(tmp_path / "rel.pt")
+
+
+def test_every_kind_of_model_file_takes_the_same_inputs_the_same_way(run, tmp_path):
+    """A checkpoint, a .pt and an ONNX export: float64 is run as float32 by all three, a malformed tensor is one
+    TypeError, and a float image at a size the ONNX file was not exported for is a ValueError naming its size (not
+    onnxruntime's own message)."""
+    checkpoint = str(run / "checkpoints" / "last.pt")
+    for fmt in ("pt", "onnx"):
+        assert main(["export", "--checkpoint", checkpoint, "--format", fmt, "--no-probe", "--out", str(tmp_path / f"d.{fmt}")]) == 0
+    models = {"checkpoint": gatedssl.load(checkpoint), "pt": gatedssl.load(tmp_path / "d.pt"), "onnx": gatedssl.load(tmp_path / "d.onnx")}
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for kind, model in models.items():
+        torch.testing.assert_close(model.embed(x.double()), model.embed(x), msg=kind)
+        assert model.embed(x[0]).shape == model.embed(x[:1]).shape  # one image without its batch axis
+        with pytest.raises(TypeError, match=r"\(N, 3, H, W\)"):
+            model.embed(torch.randn(2, 1, 32, 32))
+        assert "backbone" not in model.subnets
+    odd = torch.randn(1, 3, 33, 40)
+    assert models["checkpoint"].embed(odd).shape == models["pt"].embed(odd).shape == (1, models["pt"].nets["dense"].feature_dim)
+    with pytest.raises(ValueError, match=r"takes images of shape Nx3x32x32"):
+        models["onnx"].embed(odd)
+    assert not hasattr(models["checkpoint"], "names")

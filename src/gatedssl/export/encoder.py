@@ -30,7 +30,7 @@ class EvalTransform:
 
     Takes a uint8 (N, 3, H, W) or (3, H, W) tensor at the training resolution (centre crop, then
     normalise), PIL images of any size (shorter side resized to the stored size, centre square,
-    centre crop), or a float tensor, taken as already normalised.
+    centre crop), or a float tensor, taken as already normalised (any float dtype; the networks run in float32).
     """
 
     crop_size: int
@@ -46,7 +46,10 @@ class EvalTransform:
     def __call__(self, images) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
             if images.is_floating_point():
-                return images if images.dim() == 4 else images[None]
+                batch = images if images.dim() == 4 else images[None]
+                if batch.dim() != 4 or batch.shape[1] != 3:
+                    raise TypeError(f"expected normalised float images of shape (N, 3, H, W), got {tuple(images.shape)}")
+                return batch.float()
             batch = images if images.dim() == 4 else images[None]
         else:
             from PIL import Image
@@ -83,7 +86,7 @@ class Encoder(nn.Module):
         classes: list[str] | None = None,
     ):
         super().__init__()
-        self.names = list(subnets)
+        self._keys = list(subnets)  # "backbone" (the training-time network behind "gated-masked") is not a sub-network
         self.nets = nn.ModuleDict({_key(n): net for n, net in subnets.items()})  # module names cannot hold the dot of width0.5
         self.transform = transform
         self.config = config or {}
@@ -93,7 +96,7 @@ class Encoder(nn.Module):
 
     @property
     def subnets(self) -> list[str]:
-        return [n for n in self.names if n != "backbone"] + (["gated-masked"] if "backbone" in self.names else [])
+        return [n for n in self._keys if n != "backbone"] + (["gated-masked"] if "backbone" in self._keys else [])
 
     @property
     def device(self) -> torch.device:

@@ -216,11 +216,18 @@ class OnnxNetwork(nn.Module):
             raise UserError(f"this ONNX file has no output {self.output!r}; it has {', '.join(names)}")
         shape = self.runner.get_outputs()[names.index(self.output)].shape
         self.feature_dim = shape[-1] if isinstance(shape[-1], int) else None
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in self.runner.get_inputs()[0].shape)  # None: any
 
     def macs(self, size: int) -> int:
         return int(self.metadata.get("macs", 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != len(self.input_shape) or any(want not in (None, got) for want, got in zip(self.input_shape, x.shape)):
+            want = "x".join("N" if d is None else str(d) for d in self.input_shape)
+            raise ValueError(
+                f"this ONNX file takes images of shape {want} (its size is fixed at export), got {tuple(x.shape)}; "
+                f"crop or resize them, or pass uint8 or PIL images, which its transform crops"
+            )
         (out,) = self.runner.run([self.output], {"images": x.detach().float().cpu().contiguous().numpy()})
         return torch.from_numpy(out).to(x.device)
 
