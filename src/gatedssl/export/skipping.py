@@ -4,7 +4,7 @@ Per block, the gate reads the block's input and opens a set of middle channels; 
 with only those output channels and conv2 with only those input channels (weights and folded BN
 biases taken by rows from layouts kept for it). A block with no open channel is its shortcut plus a
 constant. The pass runs in channels_last, where sliced convolutions keep oneDNN's full speed and
-small maps become one matrix product over patches (_Geometry; BENCHMARKS.md measures both choices).
+small maps become one matrix product over patches (_SlicedConv; BENCHMARKS.md measures both choices).
 
 Batches (`strategy`):
 - "group": samples that share a mask run together; with per-input masks that is one sample at a
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.resnet import GatedResNet
+from .gather_gemm import gathered_dots
 from .plain import branch_constant, fold_block
 from .slicing import fold
 
@@ -32,31 +33,52 @@ CL = torch.channels_last
 SMALL_MAP = {"first": 64, "second": 196}
 
 
-class _Geometry:
-    """A convolution's kernel, stride and padding, applied to weights sliced per input.
+class _SlicedConv(nn.Module):
+    """One of a block's two convolutions, run on the middle channels its gate keeps: conv1's outputs ("outputs")
+    or conv2's inputs ("inputs"). The weight is stored in the layout its slices are read fastest from: conv1's as
+    (C_mid, kh, kw, C_in), whose kept rows are a channels_last weight as they stand; conv2's as
+    (kh, kw, C_mid, C_out), whose kept channels are kh*kw blocks of whole rows of a matrix product.
 
-    Small maps (ResNet's last stages at batch 1) run as one matrix product over patches: the sliced weight is
-    read where it lies, where oneDNN would first reorder it and PyTorch's own path first copy it. Larger maps
-    run as a channels_last convolution, which oneDNN computes at full speed for any channel count.
+    Small maps (ResNet's last stages at batch 1) run as one matrix product over patches: conv1's reads its kept
+    rows where they lie (gather_gemm), conv2's those of a copy, which the next op reads in place. Larger maps run as a channels_last convolution of the kept rows' copy, which oneDNN
+    computes at full speed for any channel count.
     """
 
-    def __init__(self, conv: nn.Conv2d, small_map: int):
-        assert conv.groups == 1 and conv.kernel_size[0] == conv.kernel_size[1]
-        self.kernel, self.stride, self.padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-        self.small_map = small_map
+    def __init__(self, conv: nn.Conv2d, keeps: str):
+        super().__init__()
+        assert conv.groups == 1 and conv.kernel_size[0] == conv.kernel_size[1] and keeps in ("outputs", "inputs")
+        self.kernel, self.stride, self.padding, self.keeps = conv.kernel_size[0], conv.stride[0], conv.padding[0], keeps
+        order = (0, 2, 3, 1) if keeps == "outputs" else (2, 3, 1, 0)
+        self.register_buffer("weight", conv.weight.detach().permute(*order).contiguous())
+        self.register_buffer("bias", conv.bias.detach().clone())
+        self.channels = conv.out_channels if keeps == "outputs" else conv.in_channels
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """The convolution of x with `weight` (C_out, C_in, kh, kw), of any strides."""
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        """The convolution of x keeping middle channels `idx` (None: all of them)."""
         k, s, p = self.kernel, self.stride, self.padding
         n, _, h, w = x.shape
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        if n * ho * wo > self.small_map:
-            return F.conv2d(x, weight, bias, s, p)
+        if n * ho * wo > SMALL_MAP["first" if self.keeps == "outputs" else "second"]:
+            return F.conv2d(x, self._kept_weight(idx), self._kept_bias(idx), s, p)
         windows = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1).unfold(1, k, s).unfold(2, k, s)  # (N, Ho, Wo, C, kh, kw), a view
         patches = windows.permute(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, -1)  # one copy; columns in (i, j, channel) order
-        matrix = weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])  # a view for both stored layouts
-        out = patches @ matrix if bias is None else torch.addmm(bias, patches, matrix)
+        if idx is None:
+            matrix = self.weight.flatten(1).t() if self.keeps == "outputs" else self.weight.view(-1, self.weight.shape[-1])
+            out = torch.addmm(self.bias, patches, matrix)
+        elif self.keeps == "outputs":
+            out = gathered_dots(patches, self.weight.view(self.channels, -1), idx, self.bias)
+        else:
+            out = torch.addmm(self.bias, patches, self.weight.index_select(2, idx).view(-1, self.weight.shape[-1]))
         return out.view(n, ho, wo, -1).permute(0, 3, 1, 2)
+
+    def _kept_weight(self, idx: torch.Tensor | None) -> torch.Tensor:
+        """The kept slice as a (C_out, C_in, kh, kw) weight (a channels_last one for conv1)."""
+        if self.keeps == "outputs":
+            return (self.weight if idx is None else self.weight.index_select(0, idx)).permute(0, 3, 1, 2)
+        return (self.weight if idx is None else self.weight.index_select(2, idx)).permute(3, 2, 0, 1)
+
+    def _kept_bias(self, idx: torch.Tensor | None) -> torch.Tensor:
+        return self.bias if idx is None or self.keeps == "inputs" else self.bias.index_select(0, idx)
 
 
 def _as_linear(conv: nn.Conv2d, offset: torch.Tensor | float = 0.0) -> nn.Linear:
@@ -72,19 +94,13 @@ def _as_linear(conv: nn.Conv2d, offset: torch.Tensor | float = 0.0) -> nn.Linear
 
 
 class _SkippingBlock(nn.Module):
-    """One residual block of the skipping pass. Its two sliced convolutions keep their weights in the layouts
-    slicing reads fastest: conv1 (C_mid, kh, kw, C_in), whose kept rows are a channels_last weight as they stand,
-    and conv2 (kh, kw, C_mid, C_out), whose kept channels are kh*kw blocks of whole rows of a matrix product."""
+    """One residual block of the skipping pass: its gate, its two sliced convolutions, the rest as they are."""
 
     def __init__(self, block, bn: str):
         super().__init__()
         full = fold_block(block, bn)
         first, second, *rest = full[:-1]
-        self.first, self.second = _Geometry(first, SMALL_MAP["first"]), _Geometry(second, SMALL_MAP["second"])
-        self.register_buffer("first_weight", first.weight.detach().permute(0, 2, 3, 1).contiguous())
-        self.register_buffer("first_bias", first.bias.detach().clone())
-        self.register_buffer("second_weight", second.weight.detach().permute(2, 3, 1, 0).contiguous())
-        self.register_buffer("second_bias", second.bias.detach().clone())
+        self.first, self.second = _SlicedConv(first, keeps="outputs"), _SlicedConv(second, keeps="inputs")
         self.rest = nn.ModuleList(rest).to(memory_format=CL)
         self.shortcut = None if full[-1] is None else full[-1].to(memory_format=CL)
         # the gate as two matrix products on the pooled input, its BN folded in: 1x1 convs on 1x1 maps
@@ -102,14 +118,11 @@ class _SkippingBlock(nn.Module):
         """The residual branch computing only middle channels `idx` (`within`: per-sample mask on them)."""
         if len(idx) == 0:
             return self.constant
-        everything = len(idx) == self.mid_channels
-        weight = self.first_weight if everything else self.first_weight.index_select(0, idx)
-        bias = self.first_bias if everything else self.first_bias.index_select(0, idx)
-        out = self.first(x, weight.permute(0, 3, 1, 2), bias).relu_()  # in place: one map less to allocate
+        kept = None if len(idx) == self.mid_channels else idx
+        out = self.first(x, kept).relu_()  # in place: one map less to allocate
         if within is not None:
             out.mul_(within[:, :, None, None].to(out.dtype))
-        weight = self.second_weight if everything else self.second_weight.index_select(2, idx)
-        out = self.second(out, weight.permute(3, 2, 0, 1), self.second_bias)
+        out = self.second(out, kept)
         for conv in self.rest:
             out = conv(out.relu_())
         return out
