@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,14 @@ def test_skipping_ab_times_the_committed_executor_against_the_working_tree(arch,
     line = next(line for line in proc.stdout.splitlines() if line.startswith("32 px d 0.5"))
     ratio = float(re.search(r"new/old ([0-9.]+)", line).group(1))
     assert 0.2 < ratio < 5.0, line  # the same network, masks and input timed twice: a ratio, whatever the code's speed
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")), reason="no C compiler: no kernel to time")
+def test_the_gather_kernel_benchmark_prints_both_times_and_their_ratio():
+    proc = run_benchmark("gather_kernel", ["--rounds", "1", "--repeats", "3", "--copies", "2"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("ResNet", "(past", "(not"))]
+    assert len(rows) == 8, proc.stdout
+    for line in rows:
+        torch_ms, kernel_ms, ratio = (float(v) for v in line.split()[-3:])
+        assert ratio == pytest.approx(kernel_ms / torch_ms, abs=0.01), line
