@@ -128,3 +128,9 @@ def test_a_torn_cached_library_is_built_again(monkeypatch, fresh, one_thread):
     assert gather_gemm.library() is not None and (other / built.name).stat().st_size == built.stat().st_size
     a, weight, bias, rows = torch.randn(5, 40), torch.randn(9, 40), torch.randn(9), torch.tensor([8, 2, 3])
     torch.testing.assert_close(gather_gemm.gathered_dots(a, weight, rows, bias), reference(a, weight, rows, bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C compiler on this machine")
+def test_cc_may_name_a_compiler_with_flags(monkeypatch, fresh):
+    monkeypatch.setenv("CC", f"{COMPILER} -O2")
+    assert gather_gemm.library() is not None and len(list(fresh.glob("gather_gemm-*.so"))) == 1

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -41,12 +42,13 @@ def _cpu_features() -> str:
 def _build() -> ctypes.CDLL | None:
     if os.environ.get("GATEDSSL_KERNELS", "1") == "0":
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    compiler = shlex.split(os.environ["CC"]) if os.environ.get("CC") else [found] if found else None  # CC may hold flags
     if compiler is None:
         log.info("no C compiler: the skipping pass copies kept weight rows before multiplying (slower at batch 1)")
         return None
     flags = ["-O3", "-march=native", "-shared", "-fPIC"]
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags, _cpu_features()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([*compiler, *flags, _cpu_features()]).encode()).hexdigest()[:16]
     try:
         cache = Path(os.environ.get("GATEDSSL_CACHE") or Path.home() / ".cache" / "gatedssl")
         target = cache / f"gather_gemm-{key}.so"
@@ -56,7 +58,7 @@ def _build() -> ctypes.CDLL | None:
             cache.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=cache) as scratch:  # built aside, then renamed: never half-written
                 built = Path(scratch) / target.name
-                subprocess.run([compiler, *flags, "-o", str(built), str(SOURCE)], check=True, capture_output=True, timeout=120)
+                subprocess.run([*compiler, *flags, "-o", str(built), str(SOURCE)], check=True, capture_output=True, timeout=120)
                 os.replace(built, target)
             library = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # RuntimeError: no home folder
