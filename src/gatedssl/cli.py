@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="M",
         help="static: round each block's channel count up to a multiple of M with its next most frequent channels "
-        "(default: 16 for --format onnx when every gated block has at least 64 channels, where onnxruntime runs such "
-        "counts faster per MAC; else 1, the gates' exact counts)",
+        "(default: 16 for --format onnx, where onnxruntime runs such counts much faster per MAC, unless that cannot "
+        "meet the MACs asked for; else 1, the gates' exact counts)",
     )
     x.add_argument(
         "--format",

@@ -71,16 +71,24 @@ def _is_width(subnet: str) -> bool:
         return False
 
 
-# onnxruntime runs channel counts that are multiples of 16 1.2-1.5x faster per MAC than the exact counts the
-# gates choose (ResNet-18 w64, BENCHMARKS.md); rounding a block narrower than 4 x 16 would be too coarse a step
+# onnxruntime runs channel counts that are multiples of 16 faster per MAC than the exact counts the gates choose:
+# 1.2-1.5x on ResNets of widths 8 to 64, 1.7-3x on MobileNets, whose exact counts can run slower than the dense
+# network (BENCHMARKS.md); torch gains little. Where rounding cannot meet the MACs asked for, export keeps exact counts.
 ONNX_CHANNEL_MULTIPLE = 16
-WIDE_BLOCK = 4 * ONNX_CHANNEL_MULTIPLE
 
 
-def default_channel_multiple(backbone, fmt: str) -> int:
-    """--channel-multiple when none is given: 16 for an ONNX file of a network whose gated units all have at least
-    64 hidden channels, 1 (the gates' exact counts) otherwise: torch measured no steady gain from rounding."""
-    return ONNX_CHANNEL_MULTIPLE if fmt == "onnx" and min(backbone.gated_channels) >= WIDE_BLOCK else 1
+def reaches(backbone, frequency, ratio: float, size: int, multiple: int) -> bool:
+    """Whether some keep rate's network, its counts rounded to `multiple`, spends at most `ratio` of the MACs."""
+    try:
+        keep_rate_for(backbone, frequency, ratio, size, multiple)
+    except UserError:
+        return False
+    return True
+
+
+def default_channel_multiple(fmt: str) -> int:
+    """--channel-multiple when none is given: 16 for an ONNX file, 1 (the gates' exact counts) for torch formats."""
+    return ONNX_CHANNEL_MULTIPLE if fmt == "onnx" else 1
 
 
 def check_request(
@@ -231,11 +239,16 @@ def export(
         )
     else:
         chosen = channel_multiple is not None
-        channel_multiple = channel_multiple if chosen else default_channel_multiple(backbone, fmt)
+        channel_multiple = channel_multiple if chosen else default_channel_multiple(fmt)
         splits = run_data(cfg, dev, log, data_dir)
         frequency = extract(
             backbone, splits.train if splits.labeled else splits.pretrain, splits, "gated", dev, precision=cfg.precision
         ).channel_frequency
+        # the smallest MACs ratio the export must reach: the latency search's last candidate, or the target
+        lowest = RATIOS[-1] if latency_ms is not None else macs_ratio if macs_ratio is not None else cfg.budget
+        if not chosen and channel_multiple > 1 and keep_rate is None and not reaches(backbone, frequency, lowest, size, channel_multiple):
+            log(f"channel counts rounded to multiples of {channel_multiple} cannot reach {lowest:g} of the MACs: keeping the exact counts")
+            channel_multiple = 1
         if latency_ms is not None:
             runtime = runtime or ("onnxruntime" if fmt == "onnx" else "torch")
             target = TargetRequest(latency_ms, runtime, threads, batch_size, quantize, calibration_images)
@@ -244,17 +257,7 @@ def export(
             )
             result["latency_target"]["plot"] = str(curve_path(out))
         elif keep_rate is None:
-            ratio = macs_ratio if macs_ratio is not None else cfg.budget
-            try:
-                keep_rate = keep_rate_for(backbone, frequency, ratio, size, channel_multiple)
-            except UserError:
-                if chosen or channel_multiple == 1:
-                    raise
-                log(
-                    f"channel counts rounded to multiples of {channel_multiple} cannot reach {ratio:g} of the MACs: keeping the exact counts"
-                )
-                channel_multiple = 1
-                keep_rate = keep_rate_for(backbone, frequency, ratio, size, channel_multiple)
+            keep_rate = keep_rate_for(backbone, frequency, macs_ratio if macs_ratio is not None else cfg.budget, size, channel_multiple)
         net = plain_network(backbone, "gated", keep=kept_channels(frequency, keep_rate, channel_multiple))
         dense_macs = backbone.channel_costs(size).macs(backbone.gated_channels)
         result.update(
