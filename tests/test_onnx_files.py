@@ -169,32 +169,45 @@ def test_a_run_whose_data_folder_moved_is_told_to_give_data_dir(tmp_path, capsys
 
 
 def test_an_onnx_static_export_rounds_channel_counts_to_16_where_it_can_meet_the_macs(run, tmp_path):
-    """The default --channel-multiple: 16 for ONNX where rounding meets the MACs asked for, the gates' exact counts
-    where it cannot (said in one line) and for torch formats; an explicit --channel-multiple always wins."""
+    """The default --channel-multiple: 16 for ONNX where rounding meets the MACs asked for (said in one line), the
+    gates' exact counts where it cannot (said in one line), for a --keep-rate (which names the channels itself) and
+    for torch formats; an explicit --channel-multiple always wins."""
     from gatedssl.export import run as export_run
 
     checkpoint = str(run / "checkpoints" / "last.pt")
     said = []
 
     def exported(name: str, fmt: str = "onnx", **kw) -> dict:
+        said.clear()
         return export_run.export(checkpoint, str(tmp_path / name), subnet="static", fmt=fmt, probe=False, log=said.append, **kw)
 
+    def rounding_lines() -> list[str]:
+        return [m for m in said if "multiples of 16" in m]
+
     rounded = exported("rounded.onnx", macs_ratio=0.9)
+    assert rounded["channel_multiple"] == 16 and len(rounding_lines()) == 1 and "rounded up" in rounding_lines()[0]
     exact = exported("exact.onnx", macs_ratio=0.9, channel_multiple=1)
+    assert exact["channel_multiple"] == 1 and not rounding_lines() and rounded["channels"] != exact["channels"]
     widths = [8, 8, 16, 16, 32, 32, 64, 64]  # ResNet-18 width 8: each block's middle channels
-    assert rounded["channel_multiple"] == 16 and exact["channel_multiple"] == 1 and rounded["channels"] != exact["channels"]
     assert all(k % 16 == 0 or k == c for k, c in zip(rounded["channels"], widths)), rounded["channels"]
     assert not all(k % 16 == 0 or k == c for k, c in zip(exact["channels"], widths)), exact["channels"]
-    assert rounded["macs_ratio"] <= 0.9 and exact["macs_ratio"] <= 0.9 and not said
+    assert rounded["macs_ratio"] <= 0.9 and exact["macs_ratio"] <= 0.9
     assert exported("torch.pt", fmt="pt", macs_ratio=0.9)["channels"] == exact["channels"]  # torch measured no steady gain
+    kept = exported("kept.onnx", keep_rate=0.3)  # the keep rate names the channels: rounding would add MACs
+    assert kept["channel_multiple"] == 1 and not rounding_lines()
+    assert kept["channels"] == exported("kept.pt", fmt="pt", keep_rate=0.3)["channels"]
     budget = exported("budget.onnx")  # the run's budget, 0.5: out of reach in multiples of 16 at this width
     assert budget["channel_multiple"] == 1 and budget["macs_ratio"] <= 0.5
-    assert sum("keeping the exact counts" in m for m in said) == 1
+    assert len(rounding_lines()) == 1 and rounding_lines()[0].endswith(
+        "cannot reach 0.5 of the MACs (the target): keeping the gates' exact counts"
+    )
     with pytest.raises(export_run.UserError, match="cannot be reached"):
         exported("asked16.onnx", channel_multiple=16)  # asked for, so not overridden
-    said.clear()  # a latency target's candidates run down to 0.05 of the MACs: out of reach in 16s, so exact counts
-    searched = exported("fast.onnx", latency_ms=1e6)
-    assert searched["channel_multiple"] == 1 and said[0].endswith("cannot reach 0.05 of the MACs: keeping the exact counts")
+    with pytest.raises(export_run.UserError, match="cannot be reached"):
+        exported("never.onnx", macs_ratio=0.01)  # exact counts cannot either: the search's own error, nothing before it
+    assert not rounding_lines()
+    searched = exported("fast.onnx", latency_ms=1e6)  # exact counts reach smaller candidates than 16s do
+    assert searched["channel_multiple"] == 1 and "of the MACs (the latency search's smallest candidate)" in rounding_lines()[0]
 
 
 def test_the_summary_names_the_export_by_its_absolute_path(run, tmp_path, monkeypatch):
@@ -220,6 +233,9 @@ def test_every_kind_of_model_file_takes_the_same_inputs_the_same_way(run, tmp_pa
         with pytest.raises(TypeError, match=r"\(N, 3, H, W\)"):
             model.embed(torch.randn(2, 1, 32, 32))
         assert "backbone" not in model.subnets
+        assert model.embed([]).shape == model.embed(x[:0]).shape == (0, model.embed(x).shape[1])  # no images, no features
+        with pytest.raises(TypeError, match=r"got torch.uint8 \(32, 32, 3\)"):  # the shape given, channels last
+            model.embed(torch.zeros(32, 32, 3, dtype=torch.uint8))
     odd = torch.randn(1, 3, 33, 40)
     assert models["checkpoint"].embed(odd).shape == models["pt"].embed(odd).shape == (1, models["pt"].nets["dense"].feature_dim)
     with pytest.raises(ValueError, match=r"takes images of shape Nx3x32x32"):

@@ -56,11 +56,14 @@ class EvalTransform:
             from torchvision.transforms.functional import pil_to_tensor
 
             pictures = [images] if isinstance(images, Image.Image) else list(images)
-            if not pictures or not all(isinstance(p, Image.Image) for p in pictures):
+            if not all(isinstance(p, Image.Image) for p in pictures):
                 raise TypeError("images must be a uint8 tensor (N, 3, H, W), a PIL image or a list of PIL images")
+            if not pictures:  # as an empty tensor does: no features
+                return torch.empty(0, 3, self.crop_size, self.crop_size)
             batch = torch.stack([fit_square(pil_to_tensor(p.convert("RGB")), self.stored_size) for p in pictures])
         if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[1] != 3:
-            raise TypeError(f"expected uint8 images of shape (N, 3, H, W), got {batch.dtype} {tuple(batch.shape)}")
+            given = tuple(images.shape) if isinstance(images, torch.Tensor) else tuple(batch.shape)
+            raise TypeError(f"expected uint8 images of shape (N, 3, H, W) or (3, H, W), got {batch.dtype} {given}")
         if min(batch.shape[-2:]) < self.crop_size:
             raise ValueError(
                 f"images of {batch.shape[-2]}x{batch.shape[-1]} are smaller than the {self.crop_size} px the "

@@ -77,13 +77,43 @@ def _is_width(subnet: str) -> bool:
 ONNX_CHANNEL_MULTIPLE = 16
 
 
-def reaches(backbone, frequency, ratio: float, size: int, multiple: int) -> bool:
+def reaches(backbone, frequency, ratio: float, size: int, multiple: int, costs=None) -> bool:
     """Whether some keep rate's network, its counts rounded to `multiple`, spends at most `ratio` of the MACs."""
     try:
-        keep_rate_for(backbone, frequency, ratio, size, multiple)
+        keep_rate_for(backbone, frequency, ratio, size, multiple, costs)
     except UserError:
         return False
     return True
+
+
+def default_rounding(backbone, frequency, size: int, multiple: int, keep_rate, macs_ratio, latency_ms, cfg, log) -> int:
+    """The default multiple where it serves the request, said in one line; else 1 (the gates' exact counts).
+
+    A --keep-rate names the channel sets itself: rounding them up would add MACs nobody asked for (nearly twice as many
+    on a width-8 network). A MACs target must be reachable in rounded counts (where exact counts cannot reach it either,
+    the search's own error says so), and a latency search must keep every candidate the exact counts reach."""
+    if keep_rate is not None:
+        return 1
+    costs = backbone.channel_costs(size)  # one pass of the network serves every check
+    if latency_ms is None:
+        lowest = macs_ratio if macs_ratio is not None else cfg.budget
+    else:  # the smallest candidate ratio the exact counts reach
+        lowest = RATIOS[0]
+        for ratio in RATIOS[1:]:
+            if not reaches(backbone, frequency, ratio, size, 1, costs):
+                break
+            lowest = ratio
+    if reaches(backbone, frequency, lowest, size, multiple, costs):
+        log(
+            f"channel counts rounded up to multiples of {multiple}, which onnxruntime runs faster per MAC (--channel-multiple 1 keeps the gates' exact counts)"
+        )
+        return multiple
+    if reaches(backbone, frequency, lowest, size, 1, costs):
+        what = "the latency search's smallest candidate" if latency_ms is not None else "the target"
+        log(
+            f"channel counts rounded to multiples of {multiple} cannot reach {lowest:g} of the MACs ({what}): keeping the gates' exact counts"
+        )
+    return 1
 
 
 def default_channel_multiple(fmt: str) -> int:
@@ -244,11 +274,8 @@ def export(
         frequency = extract(
             backbone, splits.train if splits.labeled else splits.pretrain, splits, "gated", dev, precision=cfg.precision
         ).channel_frequency
-        # the smallest MACs ratio the export must reach: the latency search's last candidate, or the target
-        lowest = RATIOS[-1] if latency_ms is not None else macs_ratio if macs_ratio is not None else cfg.budget
-        if not chosen and channel_multiple > 1 and keep_rate is None and not reaches(backbone, frequency, lowest, size, channel_multiple):
-            log(f"channel counts rounded to multiples of {channel_multiple} cannot reach {lowest:g} of the MACs: keeping the exact counts")
-            channel_multiple = 1
+        if not chosen and channel_multiple > 1:
+            channel_multiple = default_rounding(backbone, frequency, size, channel_multiple, keep_rate, macs_ratio, latency_ms, cfg, log)
         if latency_ms is not None:
             runtime = runtime or ("onnxruntime" if fmt == "onnx" else "torch")
             target = TargetRequest(latency_ms, runtime, threads, batch_size, quantize, calibration_images)
