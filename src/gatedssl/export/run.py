@@ -86,14 +86,16 @@ def reaches(backbone, frequency, ratio: float, size: int, multiple: int, costs=N
     return True
 
 
-def default_rounding(backbone, frequency, size: int, multiple: int, keep_rate, macs_ratio, latency_ms, cfg, log) -> int:
-    """The default multiple where it serves the request, said in one line; else 1 (the gates' exact counts).
+def default_channel_multiple(backbone, frequency, size: int, fmt: str, keep_rate, macs_ratio, latency_ms, cfg, log) -> int:
+    """--channel-multiple when none is given: 16 for an ONNX file where it serves the request (said in one line), else 1
+    (the gates' exact counts; always for torch formats, which gain little).
 
     A --keep-rate names the channel sets itself: rounding them up would add MACs nobody asked for (nearly twice as many
     on a width-8 network). A MACs target must be reachable in rounded counts (where exact counts cannot reach it either,
     the search's own error says so), and a latency search must keep every candidate the exact counts reach."""
-    if keep_rate is not None:
+    if fmt != "onnx" or keep_rate is not None:
         return 1
+    multiple = ONNX_CHANNEL_MULTIPLE
     costs = backbone.channel_costs(size)  # one pass of the network serves every check
     if latency_ms is None:
         lowest = macs_ratio if macs_ratio is not None else cfg.budget
@@ -114,11 +116,6 @@ def default_rounding(backbone, frequency, size: int, multiple: int, keep_rate, m
             f"channel counts rounded to multiples of {multiple} cannot reach {lowest:g} of the MACs ({what}): keeping the gates' exact counts"
         )
     return 1
-
-
-def default_channel_multiple(fmt: str) -> int:
-    """--channel-multiple when none is given: 16 for an ONNX file, 1 (the gates' exact counts) for torch formats."""
-    return ONNX_CHANNEL_MULTIPLE if fmt == "onnx" else 1
 
 
 def check_request(
@@ -268,14 +265,12 @@ def export(
             **(measure(net, splits, dev, cfg, probe) if splits.labeled else {"knn_top1": None}),
         )
     else:
-        chosen = channel_multiple is not None
-        channel_multiple = channel_multiple if chosen else default_channel_multiple(fmt)
         splits = run_data(cfg, dev, log, data_dir)
         frequency = extract(
             backbone, splits.train if splits.labeled else splits.pretrain, splits, "gated", dev, precision=cfg.precision
         ).channel_frequency
-        if not chosen and channel_multiple > 1:
-            channel_multiple = default_rounding(backbone, frequency, size, channel_multiple, keep_rate, macs_ratio, latency_ms, cfg, log)
+        if channel_multiple is None:
+            channel_multiple = default_channel_multiple(backbone, frequency, size, fmt, keep_rate, macs_ratio, latency_ms, cfg, log)
         if latency_ms is not None:
             runtime = runtime or ("onnxruntime" if fmt == "onnx" else "torch")
             target = TargetRequest(latency_ms, runtime, threads, batch_size, quantize, calibration_images)

@@ -40,8 +40,8 @@ class _SlicedConv(nn.Module):
     (kh, kw, C_mid, C_out), whose kept channels are kh*kw blocks of whole rows of a matrix product.
 
     Small maps (ResNet's last stages at batch 1) run as one matrix product over patches: conv1's reads its kept
-    rows where they lie (gather_gemm), conv2's those of a copy, which the next op reads in place. Larger maps run as a channels_last convolution of the kept rows' copy, which oneDNN
-    computes at full speed for any channel count.
+    rows where they lie (gather_gemm), conv2's a copy of them. Larger maps run as a channels_last convolution of
+    the kept rows' copy, which oneDNN computes at full speed for any channel count.
     """
 
     def __init__(self, conv: nn.Conv2d, keeps: str):
@@ -172,7 +172,7 @@ class SkippingResNet(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, masks: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        out = self.stem(x.contiguous(memory_format=CL)).relu_()  # channels_last throughout: see _Geometry
+        out = self.stem(x.contiguous(memory_format=CL)).relu_()  # channels_last throughout: see _SlicedConv
         if self.pool is not None:
             out = self.pool(out)
         used = []
