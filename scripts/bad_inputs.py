@@ -107,6 +107,8 @@ def main():
         torch.save(state, root / "other_arch.pt")
         torch.save({"format_version": 1, "config": {}, "model": Payload()}, root / "evil.pt")
         last = str(done / "checkpoints/last.pt")
+        notes = root / "notes.onnx"
+        notes.write_text("a user's notes, named like a model")
         odd = root / "odd-run"
         odd_args = ["--dataset", "imagefolder", "--data-dir", str(f["odd_names"]), "--crop-size", "32", *TINY[:-3], "--batch-size", "20"]
         code, err = run(["pretrain", *odd_args, "--quiet", "--out", str(odd)], root)
@@ -234,6 +236,10 @@ def main():
                 ["export", "--checkpoint", last, "--channel-multiple", "16", "--out", str(root / "e.pt")],
             ),
             ("export: a pt file named .onnx", ["export", "--checkpoint", last, "--out", str(root / "e.onnx")]),
+            (
+                "export: over a user's notes named .onnx",
+                ["export", "--checkpoint", last, "--format", "onnx", "--out", str(notes)],
+            ),
             ("--resume with a value other than auto", ["pretrain", "--out", str(done), "--resume", "yes"]),
             ("negative --checkpoint-minutes", ["pretrain", "--checkpoint-minutes", "-5"]),
             ("slimmable: a width outside (0, 1]", ["pretrain", "--mode", "slimmable", "--widths", "0", "0.5"]),

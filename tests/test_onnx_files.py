@@ -144,6 +144,13 @@ def test_export_overwrites_only_its_own_kind_of_file_and_an_interrupt_says_nothi
     argv = ["export", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--format", "onnx"]
     cli_error_lines(capsys, [*argv, "--out", str(mine)], "is not a onnx file")
     assert mine.read_text() == "a user's notes"
+    for name, fmt in (("notes.onnx", "onnx"), ("notes.pt", "pt"), ("notes.ts", "torchscript")):  # named as a model, but not one
+        (tmp_path / name).write_text("a user's notes")
+        cli_error_lines(capsys, [*argv[:3], "--format", fmt, "--out", str(tmp_path / name)], "is not a model file")
+        assert (tmp_path / name).read_text() == "a user's notes"
+    for fmt, out in (("onnx", "again.onnx"), ("pt", "again.pt")):  # an export of its own kind is overwritten, as before
+        assert main([*argv[:3], "--format", fmt, "--no-probe", "--out", str(tmp_path / out)]) == 0
+        assert main([*argv[:3], "--format", fmt, "--no-probe", "--out", str(tmp_path / out)]) == 0
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

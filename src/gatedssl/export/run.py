@@ -183,9 +183,27 @@ def check_request(
             f"--out {out} exists and is not a {fmt} file (a {fmt} export is named *{' or *'.join(SUFFIXES[fmt])}); "
             f"choose a new name: export overwrites only its own kind of file"
         )
+    elif Path(out).is_file() and fmt in SUFFIXES and not _looks_like_a_model(Path(out), fmt):
+        problems.append(
+            f"--out {out} exists and is not a model file (it does not begin as a {fmt} file does); choose a new name: "
+            f"export overwrites only model files"
+        )
     elif not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         problems.append(f"--out: cannot write in {existing}; choose a folder you can write to")
     return problems
+
+
+def _looks_like_a_model(path: Path, fmt: str) -> bool:
+    """Whether the file begins as a model file of `fmt` does: an ONNX model with its first protobuf field (ir_version,
+    tag 0x08), a torch file as a zip archive or a pickle; so a user's notes named *.onnx or *.pt are never overwritten."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    if fmt == "onnx":
+        return head[:1] == b"\x08"
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def export(
