@@ -213,8 +213,25 @@ def test_an_onnx_static_export_rounds_channel_counts_to_16_where_it_can_meet_the
     with pytest.raises(export_run.UserError, match="cannot be reached"):
         exported("never.onnx", macs_ratio=0.01)  # exact counts cannot either: the search's own error, nothing before it
     assert not rounding_lines()
-    searched = exported("fast.onnx", latency_ms=1e6)  # exact counts reach smaller candidates than 16s do
-    assert searched["channel_multiple"] == 1 and "of the MACs (the latency search's smallest candidate)" in rounding_lines()[0]
+    searched = exported("fast.onnx", latency_ms=1e6)  # a latency search starts with rounded candidates
+    assert searched["channel_multiple"] == 16 and len(rounding_lines()) == 1
+
+
+def test_a_latency_target_no_rounded_candidate_meets_is_searched_again_in_exact_counts(run, tmp_path, monkeypatch):
+    """Rounded candidates first (faster per MAC); where none meets the target (16s reach no small network of this
+    width-8 run), the exact counts' smaller candidates, said in one line; where neither meets it, one error."""
+    from gatedssl.export import run as export_run
+
+    dense_macs = 8_871_936  # ResNet-18 width 8 at 32 px: a fake runtime of 10 ms per dense network
+    monkeypatch.setattr(export_run, "timer", lambda *args, **kw: lambda net: 10.0 * net.macs(32) / dense_macs)
+    said = []
+    argv = dict(subnet="static", fmt="onnx", probe=False, log=said.append)
+    found = export_run.export(str(run / "checkpoints" / "last.pt"), str(tmp_path / "t.onnx"), latency_ms=6.0, **argv)
+    assert found["channel_multiple"] == 1 and found["macs_ratio"] <= 0.6
+    assert sum("trying the gates' exact counts" in m for m in said) == 1
+    with pytest.raises(export_run.UserError, match="no static network meets it"):
+        export_run.export(str(run / "checkpoints" / "last.pt"), str(tmp_path / "never.onnx"), latency_ms=0.01, **argv)
+    assert sum("trying the gates' exact counts" in m for m in said) == 2 and not (tmp_path / "never.onnx").exists()
 
 
 def test_the_summary_names_the_export_by_its_absolute_path(run, tmp_path, monkeypatch):

@@ -122,8 +122,12 @@ def check_target(
     return problems
 
 
-def no_candidate(target_ms: float, fastest: Measured, runtime: str, threads: int, batch: int) -> UserError:
-    return UserError(
+class NoCandidate(UserError):
+    """No static network met the latency target (the export may try another family of candidates)."""
+
+
+def no_candidate(target_ms: float, fastest: Measured, runtime: str, threads: int, batch: int) -> NoCandidate:
+    return NoCandidate(
         f"--latency-ms {target_ms:g}: no static network meets it on this machine ({runtime}, {threads} thread(s), batch {batch}); "
         f"the fastest candidate (MACs ratio {fastest.macs_ratio:.2f}) took {fastest.latency_ms:.3g} ms; ask for at least that"
     )

@@ -39,7 +39,7 @@ from .formats import (
     write_torchscript,
     write_torchvision,
 )
-from .latency_target import RATIOS, Measured, check_target, no_candidate, plot, search, timer
+from .latency_target import RATIOS, Measured, NoCandidate, check_target, no_candidate, plot, search, timer
 from .onnxfile import QUANTIZE, OnnxNetwork, calibration_batches, calibration_count, describe, int8_report, with_metadata
 from .static import keep_rate_for, kept_channels
 
@@ -92,28 +92,21 @@ def default_channel_multiple(backbone, frequency, size: int, fmt: str, keep_rate
 
     A --keep-rate names the channel sets itself: rounding them up would add MACs nobody asked for (nearly twice as many
     on a width-8 network). A MACs target must be reachable in rounded counts (where exact counts cannot reach it either,
-    the search's own error says so), and a latency search must keep every candidate the exact counts reach."""
+    the search's own error says so). A latency search starts with rounded candidates, which run faster per MAC, and
+    the export tries the exact counts' if none meets the target."""
     if fmt != "onnx" or keep_rate is not None:
         return 1
     multiple = ONNX_CHANNEL_MULTIPLE
     costs = backbone.channel_costs(size)  # one pass of the network serves every check
-    if latency_ms is None:
-        lowest = macs_ratio if macs_ratio is not None else cfg.budget
-    else:  # the smallest candidate ratio the exact counts reach
-        lowest = RATIOS[0]
-        for ratio in RATIOS[1:]:
-            if not reaches(backbone, frequency, ratio, size, 1, costs):
-                break
-            lowest = ratio
+    lowest = RATIOS[0] if latency_ms is not None else macs_ratio if macs_ratio is not None else cfg.budget
     if reaches(backbone, frequency, lowest, size, multiple, costs):
         log(
             f"channel counts rounded up to multiples of {multiple}, which onnxruntime runs faster per MAC (--channel-multiple 1 keeps the gates' exact counts)"
         )
         return multiple
     if reaches(backbone, frequency, lowest, size, 1, costs):
-        what = "the latency search's smallest candidate" if latency_ms is not None else "the target"
         log(
-            f"channel counts rounded to multiples of {multiple} cannot reach {lowest:g} of the MACs ({what}): keeping the gates' exact counts"
+            f"channel counts rounded to multiples of {multiple} cannot reach {lowest:g} of the MACs (the target): keeping the gates' exact counts"
         )
     return 1
 
@@ -287,14 +280,24 @@ def export(
         frequency = extract(
             backbone, splits.train if splits.labeled else splits.pretrain, splits, "gated", dev, precision=cfg.precision
         ).channel_frequency
+        rounding_by_default = channel_multiple is None
         if channel_multiple is None:
             channel_multiple = default_channel_multiple(backbone, frequency, size, fmt, keep_rate, macs_ratio, latency_ms, cfg, log)
         if latency_ms is not None:
             runtime = runtime or ("onnxruntime" if fmt == "onnx" else "torch")
             target = TargetRequest(latency_ms, runtime, threads, batch_size, quantize, calibration_images)
-            keep_rate, result["latency_target"] = keep_rate_for_latency(
-                backbone, frequency, size, channel_multiple, target, splits, cfg, dev, log
-            )
+            try:
+                keep_rate, result["latency_target"] = keep_rate_for_latency(
+                    backbone, frequency, size, channel_multiple, target, splits, cfg, dev, log
+                )
+            except NoCandidate as missed:
+                if not rounding_by_default or channel_multiple == 1:
+                    raise
+                log(f"{missed} (in multiples of {channel_multiple}): trying the gates' exact counts, which reach smaller networks")
+                channel_multiple = 1
+                keep_rate, result["latency_target"] = keep_rate_for_latency(
+                    backbone, frequency, size, channel_multiple, target, splits, cfg, dev, log
+                )
             result["latency_target"]["plot"] = str(curve_path(out))
         elif keep_rate is None:
             keep_rate = keep_rate_for(backbone, frequency, macs_ratio if macs_ratio is not None else cfg.budget, size, channel_multiple)
